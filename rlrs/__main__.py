@@ -1,0 +1,5 @@
+import sys
+
+from rlrs.cli import main
+
+sys.exit(main())
