@@ -1,0 +1,293 @@
+"""Decoder-only Transformer, dense or Mixture-of-Experts, in one file.
+
+Pre-LayerNorm blocks, learned absolute positions, untied output head, no
+biases, SwiGLU feed-forward. The MoE feed-forward is token-choice: a softmax
+router picks top-k experts per token, each expert takes at most `capacity`
+tokens (the rest are dropped and pass through the residual only), and the
+layer adds a load-balancing loss and a router z-loss.
+
+Every module that owns parameters declares the RLRS component it belongs to
+(`component = "..."`); rlrs.components reads that to build the optimizer's
+parameter groups, so the grouping follows module roles, not parameter names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    n_experts: int = 8  # before granularity
+    top_k: int = 1  # before granularity
+    granularity: int = 1  # G: G*n_experts experts, each d_ff/G wide, top_k*G chosen
+    capacity_factor: float = 1.0
+    load_balance_weight: float = 0.01
+    z_loss_weight: float = 0.001
+
+    @property
+    def experts_total(self) -> int:
+        return self.n_experts * self.granularity
+
+    @property
+    def k_total(self) -> int:
+        return self.top_k * self.granularity
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 256
+    seq_len: int = 128
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 512  # dense hidden width; MoE: one expert's width before granularity
+    init_scale: float = 0.15  # init std = sqrt(init_scale / fan_in)
+    moe: MoEConfig | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        moe = d.get("moe")
+        return cls(**{**d, "moe": MoEConfig(**moe) if moe else None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _init(w: torch.Tensor, init_scale: float, fan_in: int) -> None:
+    # Truncated normal at +-2 std, as the paper's code; std shrinks with fan-in.
+    std = math.sqrt(init_scale / fan_in)
+    nn.init.trunc_normal_(w, mean=0.0, std=std, a=-2 * std, b=2 * std)
+
+
+class Embedding(nn.Module):
+    component = "embedding"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.tok = nn.Parameter(torch.empty(cfg.vocab_size, cfg.d_model))
+        self.pos = nn.Parameter(torch.empty(cfg.seq_len, cfg.d_model))
+        # An embedding row is read, not multiplied: use d_model as its fan-in so
+        # its scale matches the activations the first block expects.
+        _init(self.tok, cfg.init_scale, cfg.d_model)
+        _init(self.pos, cfg.init_scale, cfg.d_model)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.tok[idx] + self.pos[: idx.shape[1]]
+
+
+class Norm(nn.LayerNorm):
+    component = "norm"
+
+    def __init__(self, d: int):
+        super().__init__(d, bias=False)
+
+
+class Linear(nn.Linear):
+    """Bias-free linear layer with the paper's init; `component` is set by the owner."""
+
+    def __init__(self, d_in: int, d_out: int, init_scale: float):
+        super().__init__(d_in, d_out, bias=False)
+        _init(self.weight, init_scale, d_in)
+
+
+class Attention(nn.Module):
+    component = "attention"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.d_model % cfg.n_heads == 0
+        self.n_heads = cfg.n_heads
+        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, cfg.init_scale)
+        self.proj = Linear(cfg.d_model, cfg.d_model, cfg.init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class SwiGLU(nn.Module):
+    component = "ffn"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = Linear(cfg.d_model, cfg.d_ff, cfg.init_scale)
+        self.up = Linear(cfg.d_model, cfg.d_ff, cfg.init_scale)
+        self.down = Linear(cfg.d_ff, cfg.d_model, cfg.init_scale)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return self.down(F.silu(self.gate(x)) * self.up(x)), {}
+
+
+class Router(nn.Module):
+    component = "router"
+
+    def __init__(self, d_model: int, n_experts: int, init_scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_experts, d_model))
+        _init(self.weight, init_scale, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+
+class Experts(nn.Module):
+    """All experts' SwiGLU weights stacked, so one batched matmul serves them all."""
+
+    component = "experts"
+
+    def __init__(self, n: int, d_model: int, width: int, init_scale: float):
+        super().__init__()
+        self.gate = nn.Parameter(torch.empty(n, d_model, width))
+        self.up = nn.Parameter(torch.empty(n, d_model, width))
+        self.down = nn.Parameter(torch.empty(n, width, d_model))
+        for w, fan_in in ((self.gate, d_model), (self.up, d_model), (self.down, width)):
+            _init(w, init_scale, fan_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, capacity, d] -> [n, capacity, d]
+        return torch.bmm(F.silu(torch.bmm(x, self.gate)) * torch.bmm(x, self.up), self.down)
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        m = cfg.moe
+        assert m is not None and cfg.d_ff % m.granularity == 0
+        self.m = m
+        self.router = Router(cfg.d_model, m.experts_total, cfg.init_scale)
+        self.experts = Experts(m.experts_total, cfg.d_model, cfg.d_ff // m.granularity, cfg.init_scale)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        B, T, D = x.shape
+        E, k = self.m.experts_total, self.m.k_total
+        flat = x.reshape(-1, D)
+        N = flat.shape[0]
+        logits = self.router(flat).float()  # routing decisions in fp32 even under autocast
+        probs = logits.softmax(dim=-1)
+        gate, choice = probs.topk(k, dim=-1)  # [N, k]
+
+        # Assignment order: every token's first choice before any second choice,
+        # tokens in sequence order within a rank, so capacity drops the
+        # lowest-priority assignments first.
+        expert = choice.t().reshape(-1)
+        token = torch.arange(N, device=x.device).repeat(k)
+        weight = gate.t().reshape(-1)
+        capacity = math.ceil(self.m.capacity_factor * N * k / E)
+
+        # Sort assignments by expert (stable keeps the priority order) and give
+        # each its slot within its expert; slots past capacity are dropped.
+        order = torch.argsort(expert, stable=True)
+        expert_sorted = expert[order]
+        counts = torch.bincount(expert, minlength=E)
+        first = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(N * k, device=x.device) - first[expert_sorted]
+        kept = pos < capacity
+        slot = (expert_sorted * capacity + pos)[kept]
+        tok = token[order][kept]
+
+        buf = flat.new_zeros(E * capacity, D).index_copy(0, slot, flat[tok])
+        out = self.experts(buf.view(E, capacity, D)).view(E * capacity, D)
+        w = weight[order][kept].unsqueeze(1).to(out.dtype)
+        y = flat.new_zeros(N, D).index_add(0, tok, out[slot] * w)
+
+        # Switch-style balance: E * sum_e (share of assignments to e) * (mean prob of e).
+        share = counts.float() / (N * k)
+        load_balance = E * torch.sum(share * probs.mean(dim=0))
+        z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
+        dropped = 1.0 - kept.float().mean()
+        return y.view(B, T, D), {"lb_loss": load_balance, "z_loss": z_loss, "dropped_frac": dropped}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = Norm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.norm2 = Norm(cfg.d_model)
+        self.ffn = MoE(cfg) if cfg.moe else SwiGLU(cfg)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        x = x + self.attn(self.norm1(x))
+        h, aux = self.ffn(self.norm2(x))
+        return x + h, aux
+
+
+class Head(Linear):
+    component = "head"
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embedding(cfg)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = Norm(cfg.d_model)
+        self.head = Head(cfg.d_model, cfg.vocab_size, cfg.init_scale)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Returns (logits, loss, aux). loss = cross-entropy + weighted aux
+        losses; aux holds the unweighted MoE losses averaged over layers."""
+        x = self.embed(idx)
+        aux_sum: dict[str, torch.Tensor] = {}
+        for block in self.blocks:
+            x, aux = block(x)
+            for name, v in aux.items():
+                aux_sum[name] = aux_sum.get(name, 0.0) + v
+        logits = self.head(self.norm(x))
+        aux = {name: v / self.cfg.n_layers for name, v in aux_sum.items()}
+        if targets is None:
+            return logits, None, aux
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss = ce
+        if self.cfg.moe:
+            loss = ce + self.cfg.moe.load_balance_weight * aux["lb_loss"] + self.cfg.moe.z_loss_weight * aux["z_loss"]
+        return logits, (loss, ce), aux
+
+
+# ---------------------------------------------------------------- accounting
+
+
+def param_counts(cfg: ModelConfig | dict) -> dict:
+    """Total, active-per-token and non-embedding parameter counts, and the
+    count per component. Built on the meta device: no memory, no init cost."""
+    from rlrs.components import component_of_parameters
+
+    if isinstance(cfg, dict):
+        cfg = ModelConfig.from_dict(cfg)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    by_comp: dict[str, int] = {}
+    for comp, params in component_of_parameters(model).items():
+        by_comp[comp] = sum(p.numel() for p in params)
+    total = sum(by_comp.values())
+    # Only top_k of the experts run per token; everything else always runs.
+    inactive = 0
+    if cfg.moe:
+        inactive = round(by_comp.get("experts", 0) * (1 - cfg.moe.k_total / cfg.moe.experts_total))
+    embedding_like = by_comp.get("embedding", 0) + by_comp.get("head", 0)
+    return {
+        "params_total": total,
+        "params_active": total - inactive,
+        "params_nonembedding": total - embedding_like,
+        "params_active_nonembedding": total - embedding_like - inactive,
+        "params_by_component": by_comp,
+    }
+
+
+def train_flops_per_token(cfg: ModelConfig | dict) -> float:
+    """Forward + backward FLOPs per token: 6 per active matmul weight (the
+    head included, the embedding lookup excluded) plus attention's score and
+    value products, 12 * layers * d_model * seq_len (the PaLM appendix count)."""
+    if isinstance(cfg, dict):
+        cfg = ModelConfig.from_dict(cfg)
+    counts = param_counts(cfg)
+    matmul_params = counts["params_active_nonembedding"] + counts["params_by_component"].get("head", 0)
+    return 6.0 * matmul_params + 12.0 * cfg.n_layers * cfg.d_model * cfg.seq_len

@@ -1,0 +1,392 @@
+"""Train one run: the loop, its metrics, checkpoint and resume, divergence,
+and the run directory (config.json, metrics.parquet, summary.json).
+
+Resuming is exact on CPU: batches are a pure function of (seed, step), and a
+checkpoint holds the model, the optimizer, the step, the RNG states and the
+metrics recorded so far, so a run killed and resumed writes the same metrics
+as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import rlrs
+from rlrs.components import component_of_parameters
+from rlrs.config import ConfigError, load, resolve, run_id
+from rlrs.model import GPT, ModelConfig, param_counts
+from rlrs.schedule import component_table
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
+TERMINAL = ("completed", "diverged")  # a run directory in one of these is done
+CHECKPOINT = "checkpoint.pt"
+
+
+# ------------------------------------------------------------ atomic writes
+
+
+def write_atomic(path: Path, write) -> None:
+    """Write through a temp file in the same directory, then rename, so a
+    reader (or a crash) never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"))
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device", "cuda was requested but no CUDA device is available; allowed here: cpu, auto")
+    return torch.device(name)
+
+
+_GIT_COMMIT: str | None | bool = False
+
+
+def git_commit() -> str | None:
+    """The commit of the rlrs checkout this code runs from (None outside git)."""
+    global _GIT_COMMIT
+    if _GIT_COMMIT is False:
+        try:
+            here = Path(rlrs.__file__).resolve().parent
+            out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+            _GIT_COMMIT = out.stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            _GIT_COMMIT = None
+    return _GIT_COMMIT
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "rlrs": rlrs.__version__}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    """One run's state; `run()` trains from wherever the checkpoint left off."""
+
+    def __init__(self, cfg: dict, out_dir: Path, *, executor: str | None, job_id: str | None):
+        from rlrs.data import eval_batches, load_corpus
+
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.run_id = run_id(cfg)
+        t, o, s = cfg["train"], cfg["optim"], cfg["schedule"]
+        self.steps = t["steps"]
+        torch.set_num_threads(t["threads"])
+        self.device = resolve_device(t["device"])
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if t["precision"] == "bf16" else nullcontext()
+        )
+
+        self.corpus = load_corpus(cfg["data"])
+        self.eval_set = eval_batches(
+            self.corpus, cfg["model"]["seq_len"], cfg["data"]["eval_tokens"], max(t["batch_size"], 32), self.device
+        )
+
+        torch.manual_seed(cfg["seed"])
+        self.model = GPT(ModelConfig.from_dict(cfg["model"])).to(self.device)
+        groups = component_of_parameters(self.model)
+        self.components = list(groups)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": ps, "name": c} for c, ps in groups.items()],
+            lr=o["lr"],
+            betas=(o["beta1"], o["beta2"]),
+            eps=o["eps"],
+            weight_decay=o["weight_decay"],  # one decay for all groups, as the paper
+        )
+        # Every step's rate for every component, computed once.
+        self.lr_table = component_table(s, o["lr"], self.steps, self.components)
+        self.params = [p for ps in groups.values() for p in ps]
+        # Which component each parameter tensor belongs to, for per-component update norms.
+        self.param_comp = torch.tensor(
+            [j for j, ps in enumerate(groups.values()) for _ in ps], device=self.device
+        )
+        self.counts = param_counts(cfg["model"])
+        self.meta = {"executor": executor, "job_id": job_id or os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname()}
+
+        self.step = 0
+        self.wall = 0.0  # seconds spent in earlier attempts (resume)
+        self.train_time = 0.0
+        self.started_at = _now()
+        self.columns: dict[str, list] = {name: [] for name in self._column_names()}
+
+    def _column_names(self) -> list[str]:
+        base = ["step", "tokens", "train_loss", "lb_loss", "z_loss", "dropped_frac", "grad_norm", "eval_loss"]
+        return base + [f"lr_{c}" for c in self.components] + [f"update_{c}" for c in self.components]
+
+    # -------------------------------------------------------- checkpointing
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "run_id": self.run_id,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "columns": self.columns,
+            "wall": self.wall + (time.perf_counter() - self._t0),
+            "train_time": self.train_time,
+            "started_at": self.started_at,
+        }
+        write_atomic(self.out / CHECKPOINT, lambda p: torch.save(state, p))
+
+    def load_checkpoint(self) -> bool:
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state["run_id"] != self.run_id:
+            raise ConfigError("--out", f"{self.out} holds a checkpoint of run {state['run_id']}, not {self.run_id}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.step, self.columns = state["step"], state["columns"]
+        self.wall, self.train_time, self.started_at = state["wall"], state["train_time"], state["started_at"]
+        return True
+
+    # ------------------------------------------------------------- the loop
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        total = 0.0
+        for x, y in self.eval_set:
+            with self.autocast:
+                _, (_, ce), _ = self.model(x, y)
+            total += ce.item()
+        return total / len(self.eval_set)
+
+    def train_step(self, step: int) -> tuple[list[float], torch.Tensor]:
+        from rlrs.data import train_batch
+
+        cfg = self.cfg
+        for group, lr in zip(self.optimizer.param_groups, self.lr_table[step].tolist()):
+            group["lr"] = lr
+        x, y = train_batch(self.corpus, cfg["train"]["batch_size"], cfg["model"]["seq_len"], cfg["seed"], step, self.device)
+        with self.autocast:
+            _, (loss, ce), aux = self.model(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = cfg["optim"]["grad_clip"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip is not None else math.inf, foreach=True)
+
+        # Relative update size per component: ||W_after - W_before|| / ||W_after||.
+        before = torch._foreach_mul(self.params, 1.0)
+        self.optimizer.step()
+        torch._foreach_sub_(before, self.params)
+        n = len(self.components)
+        delta_sq = torch.zeros(n, device=self.device).index_add_(0, self.param_comp, torch.stack(torch._foreach_norm(before)).float() ** 2)
+        weight_sq = torch.zeros(n, device=self.device).index_add_(0, self.param_comp, torch.stack(torch._foreach_norm(self.params)).float() ** 2)
+        update = (delta_sq.sqrt() / weight_sq.sqrt().clamp_min(1e-30))
+
+        nan = torch.tensor(float("nan"), device=self.device)
+        scalars = torch.stack(
+            [ce.detach().float(), aux.get("lb_loss", nan).detach().float(), aux.get("z_loss", nan).detach().float(),
+             aux.get("dropped_frac", nan).detach().float(), grad_norm.detach().float()]
+        )
+        return scalars.tolist(), update
+
+    def record(self, step: int, scalars: list[float], update: torch.Tensor, eval_loss: float | None) -> None:
+        ce, lb, z, dropped, gnorm = [None if (v != v and i in (1, 2, 3)) else v for i, v in enumerate(scalars)]
+        cfg = self.cfg
+        row = {
+            "step": step,
+            "tokens": (step + 1) * cfg["train"]["batch_size"] * cfg["model"]["seq_len"],
+            "train_loss": ce,
+            "lb_loss": lb,
+            "z_loss": z,
+            "dropped_frac": dropped,
+            "grad_norm": gnorm,
+            "eval_loss": eval_loss,
+        }
+        for c, lr, u in zip(self.components, self.lr_table[step].tolist(), update.tolist()):
+            row[f"lr_{c}"] = lr
+            row[f"update_{c}"] = u
+        for k, v in row.items():
+            self.columns[k].append(v)
+
+    def run(self) -> dict:
+        self._t0 = time.perf_counter()
+        resumed = self.load_checkpoint()
+        t = self.cfg["train"]
+        log = _Progress(self.steps, self.step, resumed, self.run_id)
+        status, error = "completed", None
+        eval_loss = None
+        while self.step < self.steps:
+            step = self.step
+            t_step = time.perf_counter()
+            scalars, update = self.train_step(step)
+            self.train_time += time.perf_counter() - t_step
+            eval_loss = None
+            diverged = not math.isfinite(scalars[0])
+            if not diverged and ((step + 1) % t["eval_interval"] == 0 or step + 1 == self.steps):
+                eval_loss = self.evaluate()
+                diverged = not math.isfinite(eval_loss)
+            self.record(step, scalars, update, eval_loss)
+            self.step = step + 1
+            log.update(self.step, scalars[0], eval_loss)
+            if diverged:
+                status, error = "diverged", f"non-finite loss at step {step}"
+                break
+            if self.step % t["checkpoint_interval"] == 0 and self.step < self.steps:
+                self.save_checkpoint()
+        log.close()
+        return self.finish(status, error, eval_loss)
+
+    def finish(self, status: str, error: str | None, final_eval: float | None) -> dict:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table(self.columns)
+        write_atomic(self.out / "metrics.parquet", lambda p: pq.write_table(table, p))
+        losses = [v for v in self.columns["train_loss"][-100:] if v is not None and math.isfinite(v)]
+        completed = status == "completed"
+        summary = {
+            "run_id": self.run_id,
+            "status": status,
+            "final_eval_loss": final_eval if completed else None,
+            "final_eval_bpb": final_eval / math.log(2) / self.corpus.bytes_per_token if completed else None,
+            "train_loss_last100": float(np.mean(losses)) if completed and losses else None,
+            "steps_done": self.step,
+            "tokens": self.step * self.cfg["train"]["batch_size"] * self.cfg["model"]["seq_len"],
+            **self.counts,
+            "wall_time_s": self.wall + (time.perf_counter() - self._t0),
+            "step_time_s": self.train_time / max(1, self.step),
+            "started_at": self.started_at,
+            "finished_at": _now(),
+            **self.meta,
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "corpus": self.corpus.name,
+            "error": error,
+        }
+        write_json(self.out / "summary.json", summary)
+        if not self.cfg["train"]["keep_checkpoint"] or not completed:
+            (self.out / CHECKPOINT).unlink(missing_ok=True)
+        if self.cfg["train"]["keep_checkpoint"] and completed:
+            self.save_checkpoint()
+        return summary
+
+
+class _Progress:
+    """tqdm on a terminal, plain log lines (every ~10% of the run) otherwise."""
+
+    def __init__(self, total: int, start: int, resumed: bool, rid: str):
+        self.bar = None
+        self.total, self.rid = total, rid
+        self.every = max(1, total // 10)
+        if resumed:
+            print(f"[{rid}] resuming at step {start}/{total}", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=rid, unit="step", dynamic_ncols=True)
+        self.t0, self.s0 = time.perf_counter(), start
+
+    def update(self, step: int, loss: float, eval_loss: float | None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", **({"eval": f"{eval_loss:.3f}"} if eval_loss is not None else {}))
+        elif step % self.every == 0 or step == self.total or eval_loss is not None:
+            rate = (step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
+            ev = f" eval {eval_loss:.4f}" if eval_loss is not None else ""
+            print(f"[{self.rid}] step {step}/{self.total} loss {loss:.4f}{ev} {rate:.1f} steps/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -------------------------------------------------------------- entry points
+
+
+def train(config: dict, out_dir: Path, *, executor: str | None = None, job_id: str | None = None) -> dict:
+    """Run (or resume, or skip) one run in `out_dir`; returns its summary."""
+    cfg = resolve(config)
+    rid = run_id(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    existing = read_json(out / "config.json")
+    if existing is not None and existing.get("run_id") != rid:
+        raise ConfigError("--out", f"{out} holds run {existing.get('run_id')}, not {rid}: use another directory")
+    summary = read_json(out / "summary.json")
+    if summary is not None and summary.get("status") in TERMINAL:
+        print(f"[{rid}] already {summary['status']}: nothing to do", file=sys.stderr)
+        return summary
+    if existing is None:
+        write_json(out / "config.json", {**cfg, "run_id": rid})
+    (out / "summary.json").unlink(missing_ok=True)  # a failed attempt's summary
+    trainer = Trainer(cfg, out, executor=executor, job_id=job_id)
+    try:
+        return trainer.run()
+    except Exception as e:
+        # Record the failure (the checkpoint stays for a retry), then re-raise.
+        write_json(out / "summary.json", {"run_id": rid, "status": "failed", "final_eval_loss": None, "error": f"{type(e).__name__}: {e}",
+                                          "steps_done": trainer.step, "finished_at": _now(), **trainer.meta})
+        raise
+
+
+def exit_code(summary: dict) -> int:
+    return {"completed": EXIT_OK, "diverged": EXIT_DIVERGED}.get(summary.get("status"), EXIT_FAILED)
+
+
+def cli_train(config_path: Path, out_dir: Path, threads: int | None = None) -> int:
+    try:
+        raw = load(config_path)
+        if threads is not None:
+            raw.setdefault("train", {})["threads"] = threads
+        summary = train(raw, out_dir)
+    except ConfigError as e:
+        print(f"rlrs train: bad config: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    s = summary
+    if s["status"] == "completed":
+        print(f"[{s['run_id']}] completed: final eval loss {s['final_eval_loss']:.4f} nats/token ({s['final_eval_bpb']:.4f} bits/byte), {s['wall_time_s']:.1f} s")
+    else:
+        print(f"[{s['run_id']}] {s['status']}: {s.get('error')}", file=sys.stderr)
+    return exit_code(summary)
