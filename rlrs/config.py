@@ -191,7 +191,7 @@ def _schema_error(err) -> ConfigError:
         allowed = ", ".join(sorted(schema.get("properties", {})))
         extra = sorted(set(err.instance) - set(schema.get("properties", {})))
         return ConfigError(_field(path + extra[:1]), f"unknown key; allowed keys here: {allowed}")
-    if err.validator == "propertyNames":
+    if err.validator == "propertyNames" or "propertyNames" in err.absolute_schema_path:
         bad = err.instance
         return ConfigError(_field(path + [bad]), f"unknown component {bad!r}; allowed: {', '.join(COMPONENTS)}")
     if err.validator == "enum":

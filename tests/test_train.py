@@ -1,0 +1,158 @@
+"""Real training runs on the real corpus: learning, exact schedules, resume after
+SIGKILL, divergence, and the run-directory contract."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+import yaml
+
+from rlrs.config import load, resolve
+from rlrs.data import load_corpus
+from rlrs.schedule import lr_at
+from rlrs.train import EXIT_DIVERGED, train
+from tests._train_fixtures import tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rlrs(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "rlrs", *map(str, args)], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def _unigram_entropy(tokens: torch.Tensor, vocab: int) -> float:
+    p = torch.bincount(tokens.long(), minlength=vocab).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())
+
+
+@pytest.fixture(scope="module")
+def moe_tiny_run(tmp_path_factory):
+    """The README's quick-start run: examples/moe-tiny.yaml, 200 steps."""
+    out = tmp_path_factory.mktemp("moe-tiny")
+    proc = _rlrs("train", ROOT / "examples/moe-tiny.yaml", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_moe_tiny_learns_well_below_unigram(moe_tiny_run):
+    summary = json.loads((moe_tiny_run / "summary.json").read_text())
+    cfg = resolve(load(ROOT / "examples/moe-tiny.yaml"))
+    corpus = load_corpus(cfg["data"])
+    unigram = _unigram_entropy(corpus.val, corpus.vocab_size)
+    assert summary["status"] == "completed"
+    assert summary["final_eval_loss"] < unigram - 0.4, (summary["final_eval_loss"], unigram)
+    assert summary["final_eval_bpb"] == pytest.approx(summary["final_eval_loss"] / math.log(2))
+
+
+def test_recorded_rates_equal_the_spec_formula_at_every_step(moe_tiny_run):
+    cfg = json.loads((moe_tiny_run / "config.json").read_text())
+    m = pl.read_parquet(moe_tiny_run / "metrics.parquet")
+    s, T = cfg["schedule"], cfg["train"]["steps"]
+    assert m["step"].to_list() == list(range(T))
+    comps = set(cfg["schedule"]["multipliers"])
+    assert {c[3:] for c in m.columns if c.startswith("lr_")} == comps
+    assert comps == {"embedding", "attention", "router", "experts", "head", "norm"}
+    for comp, mult in s["multipliers"].items():
+        expected = [lr_at("cosine", cfg["optim"]["lr"], s["final_lr_fraction"], s["warmup_steps"], T,
+                          mult["start"], mult["end"], t) for t in range(T)]
+        assert m[f"lr_{comp}"].to_list() == pytest.approx(expected, rel=1e-15, abs=0)
+    # Paper MoE multipliers: embedding peaks at 5x, experts end at 1.125 * f.
+    assert m["lr_embedding"].max() == pytest.approx(0.003 * 5.0)
+    assert m["lr_experts"][-1] == pytest.approx(lr_at("cosine", 0.003, 0.0444, 2, 200, 0.3, 1.125, 199))
+    assert (m["update_experts"] > 0).all()
+    evaluated = m.filter(pl.col("eval_loss").is_not_null())["step"].to_list()
+    assert evaluated == [49, 99, 149, 199]
+
+
+def test_summary_contract(moe_tiny_run):
+    s = json.loads((moe_tiny_run / "summary.json").read_text())
+    for key in ("status", "final_eval_loss", "train_loss_last100", "params_total", "params_active",
+                "params_nonembedding", "wall_time_s", "versions", "git_commit", "host"):
+        assert key in s
+    m = pl.read_parquet(moe_tiny_run / "metrics.parquet")
+    assert s["train_loss_last100"] == pytest.approx(m["train_loss"][-100:].mean())
+    assert s["final_eval_loss"] == m["eval_loss"][-1]
+    assert s["params_active"] < s["params_total"]
+    assert not (moe_tiny_run / "checkpoint.pt").exists()
+
+
+def test_completed_run_directory_is_left_alone(moe_tiny_run):
+    before = {p.name: p.stat().st_mtime_ns for p in moe_tiny_run.iterdir()}
+    proc = _rlrs("train", ROOT / "examples/moe-tiny.yaml", "--out", moe_tiny_run)
+    assert proc.returncode == 0
+    assert "nothing to do" in proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in moe_tiny_run.iterdir()} == before
+
+
+def test_other_config_in_same_directory_is_refused(moe_tiny_run, tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(tiny()))
+    proc = _rlrs("train", other, "--out", moe_tiny_run)
+    assert proc.returncode == 2
+    assert "holds run" in proc.stderr
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, moe):
+    cfg = tiny(moe=moe, train__steps=60, train__checkpoint_interval=10)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+
+    whole = tmp_path / "whole"
+    assert _rlrs("train", path, "--out", whole).returncode == 0
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "rlrs", "train", str(path), "--out", str(cut)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "summary.json").exists(), "the run finished before it could be killed"
+    step = torch.load(cut / "checkpoint.pt", weights_only=True)["step"]
+    assert 10 <= step < 60
+
+    resumed = _rlrs("train", path, "--out", cut)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at step {step}" in resumed.stderr
+    a = pl.read_parquet(whole / "metrics.parquet")
+    b = pl.read_parquet(cut / "metrics.parquet")
+    assert a.equals(b, null_equal=True)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+    assert sa["final_eval_loss"] == sb["final_eval_loss"]
+
+
+def test_divergence_ends_the_run_with_its_own_status(tmp_path):
+    cfg = tiny(optim__lr=1e4, optim__grad_clip=None, train__steps=200)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    proc = _rlrs("train", path, "--out", out, timeout=300)
+    assert proc.returncode == EXIT_DIVERGED, proc.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "diverged"
+    assert s["final_eval_loss"] is None
+    assert "non-finite" in s["error"]
+    m = pl.read_parquet(out / "metrics.parquet")
+    assert len(m) == s["steps_done"] < 200
+    assert not math.isfinite(m["train_loss"][-1])
+    # A diverged run is a finished result: running it again does nothing.
+    assert _rlrs("train", path, "--out", out).returncode == EXIT_DIVERGED
+
+
+def test_in_process_api_returns_summary(tmp_path):
+    s = train(tiny(train__steps=5, train__eval_interval=5), tmp_path / "r", executor="debug", job_id="42")
+    assert s["status"] == "completed" and s["executor"] == "debug" and s["job_id"] == "42"
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["run_id"] == s["run_id"]
