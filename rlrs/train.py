@@ -27,6 +27,7 @@ import torch
 import rlrs
 from rlrs.components import component_of_parameters
 from rlrs.config import ConfigError, load, resolve, run_id
+from rlrs.data import CorpusNotFoundError
 from rlrs.model import GPT, ModelConfig, param_counts
 from rlrs.schedule import component_table
 
@@ -194,12 +195,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        total = 0.0
+        """Mean cross-entropy per token over the fixed evaluation windows (the
+        last batch may be smaller, so batches are weighted by their tokens)."""
+        total, count = 0.0, 0
         for x, y in self.eval_set:
             with self.autocast:
                 _, (_, ce), _ = self.model(x, y)
-            total += ce.item()
-        return total / len(self.eval_set)
+            total += ce.item() * y.numel()
+            count += y.numel()
+        return total / count
 
     def train_step(self, step: int) -> tuple[list[float], torch.Tensor]:
         from rlrs.data import train_batch
@@ -232,7 +236,9 @@ class Trainer:
         return scalars.tolist(), update
 
     def record(self, step: int, scalars: list[float], update: torch.Tensor, eval_loss: float | None) -> None:
-        ce, lb, z, dropped, gnorm = [None if (v != v and i in (1, 2, 3)) else v for i, v in enumerate(scalars)]
+        ce, lb, z, dropped, gnorm = scalars
+        if not self.cfg["model"]["moe"]:  # a dense model has no MoE losses: null, not NaN
+            lb = z = dropped = None
         cfg = self.cfg
         row = {
             "step": step,
@@ -384,6 +390,9 @@ def cli_train(config_path: Path, out_dir: Path, threads: int | None = None) -> i
     except ConfigError as e:
         print(f"rlrs train: bad config: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    except CorpusNotFoundError as e:
+        print(f"rlrs train: {e}", file=sys.stderr)
+        return EXIT_FAILED
     s = summary
     if s["status"] == "completed":
         print(f"[{s['run_id']}] completed: final eval loss {s['final_eval_loss']:.4f} nats/token ({s['final_eval_bpb']:.4f} bits/byte), {s['wall_time_s']:.1f} s")
