@@ -39,13 +39,15 @@ def _corpus(sub):
 def _submit(sub):
     p = sub.add_parser("submit", help="run one run directory's config through submitit and wait")
     p.add_argument("run_dirs", type=Path, nargs="+")
-    p.add_argument("--study", type=Path, default=None, help="study file (for executor settings)")
-    p.add_argument("--executor", choices=["local", "slurm", "debug"], default=None)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--plan", type=Path, default=None, help="plan.json holding the run's config (default: results/<study>/plan.json above RUN_DIR)")
+    src.add_argument("--study", type=Path, default=None, help="study file to expand instead of a plan")
+    p.add_argument("--executor", choices=["local", "slurm", "debug"], default=None, help="override the study's executor.kind")
 
     def run(a):
         from rlrs.launch import cli_submit
 
-        return cli_submit(a.run_dirs, study=a.study, executor=a.executor)
+        return cli_submit(a.run_dirs, study=a.study, executor=a.executor, plan=a.plan)
 
     p.set_defaults(func=run)
 
@@ -80,11 +82,12 @@ def _collect(sub):
     p.add_argument("--study", default=None, help="study name recorded with the runs")
     p.add_argument("run_dirs", type=Path, nargs="*")
     p.add_argument("--runs-root", type=Path, default=None, help="ingest every run directory below this folder")
+    p.add_argument("--plan", type=Path, default=None, help="the study's plan.json (which part of the study asked for each run)")
 
     def run(a):
         from rlrs.db import cli_collect
 
-        return cli_collect(a.db, a.run_dirs, runs_root=a.runs_root, study=a.study)
+        return cli_collect(a.db, a.run_dirs, runs_root=a.runs_root, study=a.study, plan=a.plan)
 
     p.set_defaults(func=run)
 

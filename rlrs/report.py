@@ -1,0 +1,526 @@
+"""`rlrs report STUDY`: the study's answer as one static HTML page.
+
+reports/<study>/index.html works from file:// with the network off: the
+Vega, Vega-Lite and vega-embed JavaScript is embedded once
+(vl_convert.javascript_bundle) and each chart is one vegaEmbed call on a spec
+stored in a <script type="application/json"> block. Every figure is also
+written as figures/<name>.png and .svg (vl-convert, offline).
+
+Numbers come from rlrs.analysis, charts from rlrs.plots; this module only
+lays out the page. Every string that came from a study file or a run (study,
+size and arm names, errors, paths) is HTML-escaped; JSON inside <script> has
+'<', '>' and '&' escaped so no value can close the script element.
+
+A small script at the end records each chart's render result in the DOM
+(data-rendered on the chart, and #render-status), so a headless browser can
+check the page without a DevTools connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import html
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+import vl_convert as vlc
+
+from rlrs import analysis, plots
+from rlrs.errors import ConfigError
+
+# Vega-Lite version of the specs Altair writes ("v6.4.1" -> "6.4"); the bundle
+# and the PNG/SVG export must compile with the same one.
+VL_VERSION = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+PNG_SCALE = 2
+
+
+# ---------------------------------------------------------------- figures
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    title: str
+    caption: str
+    needs: str  # what the study lacks when the figure is left out
+    build: Callable[[dict[str, pl.DataFrame]], alt.TopLevelMixin | None]
+
+
+def _if_rows(name: str, make: Callable[[pl.DataFrame], alt.TopLevelMixin], keep: Callable[[pl.DataFrame], pl.DataFrame] = lambda f: f):
+    """A builder that draws frames[name] when it has rows (after `keep`)."""
+
+    def build(frames):
+        frame = keep(frames[name])
+        return make(frame) if frame.height else None
+
+    return build
+
+
+FIGURES = (
+    Figure(
+        "speedup_vs_size", "Speedup against model size",
+        "Each point is one arm at one model size: how many more steps (in %) the baseline needs to reach that "
+        "arm's final eval loss (T*/T - 1; 0 = no gain). The x axis is the number of non-embedding parameters "
+        "(log). Bars are 95% bootstrap intervals over seeds; no bar means a single seed. Triangles mark bounds: "
+        "the arm beat the longest (or lost to the shortest) baseline run, so the true value lies beyond the "
+        "triangle and was not extrapolated. Left: the ladder definition (baseline final loss over run lengths); "
+        "right: the target definition (steps along the baseline's eval curve). A flat line means the schedule "
+        "tuned at the small size keeps its advantage at larger sizes.",
+        "no speedup could be computed: that needs baseline runs at two or more lengths (a `ladder` sweep) or a "
+        "baseline eval curve, and a completed non-baseline arm at the same size",
+        _if_rows("speedup", plots.speedup_vs_size, lambda f: f.filter(pl.col("speedup").is_not_null() | pl.col("bound").is_not_null())),
+    ),
+    Figure(
+        "loss_curves", "Loss curves",
+        "Per model size, the compared runs (mean over seeds): lines are training loss averaged over bins of "
+        "steps, dots are eval losses. Each arm is shown at the learning rate it is compared at. The black cross "
+        "marks the step at which the baseline's eval curve first reaches that arm's final eval loss (the target "
+        "definition); the subtitle gives both speedups. Click a legend entry to highlight it.",
+        "no completed main runs with metrics",
+        lambda frames: plots.loss_curves(frames["loss_curves"], frames["speedup"]) if frames["loss_curves"].height else None,
+    ),
+    Figure(
+        "lr_schedules", "Per-component learning-rate schedules",
+        "The learning rate each component actually trained with (read from the run's metrics), per arm, at the "
+        "smallest size of each model family (dense, MoE; one dash pattern each): the baseline gives every "
+        "component the same cosine; the relative schedule gives each "
+        "component its own peak (start multiplier) and floor (end multiplier times the global final fraction).",
+        "no completed main runs with per-component learning rates",
+        _if_rows("lr_schedules", plots.lr_schedules),
+    ),
+    Figure(
+        "lr_sweep", "Base learning-rate sweeps",
+        "Final eval loss (mean over seeds) against the base learning rate, one line per size, one panel per arm. "
+        "The large dot is the lr the speedup compares that arm at: the lowest mean loss, where an lr on which a "
+        "seed diverged is chosen only if every lr has a diverged seed. Hover a point for its run ids and seed "
+        "count.",
+        "the study has no `lr` sweep",
+        _if_rows("lr_sweep", plots.lr_sweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
+    ),
+    Figure(
+        "usweep", "Sensitivity of each multiplier (U-plots)",
+        "Final eval loss when one component's start or end multiplier is scaled by a factor (log x; factor 1 is "
+        "the tuned value), the others held at their tuned values; one line per size. The large dot is the best "
+        "factor at that size. A minimum at 1 that stays at 1 for the larger size means the tuned value transfers.",
+        "the study has no `usweep` sweep",
+        _if_rows("usweep", plots.usweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
+    ),
+    Figure(
+        "ablation", "Ablations",
+        "Change in final eval loss when one component is changed. Removal: the full relative schedule with that "
+        "component reset to the baseline's (1, 1); a positive bar means the component's schedule helps. "
+        "Contribution: the baseline plus only that component's relative values; a negative bar means it helps "
+        "on its own. References are matched on size, learning rate and length.",
+        "the study has no completed `removal` or `contribution` runs with a matching reference",
+        _if_rows("ablation", plots.ablation, lambda f: f.filter(pl.col("delta").is_not_null())),
+    ),
+    Figure(
+        "update_sizes", "Relative update size per component",
+        "How far each step moves each component's weights, ||ΔW|| / ||W|| (log y), over training, mean over "
+        "seeds of the main runs; one colour per arm, one dash pattern per size. Compare the arms within a panel "
+        "to see how the relative schedule changes each component's pace (the paper's Figure 1).",
+        "no update sizes in the metrics",
+        _if_rows("update_sizes", plots.update_sizes),
+    ),
+)
+
+
+# ---------------------------------------------------------------- text helpers
+def esc(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _finite(obj):
+    """NaN and infinities are not JSON (JSON.parse would fail on the page): null."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def script_json(obj) -> str:
+    """JSON safe inside <script>: no '<' can open '</script>' or '<!--'."""
+    text = json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def human(n) -> str:
+    """3100000 -> '3.1M'."""
+    if n is None:
+        return "?"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(int(n))
+
+
+def pct(x: float) -> str:
+    return f"{abs(x) * 100:.0f}%"
+
+
+def headline(r: dict) -> str:
+    """One sentence for one (size, arm) speedup row; plain text (escape it)."""
+    where = f"At {r['size']} ({human(r['params_nonembedding'])} non-embedding params)"
+    defn = f"{r['definition']} definition"
+    seeds = f"{r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}"
+    if r["speedup"] is not None:
+        saved = r["saved"]
+        if saved >= 0:
+            main = f"{r['arm']} reaches the baseline's final loss with {pct(saved)} fewer steps"
+            details = [f"the baseline needs {pct(r['speedup'])} more"]
+        else:
+            # T/T* - 1: how many more steps the arm spends than the baseline needs.
+            main = f"{r['arm']} needs {pct(1 / (1 + r['speedup']) - 1)} more steps than the baseline to reach the same loss"
+            details = []
+        lo, hi = r["saved_ci_low"], r["saved_ci_high"]
+        if lo is not None and hi is not None:
+            ci = f"95% CI {_signed_saved(lo)} to {_signed_saved(hi)}"
+        elif lo is not None or hi is not None:
+            ci = "95% CI " + (f"from {_signed_saved(lo)} to beyond the baseline runs" if lo is not None
+                              else f"from below the baseline runs to {_signed_saved(hi)}")
+        else:
+            ci = "no interval"
+        return f"{where} {main} ({'; '.join(details + [f'{ci}, {seeds}', defn])})."
+    if r["bound"] is not None:
+        edge, steps = r["bound_value"], r["steps"]
+        edge_run = f"{steps * (1 + edge):.0f} steps, {1 + edge:.2f}x its {steps}"
+        if r["bound"].startswith(">"):
+            return (f"{where} {r['arm']} ends below even the baseline's longest run ({edge_run}): the baseline "
+                    f"would need more than {pct(edge)} more steps; not extrapolated ({seeds}; {defn}).")
+        return (f"{where} {r['arm']} ends above even the baseline's shortest run ({edge_run}): speedup below "
+                f"{edge:+.0%}; not extrapolated ({seeds}; {defn}).")
+    return f"{where} no {defn} speedup for {r['arm']}: {r['note'] or 'no data'}."
+
+
+def _caveat(r: dict) -> str:
+    """The row's notes under its sentence (a sentence without a number already quotes them)."""
+    if r["note"] and (r["speedup"] is not None or r["bound"] is not None):
+        return f'<br><span class="note">Note: {esc(r["note"])}.</span>'
+    return ""
+
+
+def _signed_saved(x: float) -> str:
+    return f"{pct(x)} fewer" if x >= 0 else f"{pct(x)} more"
+
+
+def headline_rows(speedup: pl.DataFrame) -> list[dict]:
+    """Per (size, arm): the ladder row when it has a value or bound, else the target row."""
+    rows = []
+    for _, part in speedup.group_by(["size", "arm"], maintain_order=True):
+        by_def = {r["definition"]: r for r in part.iter_rows(named=True)}
+        usable = [by_def[d] for d in ("ladder", "target") if d in by_def
+                  and (by_def[d]["speedup"] is not None or by_def[d]["bound"] is not None)]
+        rows.append(usable[0] if usable else by_def.get("ladder") or next(iter(by_def.values())))
+    return rows
+
+
+# ---------------------------------------------------------------- tables
+def _fmt(value, kind: str = "") -> str:
+    if value is None:
+        return "—"
+    if kind == "pct" and isinstance(value, float):
+        return f"{value * 100:+.1f}%"
+    if kind == "params":
+        return human(value)
+    if isinstance(value, float):
+        return f"{value:.4g}" if kind != "loss" else f"{value:.4f}"
+    return str(value)
+
+
+def table(frame: pl.DataFrame, columns: dict[str, tuple[str, str]] | None = None, cls: str = "") -> str:
+    """An escaped HTML table; columns: name -> (header, format kind)."""
+    columns = columns or {c: (c, "") for c in frame.columns}
+    head = "".join(f"<th>{esc(h)}</th>" for h, _ in columns.values())
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(_fmt(r[c], kind))}</td>" for c, (_, kind) in columns.items()) + "</tr>"
+        for r in frame.select(list(columns)).iter_rows(named=True)
+    )
+    return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+SPEEDUP_COLUMNS = {
+    "size": ("size", ""), "params_nonembedding": ("non-emb. params", "params"), "arm": ("arm", ""),
+    "definition": ("definition", ""), "speedup": ("speedup T*/T-1", "pct"), "ci_low": ("CI low", "pct"),
+    "ci_high": ("CI high", "pct"), "bound": ("bound", ""), "saved": ("steps saved", "pct"),
+    "n_seeds": ("seeds", ""), "arm_lr": ("arm lr", ""), "steps": ("steps T", ""), "t_star": ("T*", ""),
+    "arm_loss": ("arm loss", "loss"), "note": ("note", ""),
+}
+SIZES_COLUMNS = {
+    "size": ("size", ""), "d_model": ("d_model", ""), "n_layers": ("layers", ""), "moe": ("MoE", ""),
+    "n_experts": ("experts", ""), "top_k": ("top-k", ""), "granularity": ("granularity", ""),
+    "params_total": ("total params", "params"), "params_active": ("active", "params"),
+    "params_nonembedding": ("non-embedding", "params"), "params_active_nonembedding": ("active non-emb.", "params"),
+}
+FINAL_COLUMNS = {
+    "size": ("size", ""), "arm": ("arm", ""), "lr": ("lr", ""), "steps": ("steps", ""),
+    "mean_loss": ("mean loss", "loss"), "std_loss": ("std", "loss"), "min_loss": ("min", "loss"),
+    "max_loss": ("max", "loss"), "n": ("completed", ""), "n_excluded": ("excluded", ""),
+}
+REGRET_COLUMNS = {
+    "parameter": ("parameter", ""), "size": ("size", ""), "reference_size": ("chosen at", ""),
+    "chosen_factor": ("chosen factor", ""), "best_factor": ("best factor here", ""),
+    "loss_at_chosen": ("loss at chosen", "loss"), "best_loss": ("best loss", "loss"),
+    "regret": ("regret (nats)", "loss"), "note": ("note", ""),
+}
+PROBLEM_COLUMNS = {
+    "run_id": ("run", ""), "status": ("status", ""), "size": ("size", ""), "arm": ("arm", ""),
+    "sweeps": ("sweeps", ""), "seed": ("seed", ""), "lr": ("lr", ""), "steps": ("steps", ""), "error": ("error", ""),
+}
+
+
+def multipliers_table(mult: pl.DataFrame) -> pl.DataFrame:
+    """component x arm, cells 'start / end'."""
+    if mult.is_empty():
+        return mult
+    return (
+        mult.with_columns(pl.format("{} / {}", pl.col("start").round(4), pl.col("end").round(4)).alias("cell"))
+        .pivot(on="arm", index="component", values="cell")
+    )
+
+
+# ---------------------------------------------------------------- page
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#666} .headline li{margin:.3em 0} .note{color:#777;font-size:12px} .missing{color:#8a5a00;background:#fff7e6;padding:.4em .7em;border-left:3px solid #e0a030}
+figure{margin:1.2em 0 2em} figcaption{color:#444;max-width:900px;margin-top:.4em} .chart{min-height:120px}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:12.5px} th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f4f4f4} td{max-width:420px;overflow-wrap:anywhere} .downloads{font-size:12px}
+#render-status{font-size:11px;color:#888;white-space:pre-wrap}
+"""
+
+_RENDER_SCRIPT = """
+(function () {
+  var status = document.getElementById("render-status");
+  var errors = [];
+  window.addEventListener("error", function (e) { errors.push("page error: " + e.message); });
+  var consoleError = console.error;
+  console.error = function () {
+    errors.push("console.error: " + Array.prototype.map.call(arguments, String).join(" "));
+    consoleError.apply(console, arguments);
+  };
+  var charts = Array.prototype.slice.call(document.querySelectorAll(".chart[data-spec]"));
+  Promise.all(charts.map(function (el) {
+    var spec = JSON.parse(document.getElementById(el.dataset.spec).textContent);
+    return vegaEmbed(el, spec, {renderer: "svg", actions: {export: true, source: false, compiled: false, editor: false}})
+      .then(function () { el.dataset.rendered = el.querySelector("svg") ? "yes" : "empty"; })
+      .catch(function (err) { el.dataset.rendered = "error"; errors.push(el.id + ": " + err); el.textContent = "chart failed: " + err; });
+  })).then(function () {
+    var ok = charts.filter(function (el) { return el.dataset.rendered === "yes"; }).length;
+    status.dataset.charts = String(charts.length);
+    status.dataset.rendered = String(ok);
+    status.dataset.errors = String(errors.length);
+    status.textContent = ok + " of " + charts.length + " charts rendered" + (errors.length ? "\\n" + errors.join("\\n") : "");
+    status.dataset.done = "yes";
+  });
+})();
+"""
+
+
+@dataclass
+class Built:
+    html: str
+    figures: dict[str, dict]  # name -> Vega-Lite spec
+    missing: dict[str, str]  # name -> why it is not shown
+
+
+def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle: str) -> Built:
+    """Assemble the page from analysis frames and report tables."""
+    specs: dict[str, dict] = {}
+    missing: dict[str, str] = {}
+    sections: list[str] = []
+    for fig in FIGURES:
+        chart = fig.build(frames)
+        if chart is None:
+            missing[fig.name] = fig.needs
+            sections.append(f'<h2>{esc(fig.title)}</h2><p class="missing">Not shown: {esc(fig.needs)}.</p>')
+            continue
+        specs[fig.name] = chart.to_dict()
+        sections.append(
+            f'<h2 id="{fig.name}">{esc(fig.title)}</h2><figure>'
+            f'<div class="chart" id="fig-{fig.name}" data-spec="spec-{fig.name}"></div>'
+            f"<figcaption>{esc(fig.caption)} "
+            f'<span class="downloads">[<a href="figures/{fig.name}.png">PNG</a> · <a href="figures/{fig.name}.svg">SVG</a>]</span>'
+            "</figcaption></figure>"
+        )
+
+    sp = frames["speedup"]
+    heads = headline_rows(sp) if sp.height else []
+    headline_html = (
+        "<ul class='headline'>" + "".join(f"<li>{esc(headline(r))}{_caveat(r)}</li>" for r in heads) + "</ul>"
+        if heads else '<p class="missing">No speedup: the study has no completed non-baseline arm next to a completed baseline.</p>'
+    )
+    problems = extra["problems"]
+    problems_html = (
+        f"<p>{problems.height} run(s) did not complete; their losses are excluded from every number above.</p>"
+        + table(problems, PROBLEM_COLUMNS)
+        if problems.height else "<p>Every planned run completed.</p>"
+    )
+    mult = multipliers_table(extra["multipliers"])
+    prov = extra["provenance"]
+    prov_html = "".join(
+        f"<h3>{esc(title)}</h3>{table(prov[key])}" for key, title in
+        (("study", "Study file"), ("commits", "Code (git commits)"), ("corpus", "Data"),
+         ("versions", "Package versions"), ("executors", "Executors and hosts")) if key in prov and prov[key].height
+    )
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>RLRS study report: {esc(study)}</title>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<style>{_CSS}</style>",
+        f"<script>{bundle}</script></head><body>",
+        f"<h1>RLRS study report: {esc(study)}</h1>",
+        f"<p class='meta'>Generated {esc(dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} from "
+        f"{esc(extra['db_path'])}. Speedup = T*/T - 1: how many more steps the baseline needs to match an arm's "
+        "final eval loss; steps saved = 1 - T/T*. Intervals: 95% percentile bootstrap over seeds.</p>",
+        "<h2>Headline</h2>", headline_html,
+        *sections,
+        "<h2>Tables</h2>",
+        "<h3>Model sizes</h3>", table(extra["sizes"], {k: v for k, v in SIZES_COLUMNS.items() if k in extra["sizes"].columns}),
+        "<h3>Multipliers per arm (start / end)</h3>",
+        table(mult) if mult.height else "<p>No main runs.</p>",
+        "<h3>Final losses (main runs)</h3>", table(frames["final_losses_by_arm"], FINAL_COLUMNS),
+        "<h3>Speedups</h3>", table(sp, SPEEDUP_COLUMNS) if sp.height else "<p>None computed.</p>",
+        "<h3>Transfer regret</h3>",
+        "<p>For each swept parameter: the factor that was best at the smallest size, used at a larger size, "
+        "minus the best loss at that larger size (0 = the small-scale choice is still optimal).</p>",
+        table(frames["regret"], REGRET_COLUMNS) if frames["regret"].height else "<p>No parameter was swept at two or more sizes.</p>",
+        "<h2>Failed, diverged and missing runs</h2>", problems_html,
+        "<h2>Provenance</h2>", prov_html or "<p>No provenance recorded.</p>",
+        '<p id="render-status" data-done="no">rendering charts…</p>',
+        *(f'<script type="application/json" id="spec-{name}">{script_json(spec)}</script>' for name, spec in specs.items()),
+        f"<script>{_RENDER_SCRIPT}</script>",
+        "</body></html>",
+    ]
+    return Built("\n".join(parts), specs, missing)
+
+
+@functools.lru_cache(maxsize=1)
+def javascript_bundle() -> str:
+    """The Vega + Vega-Lite + vega-embed bundle, made safe to inline: a
+    '</script' inside it would end the element early (none today; the
+    replacement only matters inside string literals, where '<\\/' is '</')."""
+    import re
+
+    return re.sub(r"</(script)", r"<\\/\1", vlc.javascript_bundle(vl_version=VL_VERSION), flags=re.IGNORECASE)
+
+
+# ---------------------------------------------------------------- files
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, then os.replace: a reader never sees
+    half a file, and a crash leaves the old one intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp creates 0600; a report is meant to be read (served, shared): honour the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_figures(specs: dict[str, dict], folder: Path) -> list[Path]:
+    """figures/<name>.png and .svg for every figure; stale ones removed."""
+    written = []
+    for name, spec in specs.items():
+        svg = vlc.vegalite_to_svg(spec, vl_version=VL_VERSION)
+        png = vlc.vegalite_to_png(spec, vl_version=VL_VERSION, scale=PNG_SCALE)
+        for path, data in ((folder / f"{name}.svg", svg.encode()), (folder / f"{name}.png", png)):
+            atomic_write(path, data)
+            written.append(path)
+    if folder.is_dir():
+        for old in folder.iterdir():
+            if old.suffix in (".png", ".svg") and old.stem not in specs:
+                old.unlink()
+    return written
+
+
+def _open(db_path: Path):
+    """Read-only connection; first, if `rlrs collect` did not materialize the
+    analysis views (no after_ingest hook) or ingested more runs since, bring
+    them up to date in one transaction, so that queries on the views agree
+    with the page."""
+    from rlrs import db
+
+    con = db.connect(db_path, read_only=True)
+    if not analysis.is_stale(con):
+        return con
+    con.close()
+    rw = db.connect(db_path, read_only=False)
+    try:
+        rw.execute("BEGIN")
+        try:
+            analysis.materialize(rw)
+            rw.execute("COMMIT")
+        except BaseException:
+            rw.execute("ROLLBACK")
+            raise
+    finally:
+        rw.close()
+    return db.connect(db_path, read_only=True)
+
+
+def write_report(study: str, db_path: Path, out_html: Path, *, figures: bool = True) -> Built:
+    """Read the study's DuckDB, write out_html (and figures/ beside it)."""
+    con = _open(db_path)
+    try:
+        frames = analysis.compute(con, study)  # raises ConfigError for an unknown study
+        members = analysis.load_members(con, study)
+        extra = {
+            "db_path": str(db_path),
+            "sizes": analysis.sizes_table(con, study),
+            "multipliers": analysis.arm_multipliers(con, members),
+            "problems": analysis.problem_runs(con, members),
+            "provenance": analysis.provenance(con, study),
+        }
+    finally:
+        con.close()
+    built = build_page(study, frames, extra, javascript_bundle())
+    if figures:
+        export_figures(built.figures, out_html.parent / "figures")
+    atomic_write(out_html, built.html.encode())
+    return built
+
+
+def study_name(study: str) -> str:
+    """A study name, or a study YAML path whose stem is the name."""
+    p = Path(study)
+    return p.stem if p.suffix in (".yaml", ".yml") else study
+
+
+def cli_report(study: str, db: Path | None = None, out: Path | None = None) -> int:
+    """`rlrs report STUDY [--db DB] [--out DIR | FILE.html]`."""
+    from rlrs.db import DatabaseError
+    from rlrs.study import reports_dir, results_dir
+
+    name = study_name(study)
+    db_path = Path(db) if db is not None else results_dir(name) / "rlrs.duckdb"
+    if out is None:
+        out_html = reports_dir(name) / "index.html"
+    else:
+        out = Path(out)
+        out_html = out if out.suffix == ".html" else out / "index.html"
+    try:
+        built = write_report(name, db_path, out_html)
+    except (ConfigError, DatabaseError) as e:
+        print(f"rlrs report: error: {e}", file=sys.stderr)
+        return 2
+    shown = len(built.figures)
+    print(f"wrote {out_html} ({out_html.stat().st_size / 1e6:.2f} MB, {shown} figure(s))")
+    for name_, why in built.missing.items():
+        print(f"  not shown: {name_}: {why}")
+    return 0

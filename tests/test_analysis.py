@@ -1,0 +1,371 @@
+"""rlrs.analysis on constructed studies whose answers are known in closed form.
+
+Every test writes a real DuckDB file (tests/_analysis_fixtures.py), runs
+`materialize` on it and reads the answer back through the views the report
+and users query.
+"""
+
+from __future__ import annotations
+
+import math
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from scipy.interpolate import PchipInterpolator
+
+from rlrs import analysis
+from rlrs.errors import ConfigError
+
+from _analysis_fixtures import L, T, StudyDB, add_ladder, add_usweep
+
+
+
+def materialized(db: StudyDB, tmp_path, name: str = "rlrs.duckdb") -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(db.write(tmp_path / name)))
+    con.execute("BEGIN")
+    analysis.materialize(con)
+    con.execute("COMMIT")
+    return con
+
+
+def view(con, name: str, where: str = "true") -> pl.DataFrame:
+    return con.sql(f"SELECT * FROM {name} WHERE {where}").pl()
+
+
+def row(frame: pl.DataFrame, **match) -> dict:
+    out = frame.filter(*(pl.col(k) == v for k, v in match.items()))
+    assert out.height == 1, out
+    return out.row(0, named=True)
+
+
+def test_ladder_recovers_a_power_law_speedup(tmp_path):
+    db = StudyDB()
+    add_ladder(db)
+    db.run(arm="rlrs", steps=T, loss=L(1.2 * T))
+    con = materialized(db, tmp_path)
+    r = row(view(con, "speedup"), arm="rlrs", definition="ladder")
+    assert r["speedup"] == pytest.approx(0.20, abs=0.005)
+    assert r["saved"] == pytest.approx(1 / 6, abs=0.004)
+    assert r["t_star"] == pytest.approx(1.2 * T, abs=5)
+    assert r["bound"] is None
+    assert (r["n_seeds"], r["steps"], r["baseline_lengths"]) == (1, T, 5)
+    assert r["arm_loss"] == pytest.approx(L(1.2 * T), abs=1e-12)
+    assert r["params_nonembedding"] == db.params("s1")
+    # One seed: no interval, and the note says why.
+    assert r["ci_low"] is None and r["ci_high"] is None
+    assert "one arm seed" in r["note"]
+
+
+def test_no_extrapolation_beyond_the_ladder(tmp_path):
+    db = StudyDB()
+    add_ladder(db)
+    db.run(arm="better", steps=T, loss=L(3 * T))  # beats the 2T baseline
+    db.run(arm="worse", steps=T, loss=L(0.3 * T))  # worse than the 0.5T baseline
+    sp = view(materialized(db, tmp_path), "speedup", "definition = 'ladder'")
+    better, worse = row(sp, arm="better"), row(sp, arm="worse")
+    assert better["speedup"] is None and better["bound"] == "> 1.00" and better["saved"] is None
+    assert worse["speedup"] is None and worse["bound"] == "< -0.50"
+    assert "no extrapolation" in better["note"]
+
+
+def test_bootstrap_interval_over_three_seeds_contains_the_truth(tmp_path):
+    db = StudyDB()
+    noise = (-0.004, 0.0, 0.004)  # zero mean per group: the point estimate is exact
+    add_ladder(db, seeds=(0, 1, 2), noise=noise)
+    for seed, eps in zip((0, 1, 2), (0.003, -0.003, 0.0)):
+        db.run(arm="rlrs", seed=seed, steps=T, loss=L(1.2 * T) + eps)
+    con = materialized(db, tmp_path)
+    r = row(view(con, "speedup"), arm="rlrs", definition="ladder")
+    assert r["speedup"] == pytest.approx(0.20, abs=0.005)
+    assert r["n_seeds"] == 3 and r["baseline_seeds"] == 3
+    assert r["ci_low"] < 0.20 < r["ci_high"]
+    assert r["ci_high"] - r["ci_low"] < 0.2  # noise of 0.004 nats is a few % in steps
+    # saved's interval is the same interval mapped through 1 - 1/(1 + s).
+    assert r["saved_ci_low"] == pytest.approx(1 - 1 / (1 + r["ci_low"]))
+    # The target definition resamples whole eval curves (one per baseline seed).
+    tg = row(view(con, "speedup"), arm="rlrs", definition="target")
+    assert tg["baseline_seeds"] == 3 and tg["ci_low"] < tg["speedup"] < tg["ci_high"]
+    # A fixed bootstrap seed: recomputing gives the identical interval.
+    again = analysis.compute(con, "t")["speedup"]
+    assert row(again, arm="rlrs", definition="ladder")["ci_low"] == r["ci_low"]
+
+
+def test_target_definition_reads_the_longest_baseline_eval_curve(tmp_path):
+    db = StudyDB()
+    curve = lambda t: 2.0 + 1000.0 / t  # noqa: E731  eval every 100 steps (T / 10)
+    add_ladder(db, curve=curve)
+    # Evals of the 2T run fall at 200, 400, ..., 2000 steps trained.
+    db.run(arm="at_point", steps=T, loss=curve(1200))  # exactly on an eval point
+    db.run(arm="between", steps=T, loss=(curve(1200) + curve(1400)) / 2)  # linear between two
+    db.run(arm="never", steps=T, loss=curve(2000) - 0.01)
+    sp = view(materialized(db, tmp_path), "speedup", "definition = 'target'")
+    assert row(sp, arm="at_point")["speedup"] == pytest.approx(0.2, abs=1e-9)
+    assert row(sp, arm="between")["speedup"] == pytest.approx(0.3, abs=1e-9)
+    assert row(sp, arm="between")["saved"] == pytest.approx(1 - 1 / 1.3, abs=1e-9)
+    never = row(sp, arm="never")
+    assert never["speedup"] is None and never["bound"] == "> 1.00"
+    assert "2000-step run" in row(sp, arm="at_point")["note"]
+
+
+def test_each_arm_is_compared_at_its_best_lr(tmp_path):
+    db = StudyDB()
+    add_ladder(db)
+    # main lr 1e-3 is the sweep's factor 1 (one run id in main and lr)
+    sweep = {5e-4: 2.62, 1e-3: 2.61, 2e-3: L(1.2 * T)}
+    for lr, loss in sweep.items():
+        f = lr / 1e-3
+        kw = dict(arm="rlrs", lr=lr, steps=T, loss=loss, tags={"lr": lr, "lr_factor": f})
+        if lr == 1e-3:
+            db.run(**kw | {"sweep": "main", "tags": {}, "also": (("lr", kw["tags"]),)})
+        else:
+            db.run(**kw | {"sweep": "lr"})
+    # 4e-3 looks best on its surviving seed, but its other seed diverged: unstable, not eligible.
+    db.run(arm="rlrs", sweep="lr", lr=4e-3, seed=0, steps=T, loss=2.0, tags={"lr": 4e-3, "lr_factor": 4.0})
+    db.run(arm="rlrs", sweep="lr", lr=4e-3, seed=1, steps=T, status="diverged", tags={"lr": 4e-3, "lr_factor": 4.0})
+    con = materialized(db, tmp_path)
+    lr = view(con, "lr_sweep", "arm = 'rlrs'").sort("lr")
+    assert lr["lr"].to_list() == [5e-4, 1e-3, 2e-3, 4e-3]
+    assert lr["lr_factor"].to_list() == [0.5, 1.0, 2.0, 4.0]
+    assert lr["is_best"].to_list() == [False, False, True, False]
+    assert lr["n"].to_list() == [1, 1, 1, 1] and lr["n_diverged"].to_list() == [0, 0, 0, 1]
+    r = row(view(con, "speedup"), arm="rlrs", definition="ladder")
+    assert r["arm_lr"] == 2e-3
+    assert r["speedup"] == pytest.approx(0.20, abs=0.005)
+    assert "lr 0.004 not chosen despite a lower mean: 1 diverged seed(s)" in r["note"]
+    assert "edge of the sweep" not in r["note"]  # 2e-3 has a completed neighbour on each side
+
+
+def test_non_completed_runs_are_excluded_and_counted(tmp_path):
+    db = StudyDB()
+    add_ladder(db)
+    db.run(arm="rlrs", seed=0, steps=T, loss=L(1.2 * T))
+    db.run(arm="rlrs", seed=1, steps=T, status="diverged")
+    db.run(arm="rlrs", seed=2, steps=T, status="failed")
+    con = materialized(db, tmp_path)
+    r = row(view(con, "speedup"), arm="rlrs", definition="ladder")
+    # The only lr has a diverged seed: it is still compared (on its
+    # completed seed), and the note says what was left out and why.
+    assert r["speedup"] == pytest.approx(0.20, abs=0.005) and r["n_seeds"] == 1
+    assert "excluded 2 non-completed run(s) (1 diverged)" in r["note"]
+    assert "compared lr 0.001 has 1 diverged seed(s)" in r["note"]
+    fl = row(view(con, "final_losses_by_arm"), arm="rlrs")
+    assert (fl["n"], fl["n_excluded"]) == (1, 2)
+
+
+def test_failed_seed_is_excluded_but_the_comparison_stands(tmp_path):
+    db = StudyDB()
+    add_ladder(db)
+    db.run(arm="rlrs", seed=0, steps=T, loss=L(1.2 * T))
+    db.run(arm="rlrs", seed=1, steps=T, status="failed")
+    r = row(view(materialized(db, tmp_path), "speedup"), arm="rlrs", definition="ladder")
+    assert r["speedup"] == pytest.approx(0.20, abs=0.005) and r["n_seeds"] == 1
+    assert "excluded 1 non-completed run(s) (0 diverged)" in r["note"]
+
+
+def test_usweep_best_factor_and_transfer_regret(tmp_path):
+    db = StudyDB()
+    add_usweep(db, "s1", {0.5: 2.30, 1.0: 2.20, 2.0: 2.10})  # best x2 at the small size
+    add_usweep(db, "s2", {0.5: 2.05, 1.0: 2.00, 2.0: 2.05})  # best x1 at the larger one
+    add_usweep(db, "s3", {0.5: 1.95, 1.0: 1.90})  # x2 was not run here
+    con = materialized(db, tmp_path)
+    u = view(con, "usweep").sort("size", "factor")
+    assert u.filter(pl.col("is_best")).select("size", "factor").rows() == [("s1", 2.0), ("s2", 1.0), ("s3", 1.0)]
+    assert u.filter(pl.col("size") == "s1")["mean_loss"].to_list() == [2.30, 2.20, 2.10]
+    assert set(u["base_arm"]) == {"rlrs"}
+    reg = view(con, "regret").sort("size")
+    assert reg["parameter"].to_list() == ["embedding.start (rlrs)"] * 2
+    s2, s3 = reg.row(0, named=True), reg.row(1, named=True)
+    assert (s2["size"], s2["reference_size"], s2["chosen_factor"], s2["best_factor"]) == ("s2", "s1", 2.0, 1.0)
+    assert s2["regret"] == pytest.approx(0.05, abs=1e-12) and s2["regret"] > 0
+    assert s3["regret"] is None and "not run" in s3["note"]
+
+
+def test_lr_regret_is_zero_when_the_small_choice_stays_best(tmp_path):
+    db = StudyDB()
+    for size, losses in (("s1", {0.5: 2.5, 1.0: 2.4, 2.0: 2.45}), ("s2", {0.5: 2.2, 1.0: 2.1, 2.0: 2.3})):
+        for f, loss in losses.items():
+            tags = {"lr": 1e-3 * f, "lr_factor": f}
+            extra = {"sweep": "main", "tags": {}, "also": (("lr", tags),)} if f == 1.0 else {"sweep": "lr", "tags": tags}
+            db.run(size=size, arm="baseline", lr=1e-3 * f, loss=loss, **extra)
+    con = materialized(db, tmp_path)
+    reg = row(view(con, "regret"), parameter="lr (baseline)")
+    assert (reg["chosen_factor"], reg["best_factor"], reg["regret"]) == (1.0, 1.0, 0.0)
+
+
+def test_ablation_signs(tmp_path):
+    db = StudyDB()
+    db.run(arm="baseline", loss=2.50)
+    db.run(arm="rlrs", loss=2.40)
+    db.run(arm="rlrs", sweep="removal", loss=2.48, tags={"component": "embedding"})  # removing hurts
+    db.run(arm="rlrs", sweep="removal", loss=2.39, tags={"component": "head"})  # removing helps slightly
+    db.run(arm="baseline", sweep="contribution", loss=2.44, tags={"component": "embedding", "source_arm": "rlrs"})
+    db.run(arm="baseline", sweep="contribution", loss=2.52, lr=5e-4, tags={"component": "head", "source_arm": "rlrs"})
+    ab = view(materialized(db, tmp_path), "ablation")
+    emb_rm = row(ab, kind="removal", component="embedding")
+    assert emb_rm["reference_arm"] == "rlrs" and emb_rm["delta"] == pytest.approx(0.08)
+    assert row(ab, kind="removal", component="head")["delta"] == pytest.approx(-0.01)
+    emb_c = row(ab, kind="contribution", component="embedding")
+    assert emb_c["reference_arm"] == "baseline" and emb_c["delta"] == pytest.approx(-0.06)
+    # A contribution run at another lr than the baseline has no fair reference.
+    head_c = row(ab, kind="contribution", component="head")
+    assert head_c["delta"] is None and "same size, lr and length" in head_c["note"]
+
+
+def test_first_reach_takes_the_first_crossing_of_a_non_monotone_curve():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    y = np.array([3.0, 1.0, 2.0, 0.5])
+    assert analysis.first_reach(x, y, 2.0) == pytest.approx(1.5)
+    assert analysis.first_reach(x, y, 0.1) == math.inf
+    assert analysis.first_reach(x, y, 3.5) == -math.inf
+    assert analysis.first_reach(x, y, 3.0) == 1.0
+    # PCHIP is monotone between points: the crossing stays in the same interval.
+    assert 1.0 < analysis.first_reach(x, y, 2.0, kind="pchip") < 2.0
+
+
+def test_batched_pchip_crossing_matches_scipys_own_root_finder():
+    # The bisection on PCHIP pieces (vectorized for the bootstrap) against
+    # PPoly.solve on random decreasing-ish curves, one at a time.
+    rng = np.random.default_rng(1)
+    x = np.log([500.0, 750.0, 1000.0, 1500.0, 2000.0])
+    y = 3.0 - np.cumsum(rng.uniform(0.0, 0.3, (200, 5)), axis=1) + rng.normal(0, 0.03, (200, 5))
+    level = rng.uniform(y.min(axis=1), y.max(axis=1))
+    got = analysis.first_reach(x, y, level, kind="pchip")
+    for row, lv, g in zip(y, level, got):
+        if row[0] < lv:
+            assert g == -math.inf
+            continue
+        roots = PchipInterpolator(x, row).solve(lv, extrapolate=False)
+        assert g == pytest.approx(roots.min(), abs=1e-9)
+
+
+def test_curves_are_downsampled_and_averaged_over_seeds(tmp_path):
+    db = StudyDB(log_every=1)
+    for arm in ("baseline", "rlrs"):
+        for seed in (0, 1):
+            db.run(arm=arm, seed=seed, steps=2000, loss=2.0 + seed * 0.1)
+    con = materialized(db, tmp_path)
+    curves = view(con, "loss_curves")
+    train = curves.filter(pl.col("train_loss").is_not_null())
+    per_series = train.group_by("arm").len()
+    assert per_series["len"].max() <= analysis.MAX_POINTS_PER_SERIES
+    assert set(train["n_runs"]) == {2}
+    # Mean over the two seeds: the last bin's eval loss is the mean final loss.
+    last_eval = curves.filter(pl.col("eval_loss").is_not_null() & (pl.col("step") == 2000))
+    assert sorted(last_eval["eval_loss"]) == pytest.approx([2.05, 2.05])
+    upd = view(con, "update_sizes")
+    assert upd.height <= analysis.ROW_BUDGET
+    assert analysis.points_per_series(10_000) == analysis.MIN_POINTS_PER_SERIES
+
+
+def test_schedules_frame_holds_the_applied_rates(tmp_path):
+    db = StudyDB()
+    db.run(arm="baseline", loss=2.5)
+    db.run(arm="rlrs", loss=2.4)
+    sched = view(materialized(db, tmp_path), "lr_schedules")
+    first = sched.filter(pl.col("step") == sched["step"].max())
+    # The last bin averages the final rates: the embedding floor of RLRS is
+    # lr * f * 0.667, the baseline's lr * f.
+    emb = {r["arm"]: r["lr"] for r in first.filter(pl.col("component") == "embedding").iter_rows(named=True)}
+    assert emb["rlrs"] / emb["baseline"] == pytest.approx(0.667, rel=0.02)
+
+
+def test_schedules_show_the_smallest_size_of_each_model_family(tmp_path):
+    db = StudyDB()
+    for size, moe in (("s1", False), ("s2", False), ("m1", True)):
+        db.run(size=size, arm="baseline", loss=2.5, moe=moe)
+        db.run(size=size, arm="rlrs", loss=2.4, moe=moe, multipliers={"experts": (0.3, 1.125), "embedding": (5.0, 0.666)})
+    sched = view(materialized(db, tmp_path), "lr_schedules")
+    comps = {s: set(sched.filter(pl.col("size") == s)["component"]) for s in sched["size"].unique()}
+    assert comps == {"s1": {"embedding", "attention", "ffn", "head", "norm"},
+                     "m1": {"embedding", "attention", "router", "experts", "head", "norm"}}
+    # RLRS experts peak at 0.3x the base lr of 1e-3.
+    peak = sched.filter((pl.col("arm") == "rlrs") & (pl.col("component") == "experts"))["lr"].max()
+    assert peak == pytest.approx(0.3e-3, rel=1e-3)
+
+
+def test_materialize_runs_inside_the_callers_transaction(tmp_path):
+    db = StudyDB()
+    db.run(arm="baseline", loss=2.5)
+    con = duckdb.connect(str(db.write(tmp_path / "x.duckdb")))
+    con.execute("BEGIN")
+    analysis.materialize(con)
+    con.execute("ROLLBACK")
+    names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert "speedup" not in names and "analysis_speedup" not in names
+    con.execute("BEGIN")
+    analysis.materialize(con)
+    con.execute("COMMIT")
+    cols = [r[0] for r in con.execute("DESCRIBE speedup").fetchall()]
+    for c in ("size", "arm", "definition", "speedup", "ci_low", "ci_high", "bound", "saved", "n_seeds",
+              "steps", "t_star", "params_nonembedding", "arm_loss", "note"):
+        assert c in cols
+    for v in ("final_losses_by_arm", "transfer", "lr_sweep", "usweep", "regret", "ablation"):
+        con.execute(f"SELECT * FROM {v}").fetchall()  # exists, even when empty
+
+
+def test_unknown_study_is_refused_with_the_allowed_names(tmp_path):
+    db = StudyDB(study="demo")
+    db.run(arm="baseline", loss=2.5)
+    con = duckdb.connect(str(db.write(tmp_path / "x.duckdb")))
+    with pytest.raises(ConfigError, match=r"study: 'nope' is not in this database; allowed: demo"):
+        analysis.compute(con, "nope")
+
+
+def test_views_go_stale_when_runs_are_ingested_after_them(tmp_path):
+    db = StudyDB()
+    add_ladder(db)
+    con = materialized(db, tmp_path)
+    assert not analysis.is_stale(con)
+    # As if the views were made an hour before the last ingest.
+    con.execute("UPDATE analysis_meta SET materialized_at = materialized_at - INTERVAL 1 HOUR")
+    assert analysis.is_stale(con)
+    con.execute("BEGIN")
+    analysis.materialize(con)
+    con.execute("COMMIT")
+    assert not analysis.is_stale(con)
+
+
+def test_the_baseline_is_the_arm_the_study_ladders(tmp_path):
+    db = StudyDB(config={"study": "t", "sweeps": {"ladder": {"arm": "cosine", "factors": [0.5, 2.0]}}})
+    for f in (0.5, 1.0, 2.0):
+        db.run(arm="cosine", sweep="main" if f == 1.0 else "ladder", steps=int(T * f), loss=L(T * f),
+               tags={} if f == 1.0 else {"length_factor": f})
+    db.run(arm="rlrs", loss=L(1.2 * T))
+    sp = view(materialized(db, tmp_path), "speedup", "definition = 'ladder'")
+    assert sp["arm"].to_list() == ["rlrs"]
+    assert sp["speedup"][0] == pytest.approx(0.2, abs=0.01)
+
+
+def test_materialize_survives_incomplete_and_odd_studies(tmp_path):
+    # materialize runs inside `rlrs collect`'s transaction: odd data must not
+    # make the ingest fail. Sizes whose every run failed, sweep rows without
+    # tags, a run with no size, a planned run never ingested.
+    db = StudyDB()
+    add_ladder(db)
+    db.run(arm="rlrs", loss=L(1.2 * T))
+    db.run(size="s2", arm="baseline", status="failed")
+    db.run(size="s2", arm="rlrs", status="diverged")
+    db.run(arm="rlrs", sweep="usweep", loss=2.5, tags={})
+    db.run(arm="rlrs", sweep="removal", loss=2.5, tags={})
+    db.run(size=None, arm="baseline", sweep="main", seed=9, loss=2.5)
+    db.plan.append(("t", "000000000000", "s3", "rlrs", "main", "{}"))
+    con = materialized(db, tmp_path)
+    sp = view(con, "speedup")
+    assert row(sp, size="s1", definition="ladder")["speedup"] == pytest.approx(0.2, abs=0.005)
+    s2 = row(sp, size="s2", definition="ladder")
+    assert s2["speedup"] is None and "no completed runs of this arm" in s2["note"]
+    assert view(con, "usweep").is_empty() and view(con, "ablation").is_empty()
+
+
+def test_a_best_lr_at_the_edge_of_the_sweep_is_flagged(tmp_path):
+    db = StudyDB()
+    add_ladder(db)
+    for f, loss in ((0.5, 2.7), (1.0, 2.65), (2.0, L(1.2 * T))):
+        tags = {"lr": 1e-3 * f, "lr_factor": f}
+        extra = {"sweep": "main", "tags": {}, "also": (("lr", tags),)} if f == 1.0 else {"sweep": "lr", "tags": tags}
+        db.run(arm="rlrs", lr=1e-3 * f, loss=loss, **extra)
+    r = row(view(materialized(db, tmp_path), "speedup"), arm="rlrs", definition="ladder")
+    assert r["arm_lr"] == 2e-3
+    assert "best lr 0.002 is at the edge of the sweep" in r["note"]

@@ -1,0 +1,287 @@
+"""rlrs report: a real page from a constructed study DuckDB, checked as files,
+as HTML text (escaping, self-containment, headline numbers) and in headless
+Chromium with the network closed."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from rlrs import analysis, report
+from rlrs.cli import main as rlrs_main
+
+from _analysis_fixtures import L, T, StudyDB, add_ladder, add_usweep, large_study
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+ALL_FIGURES = ["speedup_vs_size", "loss_curves", "lr_schedules", "lr_sweep", "usweep", "ablation", "update_sizes"]
+
+
+def full_study(study: str = "demo", arm: str = "rlrs") -> StudyDB:
+    """Two sizes with every sweep, three seeds, one diverged and one failed
+    run, and one planned run that never produced a result."""
+    db = StudyDB(study=study)
+    for size, gain in (("s1", 1.2), ("s2", 1.3)):
+        add_ladder(db, size=size, seeds=(0, 1, 2), noise=(-0.004, 0.0, 0.004))
+        for seed, eps in zip((0, 1, 2), (0.003, -0.003, 0.0)):
+            db.run(size=size, arm=arm, seed=seed, loss=L(gain * T) + eps,
+                   also=(("lr", {"lr": 1e-3, "lr_factor": 1.0}),))
+        for f, d in ((0.5, 0.03), (2.0, 0.02)):
+            db.run(size=size, arm=arm, sweep="lr", lr=1e-3 * f, loss=L(gain * T) + d, tags={"lr": 1e-3 * f, "lr_factor": f})
+    db.run(size="s1", arm=arm, sweep="lr", lr=4e-3, status="diverged", error="loss became NaN at step 40",
+           tags={"lr": 4e-3, "lr_factor": 4.0})
+    db.run(size="s2", arm="baseline", sweep="ladder", seed=7, steps=500, status="failed",
+           error="worker lost <OOM>", tags={"length_factor": 0.5, "steps": 500})
+    add_usweep(db, "s1", {0.5: 2.7, 2.0: 2.65})
+    add_usweep(db, "s2", {0.5: 2.6, 2.0: 2.62})
+    db.run(arm=arm, sweep="removal", loss=2.7, tags={"component": "embedding"})
+    db.run(arm="baseline", sweep="contribution", loss=2.6, tags={"component": "embedding", "source_arm": arm})
+    db.plan.append((study, "feedfacecafe", "s2", arm, "usweep", '{"component": "head", "which": "end", "factor": 4.0}'))
+    return db
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The full study's report, written through the real `rlrs report` command."""
+    root = tmp_path_factory.mktemp("report")
+    db_path = full_study().write(root / "results" / "demo" / "rlrs.duckdb")
+    out = root / "reports" / "demo"
+    t0 = time.perf_counter()
+    code = rlrs_main(["report", "workflow/configs/demo.yaml", "--db", str(db_path), "--out", str(out)])
+    seconds = time.perf_counter() - t0
+    assert code == 0
+    html_path = out / "index.html"
+    return {"html": html_path.read_text(), "path": html_path, "out": out, "db": db_path, "seconds": seconds}
+
+
+def test_report_writes_one_page_and_every_figure(built):
+    out, html = built["out"], built["html"]
+    for name in ALL_FIGURES:
+        assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in (out / "figures" / f"{name}.svg").read_text()[:500]
+        assert f'data-spec="spec-{name}"' in html
+    assert html.count("window.vegaEmbed=") == 1  # the JavaScript bundle, embedded once
+    assert html.count('type="application/json"') == len(ALL_FIGURES)  # one spec per chart
+    # Self-contained: no element of the page loads anything (script bodies
+    # set aside: the bundle's own strings mention tags).
+    markup = re.sub(r"<script[^>]*>.*?</script>", "", html, flags=re.S)
+    assert not re.search(r"<(script|link|img|iframe|object|embed)\b", markup)
+    assert not re.search(r"(src|href)=[\"']?https?://", markup)
+    assert "Not shown" not in html
+    assert oct(built["path"].stat().st_mode & 0o777) != oct(0o600)  # readable by others, per umask
+    assert built["seconds"] < 60
+
+
+def test_headline_states_the_speedup_with_its_interval(built):
+    con = analysis_con(built["db"])
+    sp = con.sql("SELECT * FROM speedup WHERE size = 's2' AND definition = 'ladder'").pl().row(0, named=True)
+    con.close()
+    assert sp["speedup"] == pytest.approx(0.30, abs=0.005)
+    lo, hi = sp["saved_ci_low"], sp["saved_ci_high"]
+    expected = (
+        "At s2 (400k non-embedding params) rlrs reaches the baseline&#x27;s final loss with 23% fewer steps "
+        f"(the baseline needs 30% more; 95% CI {lo * 100:.0f}% fewer to {hi * 100:.0f}% fewer, 3 seeds; ladder definition)."
+    )
+    assert expected in built["html"]
+
+
+def analysis_con(path):
+    import duckdb
+
+    return duckdb.connect(str(path), read_only=True)
+
+
+def test_report_materialized_the_analysis_views_for_later_queries(built):
+    # `rlrs collect` may not have run the hook: the report adds the views once.
+    con = analysis_con(built["db"])
+    try:
+        n = con.execute("SELECT count(*) FROM speedup").fetchall()[0][0]
+    finally:
+        con.close()
+    assert n == 4  # 2 sizes x 1 arm x 2 definitions
+
+
+def test_failed_diverged_and_missing_runs_are_listed(built):
+    html = built["html"]
+    section = html[html.index("Failed, diverged and missing runs"):html.index("<h2>Provenance")]
+    assert "3 run(s) did not complete" in section
+    assert "loss became NaN at step 40" in section and "diverged" in section
+    assert "worker lost &lt;OOM&gt;" in section and "failed" in section
+    assert "feedfacecafe" in section and "missing" in section
+
+
+def test_tables_and_provenance(built):
+    html = built["html"]
+    assert "<h3>Model sizes</h3>" in html and "400k" in html
+    assert "5.0 / 0.667" in html  # the rlrs embedding multipliers
+    assert "abc1234" in html and "austen" in html and "0" * 64 in html
+    assert "embedding.start (rlrs)" in html  # transfer regret row
+
+
+def test_small_study_leaves_out_what_it_cannot_show_and_says_why(tmp_path):
+    db = StudyDB(study="tiny")
+    db.run(arm="baseline", status="failed", error="killed")
+    db.run(arm="rlrs", loss=2.4)
+    path = db.write(tmp_path / "tiny.duckdb")
+    assert rlrs_main(["report", "tiny", "--db", str(path), "--out", str(tmp_path / "out")]) == 0
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert "Not shown: no speedup could be computed" in html
+    assert "Not shown: the study has no `lr` sweep" in html
+    assert not (tmp_path / "out" / "figures" / "speedup_vs_size.png").exists()
+    assert (tmp_path / "out" / "figures" / "loss_curves.png").exists()
+    assert "no ladder definition speedup for rlrs" in html and "1 run(s) did not complete" in html
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path, capsys):
+    assert rlrs_main(["report", "demo", "--db", str(tmp_path / "nope.duckdb"), "--out", str(tmp_path / "o")]) == 2
+    assert "no database at" in capsys.readouterr().err
+    path = StudyDB(study="demo").write(tmp_path / "x.duckdb")
+    assert rlrs_main(["report", "other", "--db", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "study: 'other' is not in this database; allowed: demo" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+XSS = "<script>alert(1)</script>"
+XSS_ARM = "</script><img src=x onerror=alert(2)>"
+
+
+def test_strings_from_study_files_are_escaped(tmp_path):
+    db = full_study(study=XSS, arm=XSS_ARM)
+    path = db.write(tmp_path / "x.duckdb")
+    con = report._open(path)
+    try:
+        frames = analysis.compute(con, XSS)
+        members = analysis.load_members(con, XSS)
+        extra = {"db_path": str(path), "sizes": analysis.sizes_table(con, XSS),
+                 "multipliers": analysis.arm_multipliers(con, members),
+                 "problems": analysis.problem_runs(con, members), "provenance": analysis.provenance(con, XSS)}
+    finally:
+        con.close()
+    html = report.build_page(XSS, frames, extra, "/* bundle */").html
+    assert XSS not in html and XSS_ARM not in html and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # Exactly our own script elements: bundle, 7 specs, the render script.
+    assert html.count("<script") == 1 + len(ALL_FIGURES) + 1
+    assert html.count("</script>") == html.count("<script")
+    # Inside the JSON specs the names survive as data, with '<' escaped.
+    assert "\\u003c/script\\u003e\\u003cimg" in html
+
+
+# ---------------------------------------------------------------- the browser
+def chromium() -> str:
+    """Path to Chromium, installing Debian's package when missing."""
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, env=env, timeout=600)
+        if shutil.which("chromium"):
+            return shutil.which("chromium")
+    pytest.skip("headless Chromium is not installed and `apt-get install chromium` was not possible here")
+
+
+def headless(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Chromium with the network closed: every host unresolvable, every
+    request sent to a dead proxy."""
+    args = [
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
+        "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr", "--v=0", "--virtual-time-budget=30000", "--hide-scrollbars", *extra,
+        page.resolve().as_uri(),
+    ]
+    return subprocess.run(args, capture_output=True, text=True, timeout=180)
+
+
+def rendered_status(dom: str) -> dict:
+    m = re.search(r'<p id="render-status"([^>]*)>([^<]*)', dom)
+    assert m, "no render status in the DOM"
+    attrs = dict(re.findall(r'data-([a-z]+)="([^"]*)"', m.group(1)))
+    return attrs | {"text": m.group(2)}
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_every_chart_renders_offline_in_headless_chromium(built, tmp_path):
+    run = headless(built["path"], tmp_path / "profile", "--dump-dom")
+    dom = run.stdout
+    status = rendered_status(dom)
+    assert status["done"] == "yes", run.stderr[-2000:]
+    assert (status["charts"], status["rendered"], status["errors"]) == (str(len(ALL_FIGURES)),) * 2 + ("0",), status["text"]
+    # Each chart container holds a non-empty SVG.
+    for name in ALL_FIGURES:
+        m = re.search(rf'<div class="chart[^"]*" id="fig-{name}"[^>]*data-rendered="yes"[^>]*>(.*?)</div>', dom, re.S) or \
+            re.search(rf'<div[^>]*id="fig-{name}"[^>]*>(.*?<svg.*?</svg>)', dom, re.S)
+        assert m and "<svg" in m.group(1) and "<path" in m.group(1), name
+    assert not re.search(r"CONSOLE.*(Uncaught|Error)", run.stderr), run.stderr[-2000:]
+    # A screenshot for people to look at (test-artifacts/ is git-ignored).
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    headless(built["path"], tmp_path / "profile2", "--window-size=1280,5200", f"--screenshot={shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_hostile_names_render_as_text_in_the_browser(tmp_path):
+    path = full_study(study=XSS, arm=XSS_ARM).write(tmp_path / "x.duckdb")
+    report.write_report(XSS, path, tmp_path / "out" / "index.html", figures=False)
+    dom = headless(tmp_path / "out" / "index.html", tmp_path / "profile", "--dump-dom").stdout
+    status = rendered_status(dom)
+    assert status["rendered"] == str(len(ALL_FIGURES)) and status["errors"] == "0", status["text"]
+    # The name is visible text in the heading; no injected element exists.
+    assert "<h1>RLRS study report: &lt;script&gt;alert(1)&lt;/script&gt;</h1>" in dom
+    # The arm name stayed text: outside our script bodies no <img> element exists.
+    assert "<img" not in re.sub(r"<script[^>]*>.*?</script>", "", dom, flags=re.S)
+    assert "&lt;img src=x onerror=alert(2)&gt;" in dom
+
+
+def test_a_thousand_run_study_stays_small_and_under_the_chart_row_limit(tmp_path):
+    db = large_study(seeds=6)
+    assert len(db.runs) >= 1000
+    path = db.write(tmp_path / "big.duckdb")
+    t0 = time.perf_counter()
+    built = report.write_report("big", path, tmp_path / "out" / "index.html", figures=False)
+    seconds = time.perf_counter() - t0
+    size_mb = (tmp_path / "out" / "index.html").stat().st_size / 1e6
+    assert size_mb < 5, size_mb
+    assert sorted(built.figures) == sorted(ALL_FIGURES)
+    for name, spec in built.figures.items():
+        rows = sum(len(v) for v in spec.get("datasets", {}).values())
+        assert 0 < rows < 5000, (name, rows)
+    assert seconds < 60
+
+
+def test_script_json_cannot_close_its_script_element_and_has_no_nan():
+    assert report.script_json({"a": float("nan"), "b": "</script><!--", "c": [float("inf"), 1.5]}) == (
+        '{"a":null,"b":"\\u003c/script\\u003e\\u003c!--","c":[null,1.5]}')
+
+
+def headline_row(**kw) -> dict:
+    row = {"size": "s1", "params_nonembedding": 3_100_000, "arm": "rlrs", "definition": "ladder", "n_seeds": 3,
+           "speedup": None, "saved": None, "saved_ci_low": None, "saved_ci_high": None, "bound": None,
+           "bound_value": None, "steps": 1000, "note": None}
+    return row | kw
+
+
+def test_headline_wording_for_slower_arms_and_bounds():
+    slower = headline_row(speedup=-0.2, saved=-0.25, saved_ci_low=-0.4, saved_ci_high=-0.1)
+    assert report.headline(slower) == (
+        "At s1 (3.1M non-embedding params) rlrs needs 25% more steps than the baseline to reach the same loss "
+        "(95% CI 40% more to 10% more, 3 seeds; ladder definition).")
+    beyond = headline_row(bound="> 1.00", bound_value=1.0, n_seeds=1, definition="target")
+    assert report.headline(beyond) == (
+        "At s1 (3.1M non-embedding params) rlrs ends below even the baseline's longest run (2000 steps, 2.00x its "
+        "1000): the baseline would need more than 100% more steps; not extrapolated (1 seed; target definition).")
+    below = headline_row(bound="< -0.50", bound_value=-0.5)
+    assert "ends above even the baseline's shortest run (500 steps, 0.50x its 1000): speedup below -50%" in report.headline(below)
+    assert report.headline(headline_row(note="no completed runs of this arm")) == (
+        "At s1 (3.1M non-embedding params) no ladder definition speedup for rlrs: no completed runs of this arm.")
