@@ -1,0 +1,251 @@
+"""Submitting runs through submitit: `rlrs submit RUN_DIR...`.
+
+Snakemake has no submitit executor plugin, so its train rule calls this: the
+run's resolved config comes from the study's plan.json (one source of truth,
+written by the workflow), the job goes to an explicitly named submitit
+executor, and the command waits for it and exits non-zero with the job's log
+paths when it fails.
+
+- The executor is a setting (study `executor.kind`, or `--executor`), never
+  guessed: submitit's AutoExecutor picks Slurm whenever `srun` is on PATH.
+- Every job has a time limit (`executor.timeout_min`).
+- The submitted callable is `TrainJob`, a submitit `Checkpointable`: when a
+  Slurm job hits its time limit or is preempted, submitit calls `checkpoint()`
+  and requeues it, and the trainer resumes from RUN_DIR/checkpoint.pt.
+- The parent process stays light (no torch import): it reads JSON, submits,
+  and polls. submitit's own `Job.wait()` sleeps a fixed 1 s between polls, so
+  for local jobs we poll `job.done()` ourselves every LOCAL_POLL_S (a
+  subprocess poll, cheap); Slurm jobs keep 1 s (each poll may call sacct).
+
+Run-directory markers, read by `rlrs status`: `submitted.json` while a job is
+in flight (job id, executor, log paths), `failure.json` after a failed job
+(Snakemake deletes a failed job's summary.json, so the failure is kept here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import submitit
+from submitit.core.utils import pickle_load
+from submitit.helpers import Checkpointable
+
+from rlrs.errors import ConfigError
+from rlrs.study import atomic_write_json, executor_settings, load_study, make_plan, read_plan
+
+KINDS = ("local", "slurm", "debug")
+LOCAL_POLL_S = 0.05
+SLURM_POLL_S = 1.0
+SUBMITIT_DIR = "submitit"  # per-run job folder (pickles and logs), inside RUN_DIR
+RESULT_STATES = ("completed", "diverged")  # a diverged run is a finished result, not a failure
+
+
+class TrainJob(Checkpointable):
+    """The callable a submitit job runs: train one run directory.
+
+    Importable and pickleable (module level, no state but its arguments).
+    `Checkpointable.checkpoint()` resubmits `self` with the same arguments,
+    which is exactly a resume: the trainer picks up RUN_DIR/checkpoint.pt.
+    """
+
+    def __call__(self, config: dict, run_dir: str, executor: str) -> dict:
+        # One torch thread per grid run (two runs side by side beat one run on
+        # two threads here); set before torch is imported so its pools agree.
+        threads = str(config.get("train", {}).get("threads", 1))
+        os.environ.setdefault("OMP_NUM_THREADS", threads)
+        os.environ.setdefault("MKL_NUM_THREADS", threads)
+        from rlrs.train import train
+
+        try:
+            job_id = submitit.JobEnvironment().job_id
+        except RuntimeError:  # the debug executor runs in-process, outside a job
+            job_id = None
+        summary = train(config, Path(run_dir), executor=executor, job_id=job_id)
+        if summary.get("status") not in RESULT_STATES:
+            raise RuntimeError(f"run {run_dir} ended {summary.get('status')}: {summary.get('error')}")
+        # Plain JSON types only: the parent unpickles this, and a torch object
+        # in it (torch.__version__ is a TorchVersion) would import torch there.
+        return json.loads(json.dumps(summary, default=str))
+
+
+def make_executor(kind: str, folder: Path, settings: dict) -> submitit.Executor:
+    """Build the named submitit executor explicitly, with its time limit."""
+    timeout = int(settings["timeout_min"])
+    if kind == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=timeout)
+    elif kind == "debug":
+        ex = submitit.DebugExecutor(folder=folder)
+        ex.update_parameters(timeout_min=timeout)
+    elif kind == "slurm":
+        ex = submitit.SlurmExecutor(folder=folder)  # refuses to start without srun on PATH
+        ex.update_parameters(**slurm_parameters(settings))
+    else:
+        raise ConfigError("executor.kind", f"{kind!r} is not an executor; allowed: {', '.join(KINDS)}")
+    return ex
+
+
+def slurm_parameters(settings: dict) -> dict:
+    """The study's executor block -> SlurmExecutor parameters (sbatch options)."""
+    slurm = dict(settings.get("slurm") or {})
+    params = {"time": int(settings["timeout_min"])}
+    if "mem_gb" in slurm:
+        params["mem"] = f"{slurm.pop('mem_gb')}GB"
+    params.update(slurm)  # partition, gpus_per_node, cpus_per_task, account, qos, constraint, setup, array_parallelism
+    return params
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _load_configs(run_dirs: list[Path], plan: Path | None, study: Path | None) -> tuple[dict, dict]:
+    """(run_id -> resolved config, executor settings) from a plan or a study.
+
+    Default: the plan of the study the run directories belong to,
+    results/<study>/plan.json two levels above results/<study>/runs/<id>/."""
+    if study is not None:
+        st = load_study(study)
+        p = make_plan(st, study_file=study)
+        return p.configs, executor_settings(st)
+    if plan is None:
+        plan = run_dirs[0].resolve().parent.parent / "plan.json"
+    doc = read_plan(plan)
+    return doc["configs"], doc.get("executor") or executor_settings(doc.get("study_config") or {})
+
+
+def _wait(jobs: list, kind: str) -> None:
+    """Until every job has written its result file (submitit writes it
+    atomically as the callable returns, before the job's Python and the local
+    controller shut down, ~0.5 s later with torch loaded) or has ended
+    without one (killed, out of requeues)."""
+    if kind == "debug":
+        return  # runs in-process when its result is asked for
+    poll = SLURM_POLL_S if kind == "slurm" else LOCAL_POLL_S
+    while not all(j.paths.result_pickle.exists() or j.done() for j in jobs):
+        time.sleep(poll)
+
+
+def _finished_summary(run_dir: Path) -> dict | None:
+    """The run's summary if it already ended as a result (completed or diverged)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return summary if summary.get("status") in RESULT_STATES else None
+
+
+def _last_error(exc: Exception, stderr_path: str) -> str:
+    """The job's own error line: the last 'SomeError: message' line of the
+    traceback the exception carries, or of the job's stderr; else the exception."""
+    try:
+        log = Path(stderr_path).read_text(errors="replace")
+    except FileNotFoundError:
+        log = ""
+    for text in (str(exc), log):
+        for line in reversed(text.splitlines()):
+            head = line.split(":", 1)[0]
+            if ":" in line and not line.startswith(" ") and head.rsplit(".", 1)[-1].endswith(("Error", "Exception")):
+                return line.strip()
+    return f"{type(exc).__name__}: {str(exc).strip()[-500:]}"
+
+
+def _log_paths(job) -> dict:
+    return {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+
+
+class JobFailed(RuntimeError):
+    """A job's callable raised; the message ends with the job's traceback."""
+
+
+def _result(job, kind: str):
+    """The job's return value, or raise its error."""
+    if kind == "debug":
+        # DebugJob.result() opens pdb on an exception; run the submission directly.
+        return job.submission().result()
+    if job.paths.result_pickle.exists():
+        # Read the result file directly: job.result() would first wait for the
+        # job's process to exit, polling at submitit's fixed 1 s.
+        outcome, value = pickle_load(job.paths.result_pickle)
+        if outcome == "success":
+            return value
+        raise JobFailed(f"job {job.job_id} failed:\n{value}")
+    return job.result()  # no result file: submitit says why (killed, timed out too often)
+
+
+def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str) -> int:
+    """Submit one job per run directory, wait for all, report. Returns the exit code."""
+    if kind not in KINDS:
+        raise ConfigError("--executor", f"{kind!r} is not an executor; allowed: {', '.join(KINDS)}")
+    missing = [d.name for d in run_dirs if d.name not in configs]
+    if missing:
+        raise ConfigError(
+            "run_dirs", f"run id(s) {', '.join(missing)} are not in the plan; the directory name must be a planned run id "
+            "(re-run snakemake to rewrite plan.json after editing the study)"
+        )
+    jobs = []
+    for d in run_dirs:
+        done = _finished_summary(d)
+        if done is not None:  # nothing to train: skip the job (and its torch import)
+            print(f"[{d.name}] already {done['status']}: nothing to do")
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "failure.json").unlink(missing_ok=True)
+        ex = make_executor(kind, d / SUBMITIT_DIR, settings)
+        job = ex.submit(TrainJob(), configs[d.name], str(d.resolve()), kind)
+        atomic_write_json(d / "submitted.json", {
+            "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "submitted_at": _now(),
+            "host": socket.gethostname(), "pid": os.getpid(), **_log_paths(job),
+        })
+        jobs.append((d, job))
+
+    def cancel(signum, _frame):
+        # Snakemake stops a job with SIGTERM: take the submitted jobs down too
+        # (a local job's controller outlives us otherwise).
+        for d, job in jobs:
+            job.cancel(check=False)
+            (d / "submitted.json").unlink(missing_ok=True)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, cancel)
+    signal.signal(signal.SIGINT, cancel)
+    if not jobs:
+        return 0
+    _wait([j for _, j in jobs], kind)
+
+    failed = 0
+    for d, job in jobs:
+        try:
+            summary = _result(job, kind)
+            print(f"[{d.name}] {summary['status']}: final eval loss {summary.get('final_eval_loss')} (job {job.job_id}, {kind})")
+        except Exception as e:  # the job's own error, re-raised by submitit
+            failed += 1
+            logs = _log_paths(job)
+            atomic_write_json(d / "failure.json", {
+                "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "failed_at": _now(),
+                "error": f"{type(e).__name__}: {str(e)[-2000:]}", **logs,
+            })
+            print(f"[{d.name}] FAILED (job {job.job_id}, {kind}): {_last_error(e, logs['stderr'])}\n"
+                  f"  job log: {logs['stderr']}\n  job stdout: {logs['stdout']}", file=sys.stderr)
+        finally:
+            (d / "submitted.json").unlink(missing_ok=True)
+    return 1 if failed else 0
+
+
+def cli_submit(run_dirs: list[Path], study: Path | None = None, executor: str | None = None, plan: Path | None = None) -> int:
+    """`rlrs submit RUN_DIR... [--plan PLAN | --study STUDY.yaml] [--executor KIND]`."""
+    run_dirs = [Path(d) for d in run_dirs]
+    try:
+        configs, settings = _load_configs(run_dirs, plan, study)
+        kind = executor or settings["kind"]
+        return submit(run_dirs, configs, settings, kind)
+    except ConfigError as e:
+        print(f"rlrs submit: error: {e}", file=sys.stderr)
+        return 2

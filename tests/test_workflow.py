@@ -1,0 +1,281 @@
+"""The workflow for real: Snakemake parses the Snakefile, submitit runs real
+training jobs through the local executor, DuckDB holds the results.
+
+Every test runs Snakemake in its own working directory (`-d TMP`), so
+results/, reports/ and .snakemake/ land there and never in the checkout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+from rlrs.study import load_study, make_plan
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "workflow" / "configs"
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 300, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RLRS_RESULTS", None)
+    env.pop("RLRS_REPORTS", None)
+    env.update(env_vars)
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a snakemake run or dry run: rule -> count."""
+    table = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def created(workdir: Path) -> set[str]:
+    return {p.name for p in workdir.iterdir()} - {".snakemake"}
+
+
+# ------------------------------------------------------------- parse only
+
+
+def test_gpu_study_dry_run_shows_the_grid(tmp_path):
+    plan = make_plan(load_study(CONFIGS / "study-gpu.yaml"), CONFIGS / "study-gpu.yaml")
+    out = snakemake(tmp_path, "-n", "--configfile", str(CONFIGS / "study-gpu.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout) == {"plan": 1, "train": len(plan.configs), "collect": 1, "report": 1, "all": 1}
+    assert "results/study-gpu/runs/" in out.stdout and "reports/study-gpu/index.html" in out.stdout
+    assert created(tmp_path) == set()  # a dry run writes nothing
+
+
+def test_bare_snakemake_targets_the_demo_report(tmp_path):
+    plan = make_plan(load_study(CONFIGS / "demo.yaml"), CONFIGS / "demo.yaml")
+    out = snakemake(tmp_path, "-n")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout)["train"] == len(plan.configs)
+    assert "output: reports/demo/index.html" in out.stdout
+
+
+def test_results_and_reports_roots_are_configurable(tmp_path):
+    out = snakemake(tmp_path, "-n", "--configfile", str(CONFIGS / "smoke.yaml"),
+                    RLRS_RESULTS=str(tmp_path / "res"), RLRS_REPORTS=str(tmp_path / "rep"))
+    assert out.returncode == 0, out.stderr
+    assert f"output: {tmp_path}/res/smoke/plan.json" in out.stdout
+    assert f"output: {tmp_path}/rep/smoke/index.html" in out.stdout
+
+
+BAD = {
+    # A study missing `sizes` must not inherit the demo's (the configfile pitfall).
+    "missing sizes": (lambda s: s.pop("sizes"), "sizes"),
+    "unknown executor": (lambda s: s["executor"].update(kind="cluster"), "'cluster' is not one of ['local', 'slurm', 'debug']"),
+    "unknown component": (lambda s: s["arms"]["rlrs"]["multipliers"].update(expert={"start": 1, "end": 1}),
+                          "'expert' is not one of ['embedding', 'attention', 'ffn', 'router', 'experts', 'head']"),
+    "run config": (lambda s: s["sizes"]["tiny"].update(n_heads=3), "model.n_heads: 3 must divide d_model=16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_study_is_refused_before_any_job(case, tmp_path):
+    mutate, needle = BAD[case]
+    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    mutate(study)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = snakemake(tmp_path, "-c1", "--configfile", str(path))
+    assert out.returncode != 0
+    assert needle in out.stderr + out.stdout
+    assert created(tmp_path) == {"broken.yaml"}  # no results/, no reports/
+
+
+# ------------------------------------------------------------- real runs
+
+
+def db_runs(db: Path) -> list[str]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return sorted(r[0] for r in con.execute("SELECT run_id FROM runs").fetchall())
+    finally:
+        con.close()
+
+
+def test_smoke_study_end_to_end_and_reruns(tmp_path):
+    study_file = CONFIGS / "smoke.yaml"
+    run = snakemake(tmp_path, "-c2", "--configfile", str(study_file))
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = tmp_path / "results" / "smoke"
+    plan = json.loads((results / "plan.json").read_text())
+    planned = sorted({r["run_id"] for r in plan["runs"]})
+    assert len(planned) == 3 and len(plan["runs"]) == 4  # the main baseline is also the ladder's x1 point
+    assert plan["study"] == "smoke" and plan["study_file"] == str(study_file)
+    assert plan["study_sha256"] == hashlib.sha256(study_file.read_bytes()).hexdigest()
+    assert db_runs(results / "rlrs.duckdb") == planned
+    for rid in planned:
+        summary = json.loads((results / "runs" / rid / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["executor"] == "local" and summary["job_id"]
+        assert not (results / "runs" / rid / "submitted.json").exists()
+    assert (tmp_path / "reports" / "smoke" / "index.html").stat().st_size > 0
+
+    # Nothing to do on a rerun.
+    again = snakemake(tmp_path, "-c2", "--configfile", str(study_file))
+    assert again.returncode == 0 and job_counts(again.stdout + again.stderr) == {}
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Losing one run's summary retrains that run only (then re-collects and re-reports).
+    victim = planned[0]
+    (results / "runs" / victim / "summary.json").unlink()
+    dry = snakemake(tmp_path, "-n", "--configfile", str(study_file))
+    assert job_counts(dry.stdout) == {"train": 1, "collect": 1, "report": 1, "all": 1}
+    assert f"runs/{victim}/summary.json" in dry.stdout
+    redo = snakemake(tmp_path, "-c2", "--configfile", str(study_file))
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert job_counts(redo.stdout + redo.stderr)["train"] == 1
+    assert db_runs(results / "rlrs.duckdb") == planned
+
+
+def test_failed_run_names_its_log_and_is_redone_alone(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"not utf-8 \xff\xfe\n" * 100)  # passes the parse-time check, fails when loaded
+    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study["study"] = "fail"
+    study["sweeps"] = {}
+    study["arms"]["rlrs"]["overrides"] = {"data": {"corpus": f"text:{corpus}"}}
+    path = tmp_path / "fail.yaml"
+    path.write_text(yaml.safe_dump(study))
+    runs = tmp_path / "results" / "fail" / "runs"
+
+    out = snakemake(tmp_path, "-c2", "--keep-going", "--configfile", str(path), "--until", "train")
+    assert out.returncode != 0
+    plan = json.loads((tmp_path / "results" / "fail" / "plan.json").read_text())
+    by_arm = {r["arm"]: r["run_id"] for r in plan["runs"]}
+    good, bad = runs / by_arm["baseline"], runs / by_arm["rlrs"]
+    assert json.loads((good / "summary.json").read_text())["status"] == "completed"
+    assert not (bad / "summary.json").exists()  # Snakemake removes a failed job's output
+    failure = json.loads((bad / "failure.json").read_text())
+    assert "is not UTF-8 text" in failure["error"]
+    assert f"job log: {failure['stderr']}" in out.stderr and Path(failure["stderr"]).exists()
+    assert "is not UTF-8 text" in Path(failure["stderr"]).read_text()
+    status = subprocess.run([str(BIN / "rlrs"), "status", str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert "1 done, 0 diverged, 1 failed, 0 running, 0 missing" in status.stdout
+
+    corpus.write_text("It is a truth universally acknowledged.\n" * 2000)  # fix the input
+    redo = snakemake(tmp_path, "-c2", "--configfile", str(path), "--until", "train")
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert job_counts(redo.stdout + redo.stderr) == {"train": 1}
+    assert json.loads((bad / "summary.json").read_text())["status"] == "completed"
+    assert not (bad / "failure.json").exists()
+
+
+def test_diverged_run_is_a_result_not_a_failure(tmp_path):
+    from rlrs.launch import cli_submit
+    from rlrs.study import check_study, write_plan
+
+    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study.update(study="div", sweeps={"main": {"arms": ["baseline"]}})
+    study["defaults"]["optim"].update(lr=1.0e4, grad_clip=None)
+    study["defaults"]["train"].update(steps=200, eval_interval=50)
+    plan = make_plan(check_study(study))
+    write_plan(plan, tmp_path / "div" / "plan.json")
+    (rid,) = plan.run_ids
+    assert cli_submit([tmp_path / "div" / "runs" / rid], executor="debug") == 0
+    summary = json.loads((tmp_path / "div" / "runs" / rid / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_preempted_local_job_checkpoints_requeues_and_resumes(tmp_path):
+    """TrainJob is Checkpointable for real: on the signal Slurm sends before
+    a time limit or a preemption (SIGUSR2), submitit calls
+    TrainJob.checkpoint(), requeues the job, and the trainer resumes from
+    RUN_DIR/checkpoint.pt to the end."""
+    import signal
+    import time
+
+    import submitit
+
+    from rlrs.config import resolve
+    from rlrs.launch import TrainJob
+
+    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    raw = {k: study["defaults"][k] for k in ("model", "optim", "schedule", "data")}
+    raw["model"].update(d_model=16, n_layers=1, n_heads=2)
+    raw["train"] = {**study["defaults"]["train"], "steps": 1500, "eval_interval": 500, "checkpoint_interval": 50}
+    config = resolve(raw)
+    run_dir = tmp_path / "run"
+    ex = submitit.LocalExecutor(folder=run_dir / "submitit")
+    ex.update_parameters(timeout_min=5)
+    job = ex.submit(TrainJob(), config, str(run_dir), "local")
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    (task,) = _children(int(job.job_id))  # the controller's one task runs TrainJob
+    os.kill(task, signal.SIGUSR2)
+    summary = job.result()
+    assert summary["status"] == "completed" and summary["steps_done"] == 1500
+    assert summary["job_id"] == job.job_id
+    log = Path(job.paths.stderr).read_text()
+    # (submitit's local environment reports every USR2 as a time-out)
+    assert "Caught signal SIGUSR2" in log
+    assert re.search(r"resuming at step [1-9]\d*/1500", log), log[-2000:]
+    assert "Requeued job" in Path(job.paths.stdout).read_text()
+    assert not (run_dir / "checkpoint.pt").exists()  # removed at the end
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_stopping_submit_cancels_its_job(tmp_path):
+    """Snakemake stops a job with SIGTERM (Ctrl-C, --keep-going shutdown): the
+    local job's controller and its training process must go down with it."""
+    import signal
+    import time
+
+    from rlrs.study import check_study, write_plan
+
+    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study.update(study="stop", sweeps={"main": {"arms": ["baseline"]}})
+    study["defaults"]["train"].update(steps=100000, eval_interval=50000)
+    plan = make_plan(check_study(study))
+    write_plan(plan, tmp_path / "stop" / "plan.json")
+    run_dir = tmp_path / "stop" / "runs" / plan.run_ids[0]
+    proc = subprocess.Popen([str(BIN / "rlrs"), "submit", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (run_dir / "metrics.parquet").exists() and not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    submitted = json.loads((run_dir / "submitted.json").read_text())
+    controller = int(submitted["job_id"])
+    tasks = _children(controller)
+    assert tasks and _alive(controller)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.time() + 15
+    while any(_alive(p) for p in [controller, *tasks]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in [controller, *tasks])
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "submitted.json").exists()

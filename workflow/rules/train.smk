@@ -1,0 +1,32 @@
+# plan.json: what the study asks for (runs with their labels, each run's
+# resolved config, the executor settings). Rewritten whenever its content
+# would change (the digest is a params rerun trigger); the train rules read it
+# as `ancient` so that rewriting it does not retrain finished runs.
+
+
+rule plan:
+    output:
+        PLAN_JSON,
+    params:
+        digest=rlrs.study.plan_digest(PLAN),
+    localrule: True
+    run:
+        rlrs.study.write_plan(PLAN, output[0])
+
+
+# One job per run id: `rlrs submit` sends it through the study's submitit
+# executor, waits, and fails with the job's log paths. A diverged run is a
+# finished result (exit 0); a failed one leaves RUN_DIR/failure.json and is
+# redone by the next snakemake call. Each run uses one torch thread, so
+# `-c 2` trains two at once here. The rule itself only submits and waits, so it
+# stays local whatever executor Snakemake uses; with a Slurm study, `-c N`
+# caps the number of jobs in flight (a waiting submitter uses no CPU).
+rule train:
+    input:
+        ancient(PLAN_JSON),
+    output:
+        f"{RUNS}/{{run_id}}/summary.json",
+    threads: 1
+    localrule: True
+    shell:
+        "rlrs submit {RUNS}/{wildcards.run_id} --plan {input}"
