@@ -8,7 +8,10 @@ error, never a silent default: the components must partition the model.
 
 from __future__ import annotations
 
-import torch.nn as nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch-free at import: config validation uses COMPONENTS
+    import torch.nn as nn
 
 COMPONENTS = ("embedding", "attention", "ffn", "router", "experts", "head", "norm")
 # Components a relative schedule may scale; norm always runs at (1, 1).

@@ -38,9 +38,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rlrs.errors import ConfigError
+
+# torch is imported inside the functions that build tensors: config
+# resolution (Snakemake's parse, `rlrs plan`) validates data settings here and
+# must not pay ~1.5 s for importing torch.
 
 AUSTEN_PACKAGE = "r-cran-janeaustenr"
 # (R object in data/Rdata, title), in the order of the package's austen_books():
@@ -244,6 +247,7 @@ def bpe_tokenizer(train_raw: bytes, vocab_size: int):
 
 
 def _bpe_ids(tok, text: str) -> torch.Tensor:
+    import torch
     lines = text.splitlines(keepends=True)
     ids = [i for enc in tok.encode_batch(lines, add_special_tokens=False) for i in enc.ids]
     return torch.tensor(ids, dtype=torch.int32)
@@ -268,6 +272,7 @@ def load_corpus(data_cfg: dict) -> Corpus:
 
 @functools.lru_cache(maxsize=4)
 def _load_corpus(spec: str, tokenizer: str, bpe_vocab: int | None, val_fraction: float, _data_dir: str) -> Corpus:
+    import torch
     scheme, path = _parse_corpus(spec)
     if scheme == "tokens":
         ids = torch.from_numpy(np.asarray(_read_token_file(path), dtype=np.int32))
@@ -309,6 +314,7 @@ def _load_corpus(spec: str, tokenizer: str, bpe_vocab: int | None, val_fraction:
 def _windows(tokens: torch.Tensor, starts: torch.Tensor, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather windows of seq_len + 1 tokens at `starts` in one indexing op; x is
     the first seq_len, y the same shifted by one."""
+    import torch
     idx = starts[:, None] + torch.arange(seq_len + 1)
     w = tokens[idx].long().to(device)
     return w[:, :-1], w[:, 1:]
@@ -317,6 +323,7 @@ def _windows(tokens: torch.Tensor, starts: torch.Tensor, seq_len: int, device) -
 def train_batch(corpus: Corpus, batch_size: int, seq_len: int, seed: int, step: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Batch `step` of a run with `seed`: random windows of the training split.
     A pure function of (seed, step): resuming needs no data state."""
+    import torch
     n_starts = len(corpus.train) - seq_len
     if n_starts < 1:
         raise ConfigError("model.seq_len", f"{seq_len} needs at least {seq_len + 1} training tokens; {corpus.name} has {len(corpus.train)}")
@@ -331,6 +338,7 @@ def eval_batches(corpus: Corpus, seq_len: int, eval_tokens: int, batch_size: int
     """The fixed evaluation set: the first eval_tokens validation tokens as
     eval_tokens // (seq_len + 1) non-overlapping windows, in batches of
     batch_size (the last may be smaller: weight batch means by their size)."""
+    import torch
     n_windows = min(eval_tokens, len(corpus.val)) // (seq_len + 1)
     if eval_tokens > len(corpus.val) or n_windows < 1:
         raise ConfigError("data.eval_tokens", f"{eval_tokens} must be between seq_len + 1 = {seq_len + 1} and the {len(corpus.val)} validation tokens of {corpus.name}")
