@@ -55,6 +55,13 @@ class TrainJob(Checkpointable):
     which is exactly a resume: the trainer picks up RUN_DIR/checkpoint.pt.
     """
 
+    def checkpoint(self, *args, **kwargs):
+        # Requeueing makes Slurm SIGTERM every process of the job, which can
+        # kill submitit's `scontrol requeue` before it returns (seen about
+        # once in a dozen requeues): ignore SIGTERM from here on.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return super().checkpoint(*args, **kwargs)
+
     def __call__(self, config: dict, run_dir: str, executor: str) -> dict:
         # One torch thread per grid run (two runs side by side beat one run on
         # two threads here); set before torch is imported so its pools agree.
