@@ -22,6 +22,7 @@ validate(config, "workflow/schemas/study.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/tune.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/collect.smk"
 include: "workflow/rules/report.smk"
@@ -34,4 +35,4 @@ rule all:
     default_target: True
     input:
         REPORT,
-        SUMMARIES,
+        summaries,

@@ -114,6 +114,14 @@ CURVE_SCHEMA = {
 }
 UPDATE_SCHEMA = {"study": S, "size": S, "arm": S, "component": S, "step": I, "update": F, "n_runs": I}
 SCHEDULE_SCHEMA = {"study": S, "size": S, "arm": S, "component": S, "step": I, "lr": F, "run_id": S}
+TUNE_PROGRESS_SCHEMA = {
+    "study": S, "size": S, "family": S, "arm": S, "step": I, "pass": I, "parameter": S, "factor": F,
+    "run_id": S, "score": F, "accepted": pl.Boolean, "best_score": F, "runs_spent": I,
+}
+TUNED_SCHEMA = {
+    "study": S, "size": S, "family": S, "arm": S, "space": S, "parameter": S,
+    "start_value": F, "value": F, "paper_value": F, "best_score": F, "runs_spent": I, "stop_reason": S,
+}
 
 def _frame(rows: list[dict], schema: dict) -> pl.DataFrame:
     """A frame with exactly `schema`'s columns and types, even when empty."""
@@ -307,7 +315,8 @@ def baseline_ladder(members: pl.DataFrame, size: str, baseline: str = BASELINE) 
     )
     by_steps: dict[int, list[Group]] = {}
     for g in _groups(cand):
-        by_steps.setdefault(g.steps, []).append(g)
+        if g.steps is not None:  # planned runs not ingested yet have no length
+            by_steps.setdefault(g.steps, []).append(g)
     points = [best_group(gs) for _, gs in sorted(by_steps.items())]
     return [p for p in points if p is not None]
 
@@ -595,6 +604,8 @@ def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
         best = best_group(groups)
         main_lr = cand.filter(pl.col("sweep") == "main")["lr"].drop_nulls()
         for g in groups:
+            if g.lr is None:  # planned runs not ingested yet
+                continue
             tagged = cand.filter((pl.col("lr") == g.lr))["lr_factor"].drop_nulls()
             factor = float(tagged[0]) if len(tagged) else (g.lr / float(main_lr[0]) if len(main_lr) else None)
             rows.append({
@@ -954,6 +965,36 @@ def provenance(con: duckdb.DuckDBPyConnection, study: str) -> dict[str, pl.DataF
     return out
 
 
+# ---------------------------------------------------------------- tuning (rlrs.tune)
+def tune_progress(con: duckdb.DuckDBPyConnection, study: str) -> pl.DataFrame:
+    """Every candidate of the study's searches in search order, with the best
+    score so far and the runs spent: the search's progress curve."""
+    if not _has_table(con, "tune_trajectory"):
+        return _frame([], TUNE_PROGRESS_SCHEMA)
+    cols = ", ".join(f'"{c}"' for c in TUNE_PROGRESS_SCHEMA)
+    return con.sql(f"SELECT {cols} FROM tune_trajectory WHERE study = $study ORDER BY size, arm, step",
+                   params={"study": study}).pl().cast(TUNE_PROGRESS_SCHEMA)
+
+
+def tuned_settings(con: duckdb.DuckDBPyConnection, study: str) -> pl.DataFrame:
+    """The searches' final settings beside the paper's tuned values (spec
+    section 3; multipliers per family, globals of its MoE config)."""
+    from rlrs.tune import PAPER_GLOBALS, PAPER_MULTIPLIERS
+
+    if not _has_table(con, "tuned"):
+        return _frame([], TUNED_SCHEMA)
+    rows = con.sql("SELECT * FROM tuned WHERE study = $study ORDER BY size, arm", params={"study": study}).pl()
+    out = []
+    for r in rows.iter_rows(named=True):
+        if "." in r["parameter"]:
+            comp, which = r["parameter"].split(".")
+            paper = PAPER_MULTIPLIERS.get(r["family"], {}).get(comp, {}).get(which)
+        else:
+            paper = PAPER_GLOBALS.get(r["family"], {}).get(r["parameter"])
+        out.append({**r, "paper_value": paper})
+    return _frame(out, TUNED_SCHEMA)
+
+
 # ---------------------------------------------------------------- everything at once
 def baseline_evals(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, baseline: str = BASELINE) -> pl.DataFrame:
     """Eval points (run_id, step, eval_loss) of the completed baseline runs."""
@@ -965,6 +1006,14 @@ def baseline_evals(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, baseli
             "WHERE eval_loss IS NOT NULL ORDER BY run_id, step").pl()
     finally:
         con.unregister("_eval_ids")
+
+
+def study_parts(con: duckdb.DuckDBPyConnection, study: str) -> set[str]:
+    """The optional parts the study file has (today: 'tune' for a tune block)."""
+    if not _has_table(con, "studies"):
+        return set()
+    got = con.execute("SELECT json_extract(config, '$.tune') IS NOT NULL FROM studies WHERE name = ?", [study]).fetchall()
+    return {"tune"} if got and got[0][0] else set()
 
 
 def baseline_arm(con: duckdb.DuckDBPyConnection, study: str) -> str:
@@ -1002,6 +1051,8 @@ def compute(con: duckdb.DuckDBPyConnection, study: str) -> dict[str, pl.DataFram
         "loss_curves": loss_curves(con, compared, study),
         "update_sizes": update_sizes(con, members, study),
         "lr_schedules": lr_schedules(con, members, study),
+        "tune_progress": tune_progress(con, study),
+        "tuned_settings": tuned_settings(con, study),
     }
 
 
@@ -1010,6 +1061,7 @@ _EMPTY = {
     "lr_sweep": LR_SWEEP_SCHEMA, "usweep": USWEEP_SCHEMA, "regret": REGRET_SCHEMA,
     "ablation": ABLATION_SCHEMA, "compared_runs": COMPARED_SCHEMA, "loss_curves": CURVE_SCHEMA,
     "update_sizes": UPDATE_SCHEMA, "lr_schedules": SCHEDULE_SCHEMA,
+    "tune_progress": TUNE_PROGRESS_SCHEMA, "tuned_settings": TUNED_SCHEMA,
 }
 
 

@@ -123,11 +123,14 @@ def _report(sub):
 def _tune(sub):
     p = sub.add_parser("tune", help="greedy local search at the study's tuning size, then transfer")
     p.add_argument("study", type=Path)
+    p.add_argument("--search-only", action="store_true", help="stop after the searches (the Snakemake tune step)")
+    p.add_argument("--executor", choices=["local", "slurm", "debug"], default=None, help="override the study's executor.kind")
+    p.add_argument("--cores", type=int, default=None, help="snakemake -c for the transfer (default: all cores)")
 
     def run(a):
         from rlrs.tune import cli_tune
 
-        return cli_tune(a.study)
+        return cli_tune(a.study, executor=a.executor, search_only=a.search_only, cores=a.cores)
 
     p.set_defaults(func=run)
 

@@ -72,6 +72,26 @@ Table `studies`: one row per study whose plan was collected (primary key name).
     config                      JSON, the resolved study dict
     collected_at                TIMESTAMP (UTC)
 
+Table `tune_trajectory`: one row per candidate run of the study's searches
+(rlrs.tune; from results/<study>/tune/<size>.<arm>.json), in search order.
+    study, size, family, arm    the search: tuning size, its family (dense | moe), the arm
+    space                       global | relative
+    step                        0-based row number within the search (0 = the start run)
+    pass                        1-based pass (0 for the start run)
+    parameter                   lr, init_scale, final_lr_fraction, weight_decay or
+                                <component>.start / .end; NULL for the start run
+    value, previous, factor     the candidate value, the value it was tried against, the factor
+    run_id, score, status       the candidate run, its score (NULL when diverged), its status
+    accepted                    the candidate became the current value (the start run: true)
+    best_score                  the best score after this parameter's batch
+    runs_spent                  distinct runs the search had asked for after this batch
+
+Table `tuned`: one row per (study, size, arm, parameter): the search's result.
+    study, size, family, arm, space, parameter
+    start_value, value, ratio   the arm's own value, the tuned one, value / start_value
+    best_score, best_run_id, runs_spent, passes, stop_reason
+                                the search's outcome (stop_reason: converged | max_passes | max_runs)
+
 Table `schema_version`: version INTEGER, created_at TIMESTAMP (UTC). A database
 of another version than this code writes is refused (no migrations: the
 database is derived data, rebuilt from the run directories).
@@ -203,6 +223,19 @@ PLAN_COLUMNS: dict[str, str] = {
     "tags": "JSON",
 }
 
+TRAJECTORY_COLUMNS: dict[str, str] = {
+    "study": "VARCHAR NOT NULL", "size": "VARCHAR NOT NULL", "family": "VARCHAR", "arm": "VARCHAR NOT NULL",
+    "space": "VARCHAR", "step": "BIGINT", "pass": "BIGINT", "parameter": "VARCHAR", "value": "DOUBLE",
+    "previous": "DOUBLE", "factor": "DOUBLE", "run_id": "VARCHAR", "score": "DOUBLE", "status": "VARCHAR",
+    "accepted": "BOOLEAN", "best_score": "DOUBLE", "runs_spent": "BIGINT",
+}
+TUNED_COLUMNS: dict[str, str] = {
+    "study": "VARCHAR NOT NULL", "size": "VARCHAR NOT NULL", "family": "VARCHAR", "arm": "VARCHAR NOT NULL",
+    "space": "VARCHAR", "parameter": "VARCHAR NOT NULL", "start_value": "DOUBLE", "value": "DOUBLE",
+    "ratio": "DOUBLE", "best_score": "DOUBLE", "best_run_id": "VARCHAR", "runs_spent": "BIGINT",
+    "passes": "BIGINT", "stop_reason": "VARCHAR",
+}
+
 _TABLES = f"""
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, created_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS runs ({", ".join(f"{k} {v}" for k, v in RUN_COLUMNS.items())});
@@ -212,6 +245,8 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE TABLE IF NOT EXISTS plan ({", ".join(f"{k} {v}" for k, v in PLAN_COLUMNS.items())});
 CREATE TABLE IF NOT EXISTS studies (
     name VARCHAR PRIMARY KEY, file VARCHAR, sha256 VARCHAR, config JSON, collected_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS tune_trajectory ({", ".join(f'"{k}" {v}' for k, v in TRAJECTORY_COLUMNS.items())});
+CREATE TABLE IF NOT EXISTS tuned ({", ".join(f'"{k}" {v}' for k, v in TUNED_COLUMNS.items())});
 """
 
 _VIEWS = f"""
@@ -731,6 +766,33 @@ def _write_plan(con: duckdb.DuckDBPyConnection, plan: dict) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Tune results (rlrs.tune)
+
+
+def _write_tune(con: duckdb.DuckDBPyConnection, study: str, results: list[Mapping]) -> None:
+    """Replace this study's rows of `tune_trajectory` and `tuned` with the
+    given search results (rlrs.tune result documents)."""
+    traj, tuned = [], []
+    for doc in results:
+        if doc.get("study") != study:
+            raise DatabaseError(f"tune result for {doc.get('size')}.{doc.get('arm')} belongs to study "
+                                f"{doc.get('study')!r}, not {study!r}")
+        head = {"study": study, **{k: doc[k] for k in ("size", "family", "arm", "space")}}
+        for row in doc["trajectory"]:
+            traj.append({**head, **{k: row[k] for k in TRAJECTORY_COLUMNS if k in row}})
+        for name, value in doc["final"].items():
+            start = doc["start"][name]
+            tuned.append({**head, "parameter": name, "start_value": start, "value": value,
+                          "ratio": value / start if start else None,
+                          **{k: doc[k] for k in ("best_score", "best_run_id", "runs_spent", "passes", "stop_reason")}})
+    for table, columns, rows in (("tune_trajectory", TRAJECTORY_COLUMNS, traj), ("tuned", TUNED_COLUMNS, tuned)):
+        con.execute(f"DELETE FROM {table} WHERE study = ?", [study])
+        _temp_table_from(con, f"_{table}_new", {k: [r.get(k) for r in rows] for k in columns},
+                         schema=_arrow_schema(columns))
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _{table}_new")
+
+
+# ---------------------------------------------------------------------------
 # Ingest
 
 
@@ -742,6 +804,7 @@ def ingest(
     plan: Path | str | Mapping | None = None,
     after_ingest: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
     progress: bool = False,
+    tune: list[Mapping] | None = None,
 ) -> IngestResult:
     """Write the given run directories (and the plan) into the database in
     one transaction, and return what was written, left alone and skipped.
@@ -751,6 +814,8 @@ def ingest(
     - A run whose files are byte-identical to those of its ingested rows
       (runs.source_sha256) is left alone; a changed run has its rows deleted,
       then inserted, so re-ingesting gives identical rows either way.
+    - `tune`: the study's finished search results (rlrs.tune.finished_results);
+      they replace its `tune_trajectory` and `tuned` rows (None: left alone).
     - `after_ingest(con)` runs inside the transaction (rlrs.analysis adds
       derived tables there); if it raises, nothing is written.
     - A new database file is built under a temporary name and renamed into
@@ -793,6 +858,10 @@ def ingest(
                 con.execute("INSERT INTO metrics BY NAME SELECT * FROM _stage")
                 if plan_doc is not None:
                     _write_plan(con, plan_doc)
+                if tune is not None:
+                    if study is None:
+                        raise DatabaseError("tune results need a study name (--study or --plan)")
+                    _write_tune(con, study, tune)
                 if after_ingest is not None:
                     after_ingest(con)
                 con.execute("COMMIT")
@@ -861,6 +930,22 @@ def _open_rw(db_path: Path) -> duckdb.DuckDBPyConnection:
 # Command line (wired in rlrs/cli.py)
 
 
+def _tune_results(plan: Path) -> list[dict] | None:
+    """The finished, current search results of the plan's study, read from
+    the tune/ folder beside plan.json (results/<study>/tune/); None when the
+    study has no tune block."""
+    from rlrs.errors import ConfigError
+    from rlrs.tune import finished_results
+
+    config = load_plan(plan).get("study_config") or {}
+    if not config.get("tune"):
+        return None
+    try:
+        return finished_results(config, root=Path(plan).parent)
+    except ConfigError as e:
+        raise DatabaseError(f"{plan}: study_config: {e}") from None
+
+
 def cli_collect(
     db: Path, run_dirs: list[Path], runs_root: Path | None = None, study: str | None = None, plan: Path | None = None
 ) -> int:
@@ -881,7 +966,8 @@ def cli_collect(
         dirs = list(dict.fromkeys(dirs))  # a directory named twice is read once
         from rlrs.analysis import materialize  # derived tables commit together with the runs
 
-        result = ingest(db, dirs, study=study, plan=plan, after_ingest=materialize, progress=True)
+        tune = _tune_results(plan) if plan is not None else None
+        result = ingest(db, dirs, study=study, plan=plan, after_ingest=materialize, progress=True, tune=tune)
     except DatabaseError as e:
         print(f"rlrs collect: error: {e}", file=sys.stderr)
         return 2

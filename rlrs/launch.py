@@ -38,7 +38,7 @@ from submitit.core.utils import pickle_load
 from submitit.helpers import Checkpointable
 
 from rlrs.errors import ConfigError
-from rlrs.study import atomic_write_json, executor_settings, load_study, make_plan, read_plan
+from rlrs.study import atomic_write_json, executor_settings, load_study, read_plan, tuned_plan
 
 KINDS = ("local", "slurm", "debug")
 LOCAL_POLL_S = 0.05
@@ -120,7 +120,7 @@ def _load_configs(run_dirs: list[Path], plan: Path | None, study: Path | None) -
     results/<study>/plan.json two levels above results/<study>/runs/<id>/."""
     if study is not None:
         st = load_study(study)
-        p = make_plan(st, study_file=study)
+        p = tuned_plan(st, study_file=study)  # with a tune block: the transfer runs of finished searches
         return p.configs, executor_settings(st)
     if plan is None:
         plan = run_dirs[0].resolve().parent.parent / "plan.json"

@@ -250,3 +250,28 @@ def update_sizes(frame: pl.DataFrame) -> alt.Chart:
         .facet(facet=alt.Facet("component:N", title=None), columns=FACET_COLUMNS)
         .properties(title="Relative update size per component")
     )
+
+
+def tune_progress(frame: pl.DataFrame) -> alt.Chart:
+    """The searches: best score so far against runs spent, one line per arm,
+    one panel per tuning size; every candidate's score as a faint point."""
+    sel, opacity = _legend_highlight("arm")
+    data = frame.select("size", "arm", "step", "pass", "parameter", "factor", "run_id", "score", "accepted",
+                        "best_score", "runs_spent")
+    base = alt.Chart(data)
+    x = alt.X("runs_spent:Q", title="runs spent")
+    y_scale = alt.Scale(zero=False)
+    best = base.mark_line(interpolate="step-after", point=True).encode(
+        x=x, y=alt.Y("best_score:Q", title="score (lower is better)", scale=y_scale),
+        color=alt.Color("arm:N"), opacity=opacity,
+        tooltip=["arm:N", "pass:Q", "parameter:N", "runs_spent:Q", alt.Tooltip("best_score:Q", format=".4f")])
+    tried = base.transform_filter("isValid(datum.score)").mark_point(size=18, opacity=0.35).encode(
+        x=x, y=alt.Y("score:Q", scale=y_scale), color="arm:N",
+        tooltip=["arm:N", "pass:Q", "parameter:N", alt.Tooltip("factor:Q", format=".3g"), "run_id:N",
+                 alt.Tooltip("score:Q", format=".4f"), "accepted:N"])
+    return (
+        alt.layer(tried, best).add_params(sel).properties(width=WIDTH + 60, height=HEIGHT + 30)
+        .facet(column=alt.Column("size:N", title="tuning size"))
+        .resolve_scale(y="independent")
+        .properties(title="Greedy local search: best score against runs spent")
+    )

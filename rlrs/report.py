@@ -50,6 +50,9 @@ class Figure:
     caption: str
     needs: str  # what the study lacks when the figure is left out
     build: Callable[[dict[str, pl.DataFrame]], alt.TopLevelMixin | None]
+    # A figure of an optional part of a study (a tune block): left out without
+    # a "not shown" note when the study does not have that part.
+    part: str | None = None
 
 
 def _if_rows(name: str, make: Callable[[pl.DataFrame], alt.TopLevelMixin], keep: Callable[[pl.DataFrame], pl.DataFrame] = lambda f: f):
@@ -75,6 +78,18 @@ FIGURES = (
         "no speedup could be computed: that needs baseline runs at two or more lengths (a `ladder` sweep) or a "
         "baseline eval curve, and a completed non-baseline arm at the same size",
         _if_rows("speedup", plots.speedup_vs_size, lambda f: f.filter(pl.col("speedup").is_not_null() | pl.col("bound").is_not_null())),
+    ),
+    Figure(
+        "tune_progress", "Tuning: greedy local search",
+        "The search at each tuning size (spec section 4): the line is the best score so far (mean train loss of "
+        "the last 100 steps unless the study says otherwise) against the number of distinct runs the search has "
+        "spent, one line per arm (the baseline searches the global settings only; the relative arm also every "
+        "component's start and end multiplier). Faint points are every candidate tried (diverged ones left "
+        "out); hover them for the parameter and factor. The tuned settings then replace the arms' settings at the "
+        "larger sizes (the transfer above).",
+        "the study has no tune block, or its searches have not been collected",
+        _if_rows("tune_progress", plots.tune_progress),
+        part="tune",
     ),
     Figure(
         "loss_curves", "Loss curves",
@@ -271,6 +286,11 @@ REGRET_COLUMNS = {
     "loss_at_chosen": ("loss at chosen", "loss"), "best_loss": ("best loss", "loss"),
     "regret": ("regret (nats)", "loss"), "note": ("note", ""),
 }
+TUNED_COLUMNS = {
+    "size": ("tuning size", ""), "arm": ("arm", ""), "space": ("space", ""), "parameter": ("parameter", ""),
+    "start_value": ("start", ""), "value": ("tuned", ""), "paper_value": ("paper", ""),
+    "best_score": ("best score", "loss"), "runs_spent": ("runs", ""), "stop_reason": ("stopped", ""),
+}
 PROBLEM_COLUMNS = {
     "run_id": ("run", ""), "status": ("status", ""), "size": ("size", ""), "arm": ("arm", ""),
     "sweeps": ("sweeps", ""), "seed": ("seed", ""), "lr": ("lr", ""), "steps": ("steps", ""), "error": ("error", ""),
@@ -326,6 +346,16 @@ _RENDER_SCRIPT = """
 """
 
 
+def _tuned_section(tuned: pl.DataFrame) -> list[str]:
+    return [
+        "<h3>Tuned settings vs the paper</h3>",
+        "<p>Each search's final value of every parameter it searched, next to its starting value and the paper's "
+        "tuned value (spec section 3: its MoE and dense multiplier tables; global settings from its MoE config; "
+        "— where the paper gives none). These settings are what every size of the family ran with.</p>",
+        table(tuned, TUNED_COLUMNS) if tuned.height else "<p>No tuning results collected yet.</p>",
+    ]
+
+
 @dataclass
 class Built:
     html: str
@@ -339,6 +369,8 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
     missing: dict[str, str] = {}
     sections: list[str] = []
     for fig in FIGURES:
+        if fig.part is not None and fig.part not in extra.get("parts", ()):
+            continue
         chart = fig.build(frames)
         if chart is None:
             missing[fig.name] = fig.needs
@@ -390,6 +422,7 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         table(mult) if mult.height else "<p>No main runs.</p>",
         "<h3>Final losses (main runs)</h3>", table(frames["final_losses_by_arm"], FINAL_COLUMNS),
         "<h3>Speedups</h3>", table(sp, SPEEDUP_COLUMNS) if sp.height else "<p>None computed.</p>",
+        *(_tuned_section(frames["tuned_settings"]) if "tune" in extra.get("parts", ()) else []),
         "<h3>Transfer regret</h3>",
         "<p>For each swept parameter: the factor that was best at the smallest size, used at a larger size, "
         "minus the best loss at that larger size (0 = the small-scale choice is still optimal).</p>",
@@ -486,6 +519,7 @@ def write_report(study: str, db_path: Path, out_html: Path, *, figures: bool = T
             "multipliers": analysis.arm_multipliers(con, members),
             "problems": analysis.problem_runs(con, members),
             "provenance": analysis.provenance(con, study),
+            "parts": analysis.study_parts(con, study),
         }
     finally:
         con.close()

@@ -42,7 +42,7 @@ RESULTS_ENV = "RLRS_RESULTS"
 REPORTS_ENV = "RLRS_REPORTS"
 
 EXECUTOR_DEFAULTS = {"kind": "local", "timeout_min": 60}
-SWEEP_ORDER = ("main", "lr", "ladder", "usweep", "removal", "contribution")
+SWEEP_ORDER = ("tune", "main", "lr", "ladder", "usweep", "removal", "contribution")
 
 # Run-time estimate for `rlrs plan`. Calibrated on this kind of machine (2
 # cores, one torch thread per run, byte vocabulary, seq 128, batch 16; the
@@ -228,6 +228,9 @@ def _check_references(study: dict) -> None:
         raise ConfigError("sweeps.removal.into", "only a contribution sweep has `into`; allowed keys: arm, sizes, components, seeds")
     if "contribution" in sweeps:
         need_arm("sweeps.contribution.into", sweeps["contribution"].get("into", "baseline"))
+    from rlrs.tune import check_tune
+
+    check_tune(study)
 
 
 def load_study(path: Path) -> dict:
@@ -251,6 +254,21 @@ def executor_settings(study: dict) -> dict:
 # -------------------------------------------------------------- expansion
 
 
+def _size_raw(study: dict, size_name: str) -> dict:
+    """defaults < the size's shape < the size's overrides (no arm yet)."""
+    size = study["sizes"][size_name]
+    raw = copy.deepcopy(study.get("defaults") or {})
+    model = {k: size[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "moe") if k in size}
+    train = {k: size[k] for k in ("steps", "batch_size") if k in size}
+    raw = _deep_merge(raw, {"model": model, "train": train})
+    return _deep_merge(raw, size.get("overrides"))
+
+
+def size_family(study: dict, size_name: str) -> str:
+    """'moe' or 'dense': which of an arm's family blocks applies at this size."""
+    return "moe" if (_size_raw(study, size_name).get("model") or {}).get("moe") else "dense"
+
+
 @dataclass
 class _Cell:
     """One (size, arm) point: its raw config and the resolved form."""
@@ -262,6 +280,9 @@ class _Cell:
 @dataclass
 class _Expander:
     study: dict
+    # (family, arm) -> tuned settings (rlrs.tune): they replace the arm's own
+    # settings at every size of that family.
+    tuned: dict = field(default_factory=dict)
     _resolved: dict = field(default_factory=dict)  # canonical raw JSON -> resolved
 
     def resolve(self, raw: dict, where: str) -> dict:
@@ -279,13 +300,8 @@ class _Expander:
     def cell(self, size_name: str, arm_name: str, seed: int) -> _Cell:
         """defaults < size < arm overrides < arm's family block < arm.per_size, then the arm's table."""
         study = self.study
-        size = study["sizes"][size_name]
         arm = study["arms"][arm_name]
-        raw = copy.deepcopy(study.get("defaults") or {})
-        model = {k: size[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "moe") if k in size}
-        train = {k: size[k] for k in ("steps", "batch_size") if k in size}
-        raw = _deep_merge(raw, {"model": model, "train": train})
-        raw = _deep_merge(raw, size.get("overrides"))
+        raw = _size_raw(study, size_name)
         family = "moe" if (raw.get("model") or {}).get("moe") else "dense"
         fam = arm.get(family) or {}
         raw = _deep_merge(raw, arm.get("overrides"))
@@ -293,6 +309,10 @@ class _Expander:
         raw = _deep_merge(raw, (arm.get("per_size") or {}).get(size_name))
         table = fam.get("multipliers", arm.get("multipliers", {}))
         raw.setdefault("schedule", {})["multipliers"] = copy.deepcopy(table)
+        if (family, arm_name) in self.tuned:  # tune small, transfer large
+            from rlrs.tune import apply_settings
+
+            raw = apply_settings(raw, self.tuned[(family, arm_name)])
         raw["seed"] = seed
         return _Cell(raw, self.resolve(raw, f"sizes.{size_name} x arms.{arm_name}"))
 
@@ -307,17 +327,50 @@ def _with_centre(factors) -> list:
     return sorted(set(float(f) for f in factors) | {1.0})
 
 
-def expand(study: dict) -> list[tuple[str, dict, dict]]:
+def _without_sizes(study: dict, drop: set[str]) -> dict:
+    """The study with some sizes taken out of every sweep (a sweep left with
+    no size is dropped: an empty list would otherwise mean "every size")."""
+    if not drop:
+        return study
+    study = copy.deepcopy(study)
+    study["sizes"] = {n: s for n, s in study["sizes"].items() if n not in drop}
+    sweeps = study.get("sweeps") or {}
+    for name in list(sweeps):
+        sw = sweeps[name]
+        if "sizes" in sw:
+            sw["sizes"] = [s for s in sw["sizes"] if s not in drop]
+            if not sw["sizes"]:
+                del sweeps[name]
+                continue
+        if name == "usweep":
+            sw["factors"] = {s: f for s, f in sw["factors"].items() if s not in drop}
+            if not sw["factors"]:
+                del sweeps[name]
+    if not study["sizes"]:
+        sweeps.clear()
+    return study
+
+
+def expand(study: dict, tune_state=None) -> list[tuple[str, dict, dict]]:
     """Every requested run: (run_id, resolved config, labels), in sweep order.
 
     labels = {size, arm, sweep, tags}. A run requested by several sweeps
     appears once per request with the same id and the same config object,
     whose `meta` holds the first requester's labels.
+
+    tune_state (rlrs.tune.TuneState, for a study with a `tune` block): the
+    searches' runs come first (sweep `tune`), the tuned settings replace the
+    arms' own at every size of the tuned family, and the sizes of a family
+    whose search has not finished are left out until it has. Without it the
+    study expands with its arms' own settings (a pure function of the file).
     """
     from rlrs.config import run_id as hash_run
 
     study = check_study(study, default_name=study.get("study"))
-    ex = _Expander(study)
+    tuned = tune_state.tuned if tune_state is not None else {}
+    if tune_state is not None and tune_state.pending:
+        study = _without_sizes(study, {s for s in study["sizes"] if size_family(study, s) in tune_state.pending})
+    ex = _Expander(study, tuned=tuned)
     sizes, arms = list(study["sizes"]), list(study["arms"])
     seeds_default = study.get("seeds", [0])
     sweeps = study.get("sweeps") or {}
@@ -335,6 +388,13 @@ def expand(study: dict) -> list[tuple[str, dict, dict]]:
 
     def seeds_of(sw: dict) -> list[int]:
         return sw.get("seeds", seeds_default)
+
+    # tune: every run a finished search asked for, at its tuning size
+    if tune_state is not None and tune_state.runs:
+        from rlrs.tune import apply_settings
+
+        for search, _, settings, tags in tune_state.runs:
+            emit(apply_settings(search.base_raw, settings), search.size, search.arm, "tune", tags, f"tune ({search.key})")
 
     # main: every arm at every size (or the listed ones)
     main = sweeps.get("main", {})
@@ -475,10 +535,11 @@ class Plan:
         }
 
 
-def make_plan(study: dict, study_file: Path | None = None) -> Plan:
-    """Validate and expand; the study's own dict is what the plan records."""
+def make_plan(study: dict, study_file: Path | None = None, tune_state=None) -> Plan:
+    """Validate and expand; the study's own dict is what the plan records.
+    tune_state: see expand(); `tuned_plan()` passes the one found on disk."""
     study = check_study(study, default_name=Path(study_file).stem if study_file else None)
-    requests = expand(study)
+    requests = expand(study, tune_state)
     configs: dict[str, dict] = {}
     for rid, cfg, _ in requests:
         configs.setdefault(rid, cfg)
@@ -494,6 +555,19 @@ def make_plan(study: dict, study_file: Path | None = None) -> Plan:
         runs=[{"run_id": rid, **labels} for rid, _, labels in requests],
         configs=configs,
     )
+
+
+def tuned_plan(study: dict, study_file: Path | None = None) -> Plan:
+    """The plan as things stand: with the tuned settings of every finished
+    search of the study's tune block (results/<study>/tune/), and without the
+    sizes still waiting for one. The same as make_plan() for a study without
+    a tune block."""
+    study = check_study(study, default_name=Path(study_file).stem if study_file else None)
+    if not study.get("tune"):
+        return make_plan(study, study_file)
+    from rlrs.tune import load_state
+
+    return make_plan(study, study_file, tune_state=load_state(study))
 
 
 def plan_digest(plan: Plan) -> str:
@@ -519,7 +593,7 @@ def plan_for_snakemake(config: dict, configfiles: list, default_file: Path) -> P
     """The Snakefile's entry: the study is Snakemake's `config` (the last
     --configfile, or the default study when none was given)."""
     study_file = Path(configfiles[-1]) if configfiles else Path(default_file)
-    return make_plan(dict(config), study_file=study_file)
+    return tuned_plan(dict(config), study_file=study_file)
 
 
 # -------------------------------------------------------------- estimates
@@ -553,15 +627,37 @@ def _fmt_s(s: float) -> str:
 
 
 def cli_plan(study_path: Path) -> int:
-    """`rlrs plan STUDY.yaml`: runs per sweep and in total, tokens, FLOPs and time."""
+    """`rlrs plan STUDY.yaml`: runs per sweep and in total, tokens, FLOPs and
+    time. With a tune block: each search's run budget, then the transfer
+    counted as if every search were done (sizes still waiting for a search
+    are counted with the arm's untuned settings, which cost the same)."""
     try:
-        plan = make_plan(load_study(study_path), study_file=study_path)
+        study = load_study(study_path)
+        budget: list[tuple[str, int, dict]] = []  # (label, runs at most, one run's cost) per pending search
+        if study.get("tune"):
+            from rlrs.tune import load_state, read_result, searches
+
+            for srch in searches(study):
+                if read_result(srch) is None:
+                    cost = run_cost(srch.candidate(srch.start)[1])
+                    budget.append((f"{srch.size} x {srch.arm} ({srch.space}, {len(srch.parameters)} parameters)",
+                                   srch.run_budget(), cost))
+            plan = make_plan(study, study_file=study_path, tune_state=load_state(study, assume_done=True))
+        else:
+            plan = make_plan(study, study_file=study_path)
     except ConfigError as e:
         print(f"error: {study_path}: {e}", file=sys.stderr)
         return 2
     counts = plan.sweep_counts()
     costs = {rid: run_cost(cfg) for rid, cfg in plan.configs.items()}
     print(f"study {plan.name} ({study_path})  executor {executor_settings(plan.study_config)['kind']}")
+    if budget:
+        print("tune: searches still to run (runs at most: the run budget, or 1 + passes x parameters x factors)")
+        for label, n, cost in budget:
+            print(f"  {label:<52}{n:>6} runs  <= {_fmt_s(n * cost['seconds'])}")
+            costs.update({f"tune:{label}:{i}": cost for i in range(n)})
+        print(f"  {'tune budget':<52}{sum(n for _, n, _ in budget):>6} runs (the transfer below starts after)")
+        print("transfer (the study's sweeps with the tuned settings):")
     print(f"{'sweep':<14}{'requests':>10}")
     for sweep in SWEEP_ORDER:
         if sweep in counts:
@@ -615,7 +711,14 @@ def run_state(run_dir: Path) -> str:
 def cli_status(study_path: Path) -> int:
     """`rlrs status STUDY.yaml`: one line per run and the counts per state."""
     try:
-        plan = make_plan(load_study(study_path), study_file=study_path)
+        study = load_study(study_path)
+        plan = tuned_plan(study, study_file=study_path)
+        waiting: list[str] = []
+        if study.get("tune"):
+            from rlrs.tune import load_state
+
+            pending = load_state(study).pending
+            waiting = [s for s in study["sizes"] if size_family(study, s) in pending]
     except ConfigError as e:
         print(f"error: {study_path}: {e}", file=sys.stderr)
         return 2
@@ -632,4 +735,7 @@ def cli_status(study_path: Path) -> int:
         sweeps = ",".join(dict.fromkeys(labels[rid]))
         print(f"{rid:<14}{state:<10}{meta['size']:<12}{meta['arm']:<14}{cfg['seed']:>5}  {sweeps}")
     print(f"{plan.name}: {len(plan.configs)} runs in {runs_dir}: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    if waiting:
+        print(f"{plan.name}: not planned until their family's tuning search is done (`rlrs tune {study_path}`): "
+              + ", ".join(waiting))
     return 0

@@ -5,13 +5,15 @@
 
 
 rule plan:
+    input:
+        TUNE_RESULTS,
     output:
         PLAN_JSON,
     params:
-        digest=rlrs.study.plan_digest(PLAN),
+        digest=lambda wildcards: rlrs.study.plan_digest(current_plan()),
     localrule: True
     run:
-        rlrs.study.write_plan(PLAN, output[0])
+        rlrs.study.write_plan(current_plan(), output[0])
 
 
 # One job per run id: `rlrs submit` sends it through the study's submitit
