@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from rlrs.components import COMPONENTS, SCHEDULED
+from rlrs.components import COMPONENTS
 from rlrs.errors import ConfigError
 from rlrs.schedule import SHAPES
 

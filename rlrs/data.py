@@ -24,7 +24,6 @@ seq_len + 1, whatever the seed. Training batches are a pure function of
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import hashlib
@@ -36,9 +35,14 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import torch
+
+from rlrs import atomic
 from rlrs.errors import ConfigError
 
 # torch is imported inside the functions that build tensors: config
@@ -199,23 +203,6 @@ def _split_text(raw: bytes, val_fraction: float) -> tuple[bytes, bytes]:
 # ---------------------------------------------------------------- tokenizers
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; a shared cache must be readable
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _train_bpe(train_text: str, vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -241,7 +228,7 @@ def bpe_tokenizer(train_raw: bytes, vocab_size: int):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.is_file():
             tok = _train_bpe(train_raw.decode("utf-8"), vocab_size)
-            _atomic_write(path, tok.to_str().encode())
+            atomic.write_bytes(path, tok.to_str().encode())
             print(f"rlrs: trained a {vocab_size}-token BPE (tokenizers {tokenizers_version}) -> {path}", file=sys.stderr)
     return Tokenizer.from_file(str(path)), path
 
@@ -395,14 +382,14 @@ def fetch_austen() -> dict:
         folder = data_dir() / "austen"
         lib = tmp / "root" / R_LIBRARY
         for rel in R_DATABASES:
-            _atomic_write(folder / "package" / rel, (lib / rel).read_bytes())
+            atomic.write_bytes(folder / "package" / rel, (lib / rel).read_bytes())
     raw = text.encode("utf-8")
     meta = {
         "package": AUSTEN_PACKAGE, "version": version, "sha256": hashlib.sha256(raw).hexdigest(),
         "bytes": len(raw), "books": books, "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_write(folder / "austen.txt", raw)  # text first: meta.json marks a complete fetch
-    _atomic_write(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    atomic.write_bytes(folder / "austen.txt", raw)  # text first: meta.json marks a complete fetch
+    atomic.write_bytes(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     return meta
 
 

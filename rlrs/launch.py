@@ -38,7 +38,8 @@ from submitit.core.utils import pickle_load
 from submitit.helpers import Checkpointable
 
 from rlrs.errors import ConfigError
-from rlrs.study import atomic_write_json, executor_settings, load_study, read_plan, tuned_plan
+from rlrs import atomic
+from rlrs.study import executor_settings, load_study, read_plan, tuned_plan
 
 KINDS = ("local", "slurm", "debug")
 LOCAL_POLL_S = 0.05
@@ -207,7 +208,7 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str) -> in
         (d / "failure.json").unlink(missing_ok=True)
         ex = make_executor(kind, d / SUBMITIT_DIR, settings)
         job = ex.submit(TrainJob(), configs[d.name], str(d.resolve()), kind)
-        atomic_write_json(d / "submitted.json", {
+        atomic.write_json(d / "submitted.json", {
             "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "submitted_at": _now(),
             "host": socket.gethostname(), "pid": os.getpid(), **_log_paths(job),
         })
@@ -235,7 +236,7 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str) -> in
         except Exception as e:  # the job's own error, re-raised by submitit
             failed += 1
             logs = _log_paths(job)
-            atomic_write_json(d / "failure.json", {
+            atomic.write_json(d / "failure.json", {
                 "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "failed_at": _now(),
                 "error": f"{type(e).__name__}: {str(e)[-2000:]}", **logs,
             })

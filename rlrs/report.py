@@ -22,9 +22,7 @@ import datetime as dt
 import functools
 import html
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from rlrs import analysis, plots
+from rlrs import analysis, atomic, plots
 from rlrs.errors import ConfigError
 
 # Vega-Lite version of the specs Altair writes ("v6.4.1" -> "6.4"); the bundle
@@ -448,24 +446,6 @@ def javascript_bundle() -> str:
 
 
 # ---------------------------------------------------------------- files
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, then os.replace: a reader never sees
-    half a file, and a crash leaves the old one intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600; a report is meant to be read (served, shared): honour the umask.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_figures(specs: dict[str, dict], folder: Path) -> list[Path]:
     """figures/<name>.png and .svg for every figure; stale ones removed."""
     written = []
@@ -473,7 +453,7 @@ def export_figures(specs: dict[str, dict], folder: Path) -> list[Path]:
         svg = vlc.vegalite_to_svg(spec, vl_version=VL_VERSION)
         png = vlc.vegalite_to_png(spec, vl_version=VL_VERSION, scale=PNG_SCALE)
         for path, data in ((folder / f"{name}.svg", svg.encode()), (folder / f"{name}.png", png)):
-            atomic_write(path, data)
+            atomic.write_bytes(path, data)
             written.append(path)
     if folder.is_dir():
         for old in folder.iterdir():
@@ -526,7 +506,7 @@ def write_report(study: str, db_path: Path, out_html: Path, *, figures: bool = T
     built = build_page(study, frames, extra, javascript_bundle())
     if figures:
         export_figures(built.figures, out_html.parent / "figures")
-    atomic_write(out_html, built.html.encode())
+    atomic.write_bytes(out_html, built.html.encode())
     return built
 
 

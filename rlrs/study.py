@@ -24,13 +24,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
+from rlrs import atomic
 from rlrs.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -66,25 +66,6 @@ def reports_dir(study_name: str) -> Path:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory, then os.replace: readers
-    never see a half-written file, and a crash leaves the old one intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def _deep_merge(base: dict, over: dict | None) -> dict:
@@ -577,7 +558,7 @@ def plan_digest(plan: Plan) -> str:
 
 
 def write_plan(plan: Plan, path: Path) -> None:
-    atomic_write_json(path, plan.to_json())
+    atomic.write_json(path, plan.to_json())
 
 
 def read_plan(path: Path) -> dict:

@@ -47,10 +47,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlrs import atomic
 from rlrs.errors import ConfigError
 from rlrs.study import (
     REPO_ROOT,
-    atomic_write_json,
     executor_settings,
     load_study,
     results_dir,
@@ -396,7 +396,7 @@ def run_search(search: Search, runner: Runner, runs_dir: Path, log=print) -> dic
             "passes": passes, "runs_spent": len(runs), "best_score": best, "best_run_id": best_run,
             "start": search.start, "final": current, "runs": runs, "trajectory": trajectory,
         }
-        atomic_write_json(search.result_path(runs_dir.parent), doc)
+        atomic.write_json(search.result_path(runs_dir.parent), doc)
         return doc
 
     start = candidate(0, None, None)

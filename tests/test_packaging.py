@@ -1,6 +1,5 @@
 """The conda environment, the pip requirements and the package metadata agree."""
 
-import re
 import tomllib
 from pathlib import Path
 
