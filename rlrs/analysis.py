@@ -307,18 +307,26 @@ def compared_group(members: pl.DataFrame, size: str, arm: str) -> Group | None:
 
 
 def baseline_ladder(members: pl.DataFrame, size: str, baseline: str = BASELINE) -> list[Group]:
-    """The baseline's points L(T) at `size`: per length, its best-lr group
-    among the main, lr and ladder runs, shortest first."""
+    """The baseline's points L(T) at `size`, shortest first, all at ONE lr:
+    the baseline's best lr at its main length (main and lr-sweep runs).
+
+    Mixing lrs across lengths would compare the arm with a baseline trained
+    worse at some lengths (and bend L(T)), so ladder runs at any other lr are
+    left out; with fewer than two lengths left there is no ladder estimate."""
+    best = compared_group(members, size, baseline)
+    if best is None:
+        return []
     cand = members.filter(
         (pl.col("size") == size) & (pl.col("arm") == baseline)
-        & pl.col("sweep").is_in(("main", "lr", "ladder"))
+        & pl.col("sweep").is_in(("main", "lr", "ladder")) & (pl.col("lr") == best.lr)
     )
-    by_steps: dict[int, list[Group]] = {}
-    for g in _groups(cand):
-        if g.steps is not None:  # planned runs not ingested yet have no length
-            by_steps.setdefault(g.steps, []).append(g)
-    points = [best_group(gs) for _, gs in sorted(by_steps.items())]
-    return [p for p in points if p is not None]
+    return sorted(_groups(cand), key=lambda g: g.steps)
+
+
+def ladder_lrs(members: pl.DataFrame, size: str, baseline: str = BASELINE) -> list[float]:
+    """The lrs the baseline's ladder runs were trained at (for notes)."""
+    runs = members.filter((pl.col("size") == size) & (pl.col("arm") == baseline) & (pl.col("sweep") == "ladder"))
+    return sorted(set(runs["lr"].drop_nulls().to_list()))
 
 
 # ---------------------------------------------------------------- crossings
@@ -486,6 +494,11 @@ def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baselin
     main_arms = sorted(set(members.filter(pl.col("sweep") == "main")["arm"].to_list()) - {baseline})
     for size in _size_order(members):
         ladder = baseline_ladder(members, size, baseline)
+        ladder_notes = []
+        if ladder and any(lr != ladder[0].lr for lr in ladder_lrs(members, size, baseline)):
+            ladder_notes = [f"ladder runs not at the baseline's best lr {ladder[0].lr:g} left out "
+                            f"(ladder lrs: {', '.join(f'{x:g}' for x in ladder_lrs(members, size, baseline))}); "
+                            "set the baseline's lr at this size to its best to use them"]
         for arm in main_arms:
             candidates = _lr_candidates(members, size, arm)
             if not candidates:
@@ -494,7 +507,8 @@ def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baselin
             base = {"study": study, "size": size, "arm": arm, "family": family[size],
                     "params_nonembedding": params[size][0], "params_active_nonembedding": params[size][1]}
             # Runs left out of the numbers: of the compared arm group and of the baseline points.
-            excl = _excluded_note(([group] if group else candidates) + ladder) + choice_notes(candidates, group)
+            excl = (_excluded_note(([group] if group else candidates) + ladder) + choice_notes(candidates, group)
+                    + ladder_notes)
             if group is None:
                 for d in ("ladder", "target"):
                     rows.append(base | {"definition": d, "n_seeds": 0,
@@ -520,11 +534,8 @@ def _estimate_row(definition: str, est: Estimate, notes: list[str], **extra) -> 
 def _ladder_row(arm: Group, ladder: list[Group], notes: list[str]) -> dict:
     if len(ladder) < 2:
         return {"definition": "ladder", "baseline_lengths": len(ladder),
-                "note": "; ".join(notes + [f"ladder needs baseline runs at >= 2 lengths; have {len(ladder)}"])}
+                "note": "; ".join(notes + [f"ladder needs baseline runs at >= 2 lengths at the baseline's best lr; have {len(ladder)}"])}
     lengths = np.array([g.steps for g in ladder], float)
-    lrs = sorted({g.lr for g in ladder})
-    if len(lrs) > 1:
-        notes = notes + ["baseline lr differs between lengths (best lr per length): " + ", ".join(f"{x:g}" for x in lrs)]
     est = estimate_speedup(
         [arm.losses] + [g.losses for g in ladder],
         lambda m: ladder_t_star(lengths, np.stack(m[1:], axis=1), m[0]),

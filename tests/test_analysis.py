@@ -369,3 +369,29 @@ def test_a_best_lr_at_the_edge_of_the_sweep_is_flagged(tmp_path):
     r = row(view(materialized(db, tmp_path), "speedup"), arm="rlrs", definition="ladder")
     assert r["arm_lr"] == 2e-3
     assert "best lr 0.002 is at the edge of the sweep" in r["note"]
+
+
+def test_ladder_uses_only_the_baseline_best_lr(tmp_path):
+    # The ladder was run at lr 1e-3, but the baseline's lr sweep finds 2e-3
+    # better at the main length: a ladder at 1e-3 would compare the arm with a
+    # baseline trained worse at the other lengths, so no ladder estimate.
+    db = StudyDB()
+    add_ladder(db)  # lr 1e-3 at every length
+    db.run(arm="baseline", sweep="lr", lr=2e-3, steps=T, loss=L(T) - 0.01, tags={"lr": 2e-3, "lr_factor": 2.0})
+    db.run(arm="rlrs", steps=T, loss=L(1.2 * T))
+    r = row(view(materialized(db, tmp_path), "speedup"), arm="rlrs", definition="ladder")
+    assert r["speedup"] is None and r["bound"] is None
+    assert "at the baseline's best lr; have 1" in r["note"]
+    assert "ladder runs not at the baseline's best lr 0.002 left out" in r["note"]
+
+
+def test_ladder_at_the_best_lr_ignores_other_lr_runs(tmp_path):
+    db = StudyDB()
+    add_ladder(db)  # lr 1e-3: the best
+    # A worse lr's runs at other lengths must not enter L(T).
+    db.run(arm="baseline", sweep="lr", lr=2e-3, steps=T, loss=L(T) + 0.05, tags={"lr": 2e-3, "lr_factor": 2.0})
+    db.run(arm="baseline", sweep="ladder", lr=2e-3, steps=2 * T, loss=L(T), tags={"length_factor": 2.0, "steps": 2 * T})
+    db.run(arm="rlrs", steps=T, loss=L(1.2 * T))
+    r = row(view(materialized(db, tmp_path), "speedup"), arm="rlrs", definition="ladder")
+    assert r["speedup"] == pytest.approx(0.20, abs=0.005)
+    assert r["baseline_lengths"] == 5
