@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from rlrs.components import COMPONENTS
-from rlrs.errors import ConfigError
+from rlrs.errors import ConfigError, check_schema
 from rlrs.schedule import SHAPES
 
 MOE_DEFAULTS = {
@@ -179,43 +179,6 @@ SCHEMA = _obj(
 )
 
 
-def _field(path) -> str:
-    return ".".join(str(p) for p in path) or "<config>"
-
-
-def _schema_error(err) -> ConfigError:
-    """Turn a jsonschema error into one line naming the field and what is allowed."""
-    path = list(err.absolute_path)
-    schema = err.schema
-    if err.validator == "additionalProperties":
-        allowed = ", ".join(sorted(schema.get("properties", {})))
-        extra = sorted(set(err.instance) - set(schema.get("properties", {})))
-        return ConfigError(_field(path + extra[:1]), f"unknown key; allowed keys here: {allowed}")
-    if err.validator == "propertyNames" or "propertyNames" in err.absolute_schema_path:
-        bad = err.instance
-        return ConfigError(_field(path + [bad]), f"unknown component {bad!r}; allowed: {', '.join(COMPONENTS)}")
-    if err.validator == "enum":
-        allowed = ", ".join(repr(v) for v in schema["enum"])
-        return ConfigError(_field(path), f"{err.instance!r} is not allowed; allowed: {allowed}")
-    if err.validator == "anyOf":
-        # Report the most specific alternative (not the null one).
-        options = [s for s in schema["anyOf"] if s.get("type") != "null"]
-        want = _describe(options[0]) if options else "null"
-        return ConfigError(_field(path), f"{err.instance!r} is not valid; expected {want} or null")
-    return ConfigError(_field(path), f"{err.instance!r} is not valid: expected {_describe(schema)}")
-
-
-def _describe(schema: dict) -> str:
-    kind = schema.get("type", "value")
-    bounds = []
-    for key, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
-        if key in schema:
-            bounds.append(f"{sym} {schema[key]}")
-    if kind == "object" and "properties" in schema:
-        return "a mapping with keys " + ", ".join(sorted(schema["properties"]))
-    return f"{kind}" + (f" {' and '.join(bounds)}" if bounds else "")
-
-
 def _merge(base: dict, over: dict) -> dict:
     """Deep merge `over` onto a copy of `base` (dicts merge, anything else replaces)."""
     out = copy.deepcopy(base)
@@ -227,15 +190,6 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _validate_schema(cfg: dict) -> None:
-    from jsonschema import Draft202012Validator
-
-    errors = sorted(Draft202012Validator(SCHEMA).iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        # The deepest error is the most specific one.
-        raise _schema_error(max(errors, key=lambda e: len(e.absolute_path)))
-
-
 def resolve(raw: dict) -> dict:
     """Validate a run config and fill every default. Idempotent."""
     if not isinstance(raw, dict):
@@ -245,7 +199,7 @@ def resolve(raw: dict) -> dict:
     cfg = _merge(DEFAULTS, raw)
     if isinstance(moe_raw, dict):
         cfg["model"]["moe"] = _merge(MOE_DEFAULTS, moe_raw)
-    _validate_schema(cfg)
+    check_schema(cfg, SCHEMA, "<config>")
 
     model, sched, train = cfg["model"], cfg["schedule"], cfg["train"]
     steps = train["steps"]

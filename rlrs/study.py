@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from rlrs import atomic
-from rlrs.errors import ConfigError
+from rlrs.errors import ConfigError, check_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "study.schema.yaml"
@@ -94,54 +94,11 @@ def _schema() -> dict:
         return yaml.safe_load(f)
 
 
-def _field(path) -> str:
-    return ".".join(str(p) for p in path) or "<study>"
-
-
-def _schema_error(err) -> ConfigError:
-    """One jsonschema error -> a ConfigError naming the field and what is allowed."""
-    path = list(err.absolute_path)
-    schema = err.schema
-    if err.validator == "required":
-        missing = err.message.split("'")[1] if "'" in err.message else err.message
-        allowed = ", ".join(sorted(schema.get("properties", {})))
-        return ConfigError(_field(path + [missing]), f"required key is missing (keys here: {allowed})")
-    if err.validator == "additionalProperties":
-        known = sorted(schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(known))
-        return ConfigError(_field(path + extra[:1]), f"unknown key; allowed keys here: {', '.join(known)}")
-    if "propertyNames" in err.absolute_schema_path:
-        # A bad key: jsonschema reports it against the mapping, name the key itself.
-        bad = err.instance
-        if err.validator == "enum":
-            return ConfigError(_field(path + [bad]), f"unknown component {bad!r}; allowed: {', '.join(schema['enum'])}")
-        return ConfigError(_field(path + [bad]), f"bad name {bad!r}; allowed: letters, digits, '_', '.', '-'")
-    if err.validator == "enum":
-        allowed = ", ".join(str(v) for v in schema["enum"])
-        return ConfigError(_field(path), f"{err.instance!r} is not allowed; allowed: {allowed}")
-    if err.validator == "type":
-        want = schema["type"]
-        want = " or ".join(want) if isinstance(want, list) else want
-        return ConfigError(_field(path), f"{err.instance!r} has the wrong type; expected {want}")
-    if err.validator == "oneOf":
-        return ConfigError(_field(path), "give exactly one of: factors, values")
-    return ConfigError(_field(path), err.message)
-
-
 def validate_schema(raw) -> None:
     """Check a study against the JSON Schema; raise the most specific error."""
-    from jsonschema import Draft202012Validator
-
     if not isinstance(raw, dict):
         raise ConfigError("<study>", f"expected a mapping of study settings, got {type(raw).__name__}")
-    validator = Draft202012Validator(_schema())
-    errors = list(validator.iter_errors(raw))
-    if errors:
-        # Deepest first: an error inside sizes.s1 says more than one about sizes.
-        def depth(e):
-            return len(list(e.absolute_path))
-
-        raise _schema_error(max(errors, key=depth))
+    check_schema(raw, _schema(), "<study>")
 
 
 def check_study(raw: dict, default_name: str | None = None) -> dict:

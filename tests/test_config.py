@@ -61,9 +61,9 @@ def test_run_id_ignores_key_order_labels_and_operational_settings():
         ({"trian": {}}, "trian", "train"),
         ({"train__steps": "100"}, "train.steps", "integer"),
         ({"train__steps": 1.5}, "train.steps", "integer"),
-        ({"schedule__shape": "linear"}, "schedule.shape", "'cosine', 'constant', 'wsd'"),
-        ({"train__device": "tpu"}, "train.device", "'cpu', 'cuda', 'auto'"),
-        ({"data__tokenizer": "tiktoken"}, "data.tokenizer", "'bytes', 'bpe'"),
+        ({"schedule__shape": "linear"}, "schedule.shape", "cosine, constant, wsd"),
+        ({"train__device": "tpu"}, "train.device", "cpu, cuda, auto"),
+        ({"data__tokenizer": "tiktoken"}, "data.tokenizer", "bytes, bpe"),
     ],
 )
 def test_bad_config_names_field_and_allowed_values(overrides, field, allowed):

@@ -210,7 +210,7 @@ BAD_STUDIES = {
     "run config": (lambda s: s["sizes"]["m"].update(n_heads=3),
                    ["sizes.m x arms.baseline", "model.n_heads", "must divide d_model=32"]),
     "run config field": (lambda s: s["defaults"]["train"].update(device="tpu"),
-                         ["train.device", "'tpu'", "'cpu', 'cuda', 'auto'"]),
+                         ["train.device", "'tpu'", "cpu, cuda, auto"]),
     "multipliers in defaults": (lambda s: s["defaults"].update(schedule={"multipliers": {}}),
                                 ["defaults.schedule.multipliers", "arm"]),
 }

@@ -317,7 +317,7 @@ BAD = {
     "unknown space": ({"arms": {"rlrs": "local"}}, "tune.arms.rlrs", "allowed: global, relative"),
     "unknown score": ({"score": "eval"}, "tune.score", "allowed: train_loss_last100, final_eval_loss"),
     "unknown parameter": ({"parameters": ["beta1"]}, "tune.parameters[0]", "allowed: lr, init_scale"),
-    "bad budget": ({"max_runs": 0}, "tune.max_runs", "less than the minimum of 1"),
+    "bad budget": ({"max_runs": 0}, "tune.max_runs", "expected integer >= 1"),
     "norm is never tuned": ({"parameters": ["norm.start"]}, "tune.parameters[0]", "unknown parameter 'norm.start'"),
 }
 
