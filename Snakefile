@@ -13,11 +13,15 @@
 
 from snakemake.utils import min_version, validate
 
+import rlrs.config
+
 min_version("9.0")
 
 if not config:
     configfile: workflow.source_path("workflow/configs/demo.yaml")
 
+# Snakemake reads YAML 1.1, where `3e-3` is a string; rlrs reads numbers as YAML 1.2 does.
+rlrs.config.yaml12_numbers(config)
 validate(config, "workflow/schemas/study.schema.yaml")
 
 

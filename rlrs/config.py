@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -275,14 +276,46 @@ def run_id(resolved: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def load(path: Path) -> dict:
-    """Read a run config from YAML or JSON (the raw, unresolved dict)."""
+# YAML 1.1 (PyYAML, and so Snakemake's config loader) reads `3e-3` as a string;
+# YAML 1.2 and every ML config reader read it as a number. We follow YAML 1.2.
+_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$")
+
+
+def yaml12_numbers(obj):
+    """Numbers written in exponent form without a dot (`3e-3`, `1e-8`) as
+    floats, throughout a loaded YAML document (in place for dicts and lists)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = yaml12_numbers(v)
+    elif isinstance(obj, list):
+        obj[:] = [yaml12_numbers(v) for v in obj]
+    elif isinstance(obj, str) and _FLOAT.match(obj):
+        return float(obj)
+    return obj
+
+
+class _Yaml12Floats(yaml.SafeLoader):
+    """Safe loading, with unquoted `3e-3` a float (quoted "3e-3" stays a string)."""
+
+
+_Yaml12Floats.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def load_file(path: Path, what: str = "config") -> dict:
+    """Read a YAML or JSON file into a dict (empty file: {})."""
     path = Path(path)
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)  # JSON is YAML
+            if path.suffix == ".json":
+                return json.load(f)
+            data = yaml.load(f, Loader=_Yaml12Floats)
     except FileNotFoundError:
-        raise ConfigError(str(path), "file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"not valid YAML: {e}") from None
+        raise ConfigError(str(path), f"{what} file not found") from None
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
     return data if data is not None else {}
+
+
+def load(path: Path) -> dict:
+    """Read a run config from YAML or JSON (the raw, unresolved dict)."""
+    return load_file(path, "config")

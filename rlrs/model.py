@@ -172,30 +172,18 @@ class MoE(nn.Module):
         logits = self.router(flat).float()  # routing decisions in fp32 even under autocast
         probs = logits.softmax(dim=-1)
         gate, choice = probs.topk(k, dim=-1)  # [N, k]
+        slot_token, slot_weight, counts, kept = self._slots(choice, gate, N)
+        capacity = slot_token.numel() // E
 
-        # Assignment order: every token's first choice before any second choice,
-        # tokens in sequence order within a rank, so capacity drops the
-        # lowest-priority assignments first.
-        expert = choice.t().reshape(-1)
-        token = torch.arange(N, device=x.device).repeat(k)
-        weight = gate.t().reshape(-1)
-        capacity = math.ceil(self.m.capacity_factor * N * k / E)
-
-        # Sort assignments by expert (stable keeps the priority order) and give
-        # each its slot within its expert; slots past capacity are dropped.
-        order = torch.argsort(expert, stable=True)
-        expert_sorted = expert[order]
-        counts = torch.bincount(expert, minlength=E)
-        first = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(N * k, device=x.device) - first[expert_sorted]
-        kept = pos < capacity
-        slot = (expert_sorted * capacity + pos)[kept]
-        tok = token[order][kept]
-
-        buf = flat.new_zeros(E * capacity, D).index_copy(0, slot, flat[tok])
-        out = self.experts(buf.view(E, capacity, D)).view(E * capacity, D)
-        w = weight[order][kept].unsqueeze(1).to(out.dtype)
-        y = flat.new_zeros(N, D).index_add(0, tok, out[slot] * w)
+        # Dispatch is one gather and combine one scatter-add, both through the
+        # slot -> token map: no zero-filled buffer, no per-assignment copies.
+        # An empty slot reads token 0 and is computed for nothing; its weight
+        # is exactly 0, so it adds 0 to token 0's output and sends no gradient
+        # to the experts or to the input (only finite activations reach it).
+        # Combined in the experts' output dtype (bf16 under autocast, like a
+        # dense layer's output); the residual add promotes it back.
+        out = self.experts(flat.index_select(0, slot_token).view(E, capacity, D)).view(E * capacity, D)
+        y = out.new_zeros(N, D).index_add(0, slot_token, out * slot_weight.unsqueeze(1).to(out.dtype))
 
         # Switch-style balance: E * sum_e (share of assignments to e) * (mean prob of e).
         share = counts.float() / (N * k)
@@ -203,6 +191,32 @@ class MoE(nn.Module):
         z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
         dropped = 1.0 - kept.float().mean()
         return y.view(B, T, D), {"lb_loss": load_balance, "z_loss": z_loss, "dropped_frac": dropped}
+
+    def _slots(self, choice: torch.Tensor, gate: torch.Tensor, N: int):
+        """Capacity assignment. Returns, per expert slot (E * capacity of
+        them, expert-major), the token it holds (0 when empty) and its gate
+        weight (0 when empty, differentiable), plus the assignment count of
+        each expert and which assignments (in expert order) were kept."""
+        E, k = self.m.experts_total, self.m.k_total
+        capacity = math.ceil(self.m.capacity_factor * N * k / E)
+        # Assignment order: every token's first choice before any second choice,
+        # tokens in sequence order within a rank, so capacity drops the
+        # lowest-priority assignments first. Assignment a is token a % N.
+        expert = choice.t().reshape(-1)
+        weight = gate.t().reshape(-1)
+        # Sort assignments by expert (stable keeps the priority order) and give
+        # each its position within its expert; positions past capacity are dropped.
+        order = torch.argsort(expert, stable=True)
+        counts = torch.bincount(expert, minlength=E)
+        first = torch.cumsum(counts, 0) - counts
+        expert_sorted = expert[order]
+        pos = torch.arange(N * k, device=choice.device) - first[expert_sorted]
+        kept = pos < capacity
+        assignment = order[kept]
+        slot = expert_sorted[kept] * capacity + pos[kept]
+        slot_token = torch.zeros(E * capacity, dtype=torch.long, device=choice.device).index_put_((slot,), assignment % N)
+        slot_weight = weight.new_zeros(E * capacity).index_put((slot,), weight[assignment])
+        return slot_token, slot_weight, counts, kept
 
 
 class Block(nn.Module):

@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from rlrs import atomic
+from rlrs.config import load_file
 from rlrs.errors import ConfigError, check_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -174,14 +175,7 @@ def _check_references(study: dict) -> None:
 def load_study(path: Path) -> dict:
     """Read, validate and cross-check a study file (name defaults to the file stem)."""
     path = Path(path)
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(str(path), "study file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"not valid YAML: {e}") from None
-    return check_study(raw if raw is not None else {}, default_name=path.stem)
+    return check_study(load_file(path, "study"), default_name=path.stem)
 
 
 def executor_settings(study: dict) -> dict:

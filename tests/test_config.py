@@ -83,3 +83,17 @@ def test_bad_config_is_refused_before_any_file_is_written(tmp_path):
     assert proc.returncode == 2
     assert "model.moe.top_k" in proc.stderr
     assert not out.exists()
+
+
+def test_exponent_numbers_read_as_yaml_1_2_and_json_configs_load(tmp_path):
+    from rlrs.config import load
+
+    y = tmp_path / "c.yaml"
+    y.write_text('optim: {lr: 3e-3, eps: 1e-8}\nmeta: {arm: "1e3"}\n')
+    raw = load(y)
+    assert raw["optim"] == {"lr": 0.003, "eps": 1e-8}
+    assert raw["meta"]["arm"] == "1e3"  # quoted stays a string
+    # A resolved config written as JSON (RUN_DIR/config.json) reads back as it was.
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps(resolve(tiny())))
+    assert resolve(load(j)) == resolve(tiny())
