@@ -129,13 +129,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 import duckdb
 
+from rlrs.components import COMPONENTS, SCHEDULED  # torch-free
+
 SCHEMA_VERSION = 1
 DEFAULT_DB = Path("results/demo/rlrs.duckdb")
 
-# Same as rlrs.components.COMPONENTS (a test keeps them equal); repeated here
-# because importing rlrs.components imports torch, which `rlrs query` must not pay for.
-COMPONENTS = ("embedding", "attention", "ffn", "router", "experts", "head", "norm")
-SCHEDULED = tuple(c for c in COMPONENTS if c != "norm")
 STATUSES = ("completed", "diverged", "failed")
 
 # ---------------------------------------------------------------------------
