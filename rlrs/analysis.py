@@ -702,8 +702,11 @@ def _merge_groups(groups: list[Group]) -> Group:
 def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame, study: str = "") -> pl.DataFrame:
     """Transfer regret of every swept parameter: at each larger size, the loss
     at the factor that was best at the smallest swept size minus the best
-    loss at that size (0 = the small-scale choice is still optimal)."""
+    loss at that size (0 = the small-scale choice is still optimal). Within a
+    model family only: a MoE size is referred to the smallest MoE size, a
+    dense size to the smallest dense size."""
     order = {s: i for i, s in enumerate(_size_order(members))}
+    family = _size_family(members)
     curves = []  # (parameter, kind, frame with size, factor, mean_loss, eligible)
     if not lr_frame.is_empty():
         for (arm,), part in lr_frame.group_by(["arm"], maintain_order=True):
@@ -712,8 +715,12 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
         for (base, comp, which), part in u_frame.group_by(["base_arm", "component", "which"], maintain_order=True):
             curves.append((f"{comp}.{which} ({base})", "usweep", part))
     rows = []
-    for parameter, kind, part in curves:
-        sizes = sorted(part["size"].unique().to_list(), key=lambda s: order.get(s, len(order)))
+    for parameter, kind, part, sizes in (
+        (parameter, kind, part, [s for s in ordered if family.get(s) == fam])
+        for parameter, kind, part in curves
+        for ordered in [sorted(part["size"].unique().to_list(), key=lambda s: order.get(s, len(order)))]
+        for fam in dict.fromkeys(family.get(s) for s in ordered)
+    ):
         best = {r["size"]: r for r in part.filter(pl.col("is_best")).iter_rows(named=True)}
         if len(sizes) < 2 or sizes[0] not in best:
             continue

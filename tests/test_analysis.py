@@ -194,6 +194,24 @@ def test_lr_regret_is_zero_when_the_small_choice_stays_best(tmp_path):
     assert (reg["chosen_factor"], reg["best_factor"], reg["regret"]) == (1.0, 1.0, 0.0)
 
 
+def test_regret_refers_each_family_to_its_own_smallest_size(tmp_path):
+    # dense s1 < s2 and MoE m1 < m2 (params grow with the size's order): the
+    # MoE sizes must not be judged against the dense sweep's choice.
+    db = StudyDB()
+    curves = {("s1", False): {0.5: 2.5, 1.0: 2.4, 2.0: 2.45}, ("s2", False): {0.5: 2.2, 1.0: 2.1, 2.0: 2.3},
+              ("m1", True): {0.5: 2.5, 1.0: 2.6, 2.0: 2.7}, ("m2", True): {0.5: 2.15, 1.0: 2.1, 2.0: 2.3}}
+    for (size, moe), losses in curves.items():
+        for f, loss in losses.items():
+            tags = {"lr": 1e-3 * f, "lr_factor": f}
+            extra = {"sweep": "main", "tags": {}, "also": (("lr", tags),)} if f == 1.0 else {"sweep": "lr", "tags": tags}
+            db.run(size=size, arm="baseline", lr=1e-3 * f, loss=loss, moe=moe, **extra)
+    reg = view(materialized(db, tmp_path), "regret").sort("size")
+    assert reg.select("size", "reference_size").rows() == [("m2", "m1"), ("s2", "s1")]
+    m2 = row(reg, size="m2")
+    assert (m2["chosen_factor"], m2["best_factor"]) == (0.5, 1.0) and m2["regret"] == pytest.approx(0.05)
+    assert row(reg, size="s2")["regret"] == 0.0
+
+
 def test_ablation_signs(tmp_path):
     db = StudyDB()
     db.run(arm="baseline", loss=2.50)
