@@ -870,33 +870,33 @@ def update_sizes(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, study: s
     if not cols or runs.is_empty():
         return _frame([], UPDATE_SCHEMA)
     # Long format first, so a component missing from a model (ffn in an MoE)
-    # just has no rows instead of a null column.
+    # just has no rows instead of a null column; binned in DuckDB, so only
+    # the plotted points reach Python (every step of every main run would not).
     n_series = runs.select("size", "arm").unique().height * len(cols)
+    points = points_per_series(n_series)
     con.register("_upd_runs", runs)
     try:
-        long = con.sql(f"""
-            SELECT r.size, r.arm, m.run_id, m.step, u.component, u.value
-            FROM metrics m JOIN _upd_runs r USING (run_id),
-            LATERAL (SELECT * FROM (VALUES {", ".join(f"('{c[7:]}', m.{c})" for c in cols)}) t(component, value)) u
-            WHERE u.value IS NOT NULL
+        out = con.sql(f"""
+            WITH long AS (
+                SELECT r.size, r.arm, m.run_id, m.step, u.component, u.value
+                FROM metrics m JOIN _upd_runs r USING (run_id),
+                LATERAL (SELECT * FROM (VALUES {", ".join(f"('{c[7:]}', m.{c})" for c in cols)}) t(component, value)) u
+                WHERE u.value IS NOT NULL
+            ), w AS (
+                SELECT size, arm, component, greatest(1, ceil((max(step) + 1) / {points}))::BIGINT AS stride
+                FROM long GROUP BY size, arm, component
+            )
+            SELECT l.size, l.arm, l.component, (max(l.step) + 1)::BIGINT AS step, avg(l.value) AS "update",
+                   count(DISTINCT l.run_id)::BIGINT AS n_runs
+            FROM long l JOIN w USING (size, arm, component)
+            GROUP BY l.size, l.arm, l.component, l.step // w.stride
+            ORDER BY l.size, l.arm, l.component, step
         """).pl()
     finally:
         con.unregister("_upd_runs")
-    if long.is_empty():
+    if out.is_empty():
         return _frame([], UPDATE_SCHEMA)
-    points = points_per_series(n_series)
-    stride = long.group_by("size", "arm", "component").agg(
-        ((pl.col("step").max() + 1) / points).ceil().clip(lower_bound=1).cast(pl.Int64).alias("stride"))
-    out = (
-        long.join(stride, on=["size", "arm", "component"])
-        .with_columns((pl.col("step") // pl.col("stride")).alias("bin"))
-        .group_by("size", "arm", "component", "bin")
-        .agg((pl.col("step").max() + 1).alias("step"), pl.col("value").mean().alias("update"),
-             pl.col("run_id").n_unique().cast(pl.Int64).alias("n_runs"))
-        .with_columns(pl.lit(study).alias("study"))
-        .sort("size", "arm", "component", "step")
-    )
-    return out.select(list(UPDATE_SCHEMA)).cast(UPDATE_SCHEMA)
+    return out.with_columns(pl.lit(study).alias("study")).select(list(UPDATE_SCHEMA)).cast(UPDATE_SCHEMA)
 
 
 def lr_schedules(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, study: str = "") -> pl.DataFrame:
