@@ -262,10 +262,32 @@ def best_group(groups: list[Group]) -> Group | None:
     """The group with the lowest mean final loss over its completed runs;
     ties go to the first (lowest lr). Groups where a seed diverged compete
     only when every group has one: an lr that diverges on some seeds is
-    unstable, and the mean of its survivors would flatter it."""
+    unstable, and the mean of its survivors would flatter it.
+
+    When the groups hold different seeds (a sweep point with 1 seed against
+    main runs with 3, or a seed still missing), they are ranked on the seeds
+    they all share: the minimum of one noisy draw against a mean of three
+    would favour the single draws (winner's curse). The chosen group then
+    keeps all its seeds for the comparison."""
     done = [g for g in groups if len(g.losses)]
     pool = [g for g in done if g.n_diverged == 0] or done
-    return min(pool, key=lambda g: g.mean) if pool else None
+    if not pool:
+        return None
+    return min(pool, key=lambda g: _mean_over(g, _shared_seeds(pool)))
+
+
+def _shared_seeds(groups: list[Group]) -> set[int] | None:
+    """Seeds completed in every group, or None when they all hold the same
+    seeds or share none (then each group's full mean is used)."""
+    sets = [set(g.seeds) for g in groups]
+    shared = set.intersection(*sets) if sets else set()
+    return shared if shared and any(s != shared for s in sets) else None
+
+
+def _mean_over(g: Group, seeds: set[int] | None) -> float:
+    if seeds is None:
+        return g.mean
+    return float(np.mean([loss for loss, seed in zip(g.losses, g.seeds) if seed in seeds]))
 
 
 def choice_notes(groups: list[Group], chosen: Group | None) -> list[str]:
@@ -276,6 +298,10 @@ def choice_notes(groups: list[Group], chosen: Group | None) -> list[str]:
              for g in groups if g is not chosen and g.n_diverged and len(g.losses) and g.mean < chosen.mean]
     if chosen.n_diverged:
         notes.append(f"compared lr {chosen.lr:g} has {chosen.n_diverged} diverged seed(s) (every lr has some)")
+    pool = [g for g in groups if len(g.losses) and (g.n_diverged == 0 or chosen.n_diverged)]
+    shared = _shared_seeds(pool) if pool else None
+    if shared is not None:
+        notes.append(f"best lr chosen on the seed(s) every lr point has ({', '.join(map(str, sorted(shared)))})")
     lrs = sorted({g.lr for g in groups if len(g.losses)})
     if len(lrs) >= 3 and chosen.lr in (lrs[0], lrs[-1]):
         notes.append(f"best lr {chosen.lr:g} is at the edge of the sweep: the optimum may lie beyond it")

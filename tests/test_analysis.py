@@ -194,6 +194,23 @@ def test_lr_regret_is_zero_when_the_small_choice_stays_best(tmp_path):
     assert (reg["chosen_factor"], reg["best_factor"], reg["regret"]) == (1.0, 1.0, 0.0)
 
 
+def test_best_lr_is_chosen_on_shared_seeds_not_one_draw_against_a_mean(tmp_path):
+    # main lr: 3 seeds, mean 2.033; lr x2: seed 0 only, 1.95. On seed 0 alone
+    # the main lr is better (1.90): a lone lucky draw must not win on a mean.
+    db = StudyDB()
+    for seed, loss in enumerate([1.90, 2.10, 2.10]):
+        also = (("lr", {"lr": 1e-3, "lr_factor": 1.0}),) if seed == 0 else ()
+        db.run(arm="rlrs", lr=1e-3, seed=seed, loss=loss, also=also)
+        db.run(arm="baseline", lr=1e-3, seed=seed, loss=2.3)
+    db.run(arm="rlrs", sweep="lr", lr=2e-3, seed=0, loss=1.95, tags={"lr": 2e-3, "lr_factor": 2.0})
+    con = materialized(db, tmp_path)
+    best = view(con, "lr_sweep").filter(pl.col("is_best") & (pl.col("arm") == "rlrs"))
+    assert best["lr"].to_list() == [1e-3]
+    sp = row(view(con, "speedup"), arm="rlrs", definition="target")
+    assert sp["arm_lr"] == 1e-3 and sp["n_seeds"] == 3
+    assert "best lr chosen on the seed(s) every lr point has (0)" in sp["note"]
+
+
 def test_regret_refers_each_family_to_its_own_smallest_size(tmp_path):
     # dense s1 < s2 and MoE m1 < m2 (params grow with the size's order): the
     # MoE sizes must not be judged against the dense sweep's choice.
