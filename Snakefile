@@ -32,11 +32,11 @@ include: "workflow/rules/collect.smk"
 include: "workflow/rules/report.smk"
 
 
-# The report, and every run's summary named too: Snakemake does not rebuild a
-# missing intermediate file when the files made from it are up to date, so a
-# lost summary.json would otherwise go unnoticed.
+# The report, and every run's summary (or batch marker) named too: Snakemake
+# does not rebuild a missing intermediate file when the files made from it are
+# up to date, so a lost summary.json would otherwise go unnoticed.
 rule all:
     default_target: True
     input:
         REPORT,
-        summaries,
+        trained,

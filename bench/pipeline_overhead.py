@@ -36,7 +36,15 @@ loop): what is left when process start and imports are paid once.
 Each part is one sample in a process of its own, so the parts need not add
 up exactly to the per-run figure.
 
-Prints one JSON object on its last line; goal: overhead_per_run_s < 1.
+Then the same study with `executor.runs_per_job` R (`--runs-per-job`,
+default 6): the workflow submits batches of R runs, each one job that trains
+its runs one after another in one process (`rule train_batch`):
+`batched_overhead_per_run_s` is the same formula for it, measured side by
+side in this process. `--executor slurm` runs both studies through a real
+Slurm (`scripts/slurm-single-node.sh up` here) instead of local processes.
+
+Prints one JSON object on its last line; goal: overhead_per_run_s < 1 (met
+by the batched figure: batching is how a grid of short runs should be run).
 """
 
 from __future__ import annotations
@@ -54,12 +62,12 @@ from bench.common import BIN, REPO, check, child_env, emit, log, run_measured
 STUDY = "pipebench"
 
 
-def study(n_runs: int, steps: int) -> dict:
+def study(n_runs: int, steps: int, executor: str = "local", runs_per_job: int = 1) -> dict:
     """N runs that differ only by seed: the shortest real runs the workflow takes."""
     return {
         "study": STUDY,
         "description": "pipeline-overhead benchmark: many tiny runs",
-        "executor": {"kind": "local", "timeout_min": 10},
+        "executor": {"kind": executor, "timeout_min": 10, "runs_per_job": runs_per_job},
         "defaults": {
             "model": {"seq_len": 32},
             "data": {"corpus": "austen", "tokenizer": "bytes", "eval_tokens": 1024},
@@ -109,6 +117,13 @@ def _snakemake_trivial(workdir: Path, n: int, env: dict) -> float:
     return (full.wall_s - dry.wall_s) / n
 
 
+def trained_seconds(summaries: list[Path], expected: int) -> float:
+    """The sum of the runs' own training time (summary.json wall_time_s)."""
+    if len(summaries) != expected:
+        raise SystemExit(f"expected {expected} finished runs, found {len(summaries)}")
+    return sum(json.loads(s.read_text())["wall_time_s"] for s in summaries)
+
+
 def _timed_in_child(setup: str, timed: str, env: dict) -> float:
     """Seconds `timed` takes in a fresh Python process after `setup` ran."""
     code = f"import time\n{setup}\nt0 = time.perf_counter()\n{timed}\nprint(time.perf_counter() - t0)"
@@ -121,15 +136,18 @@ def main(argv=None) -> dict:
     p.add_argument("--runs", type=int, default=12, help="runs in the study")
     p.add_argument("--steps", type=int, default=10, help="training steps per run")
     p.add_argument("--cores", type=int, default=1, help="snakemake -c (1: runs one after another)")
+    p.add_argument("--runs-per-job", type=int, default=6, help="executor.runs_per_job of the batched study")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="the studies' executor (slurm: a running Slurm with srun on PATH, e.g. scripts/slurm-single-node.sh up)")
     p.add_argument("--quick", action="store_true", help="smoke pass: 2 runs of 2 steps")
     a = p.parse_args(argv)
     if a.quick:
-        a.runs, a.steps = 2, 2
+        a.runs, a.steps, a.runs_per_job = 2, 2, 2
     with tempfile.TemporaryDirectory(prefix="rlrs-pipebench-") as tmp:
         tmp = Path(tmp)
         env = child_env(RLRS_RESULTS=str(tmp / "results"), RLRS_REPORTS=str(tmp / "reports"))
         study_file = tmp / f"{STUDY}.yaml"
-        study_file.write_text(yaml.safe_dump(study(a.runs, a.steps)))
+        study_file.write_text(yaml.safe_dump(study(a.runs, a.steps, a.executor)))
 
         dry = check(snakemake(tmp, study_file, env, "-n", "-c1"), "snakemake dry run")
         log(f"dry run: {dry.wall_s:.2f} s")
@@ -138,10 +156,18 @@ def main(argv=None) -> dict:
                           "snakemake --until plan")
         full = check(snakemake(tmp, study_file, env, f"-c{a.cores}"), "snakemake study")
         runs = sorted((tmp / "results" / STUDY / "runs").glob("*/summary.json"))
-        if len(runs) != a.runs:
-            raise SystemExit(f"expected {a.runs} finished runs, found {len(runs)}")
-        train_s = sum(json.loads(s.read_text())["wall_time_s"] for s in runs)
+        train_s = trained_seconds(runs, a.runs)
         log(f"study: {full.wall_s:.2f} s wall for {a.runs} runs, {train_s:.2f} s training in all")
+        # The same study with executor.runs_per_job: batches of runs, one job
+        # (one process, one torch import) each, into a results folder of its own.
+        batched_file = tmp / "batched" / f"{STUDY}.yaml"
+        batched_file.parent.mkdir()
+        batched_file.write_text(yaml.safe_dump(study(a.runs, a.steps, a.executor, a.runs_per_job)))
+        batched_env = {**env, "RLRS_RESULTS": str(tmp / "batched" / "results")}
+        batched = check(snakemake(tmp / "batched", batched_file, batched_env, f"-c{a.cores}", until="train_batch"),
+                        "snakemake study, batched")
+        batched_train_s = trained_seconds(sorted((tmp / "batched" / "results" / STUDY / "runs").glob("*/summary.json")), a.runs)
+        log(f"batched study ({a.runs_per_job} runs per job): {batched.wall_s:.2f} s wall, {batched_train_s:.2f} s training")
 
         # One run trained by a plain `rlrs train` process, outside the workflow.
         plan = json.loads((tmp / "results" / STUDY / "plan.json").read_text())
@@ -174,6 +200,9 @@ def main(argv=None) -> dict:
         "marginal_overhead_per_run_s": round((full.wall_s - plan_only.wall_s - train_s) / a.runs, 3),
         # the same runs in one process, no workflow: the floor grouping could reach
         "grouped_overhead_per_run_s": round((grouped.wall_s - grouped_train) / a.runs, 3),
+        # the same study with executor.runs_per_job (batched submission)
+        "batched_overhead_per_run_s": round((batched.wall_s - batched_train_s) / a.runs, 3),
+        "batched_overhead_core_s_per_run": round((a.cores * batched.wall_s - batched_train_s) / a.runs, 3),
     }
     parts = {
         "fixed_s": round(dry.wall_s, 3),
@@ -189,8 +218,9 @@ def main(argv=None) -> dict:
         "pipeline_overhead", "overhead_per_run_s < 1",
         figures,
         parts=parts,
-        runs=a.runs, steps=a.steps, cores=a.cores,
+        runs=a.runs, steps=a.steps, cores=a.cores, executor=a.executor, runs_per_job=a.runs_per_job,
         wall_s=round(full.wall_s, 3), train_s_sum=round(train_s, 3),
+        batched_wall_s=round(batched.wall_s, 3), batched_train_s_sum=round(batched_train_s, 3),
     )
 
 

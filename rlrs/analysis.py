@@ -262,10 +262,32 @@ def best_group(groups: list[Group]) -> Group | None:
     """The group with the lowest mean final loss over its completed runs;
     ties go to the first (lowest lr). Groups where a seed diverged compete
     only when every group has one: an lr that diverges on some seeds is
-    unstable, and the mean of its survivors would flatter it."""
+    unstable, and the mean of its survivors would flatter it.
+
+    When the groups hold different seeds (a sweep point with 1 seed against
+    main runs with 3, or a seed still missing), they are ranked on the seeds
+    they all share: the minimum of one noisy draw against a mean of three
+    would favour the single draws (winner's curse). The chosen group then
+    keeps all its seeds for the comparison."""
     done = [g for g in groups if len(g.losses)]
     pool = [g for g in done if g.n_diverged == 0] or done
-    return min(pool, key=lambda g: g.mean) if pool else None
+    if not pool:
+        return None
+    return min(pool, key=lambda g: _mean_over(g, _shared_seeds(pool)))
+
+
+def _shared_seeds(groups: list[Group]) -> set[int] | None:
+    """Seeds completed in every group, or None when they all hold the same
+    seeds or share none (then each group's full mean is used)."""
+    sets = [set(g.seeds) for g in groups]
+    shared = set.intersection(*sets) if sets else set()
+    return shared if shared and any(s != shared for s in sets) else None
+
+
+def _mean_over(g: Group, seeds: set[int] | None) -> float:
+    if seeds is None:
+        return g.mean
+    return float(np.mean([loss for loss, seed in zip(g.losses, g.seeds) if seed in seeds]))
 
 
 def choice_notes(groups: list[Group], chosen: Group | None) -> list[str]:
@@ -276,6 +298,10 @@ def choice_notes(groups: list[Group], chosen: Group | None) -> list[str]:
              for g in groups if g is not chosen and g.n_diverged and len(g.losses) and g.mean < chosen.mean]
     if chosen.n_diverged:
         notes.append(f"compared lr {chosen.lr:g} has {chosen.n_diverged} diverged seed(s) (every lr has some)")
+    pool = [g for g in groups if len(g.losses) and (g.n_diverged == 0 or chosen.n_diverged)]
+    shared = _shared_seeds(pool) if pool else None
+    if shared is not None:
+        notes.append(f"best lr chosen on the seed(s) every lr point has ({', '.join(map(str, sorted(shared)))})")
     lrs = sorted({g.lr for g in groups if len(g.losses)})
     if len(lrs) >= 3 and chosen.lr in (lrs[0], lrs[-1]):
         notes.append(f"best lr {chosen.lr:g} is at the edge of the sweep: the optimum may lie beyond it")
@@ -702,8 +728,11 @@ def _merge_groups(groups: list[Group]) -> Group:
 def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame, study: str = "") -> pl.DataFrame:
     """Transfer regret of every swept parameter: at each larger size, the loss
     at the factor that was best at the smallest swept size minus the best
-    loss at that size (0 = the small-scale choice is still optimal)."""
+    loss at that size (0 = the small-scale choice is still optimal). Within a
+    model family only: a MoE size is referred to the smallest MoE size, a
+    dense size to the smallest dense size."""
     order = {s: i for i, s in enumerate(_size_order(members))}
+    family = _size_family(members)
     curves = []  # (parameter, kind, frame with size, factor, mean_loss, eligible)
     if not lr_frame.is_empty():
         for (arm,), part in lr_frame.group_by(["arm"], maintain_order=True):
@@ -712,8 +741,12 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
         for (base, comp, which), part in u_frame.group_by(["base_arm", "component", "which"], maintain_order=True):
             curves.append((f"{comp}.{which} ({base})", "usweep", part))
     rows = []
-    for parameter, kind, part in curves:
-        sizes = sorted(part["size"].unique().to_list(), key=lambda s: order.get(s, len(order)))
+    for parameter, kind, part, sizes in (
+        (parameter, kind, part, [s for s in ordered if family.get(s) == fam])
+        for parameter, kind, part in curves
+        for ordered in [sorted(part["size"].unique().to_list(), key=lambda s: order.get(s, len(order)))]
+        for fam in dict.fromkeys(family.get(s) for s in ordered)
+    ):
         best = {r["size"]: r for r in part.filter(pl.col("is_best")).iter_rows(named=True)}
         if len(sizes) < 2 or sizes[0] not in best:
             continue
@@ -863,33 +896,33 @@ def update_sizes(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, study: s
     if not cols or runs.is_empty():
         return _frame([], UPDATE_SCHEMA)
     # Long format first, so a component missing from a model (ffn in an MoE)
-    # just has no rows instead of a null column.
+    # just has no rows instead of a null column; binned in DuckDB, so only
+    # the plotted points reach Python (every step of every main run would not).
     n_series = runs.select("size", "arm").unique().height * len(cols)
+    points = points_per_series(n_series)
     con.register("_upd_runs", runs)
     try:
-        long = con.sql(f"""
-            SELECT r.size, r.arm, m.run_id, m.step, u.component, u.value
-            FROM metrics m JOIN _upd_runs r USING (run_id),
-            LATERAL (SELECT * FROM (VALUES {", ".join(f"('{c[7:]}', m.{c})" for c in cols)}) t(component, value)) u
-            WHERE u.value IS NOT NULL
+        out = con.sql(f"""
+            WITH long AS (
+                SELECT r.size, r.arm, m.run_id, m.step, u.component, u.value
+                FROM metrics m JOIN _upd_runs r USING (run_id),
+                LATERAL (SELECT * FROM (VALUES {", ".join(f"('{c[7:]}', m.{c})" for c in cols)}) t(component, value)) u
+                WHERE u.value IS NOT NULL
+            ), w AS (
+                SELECT size, arm, component, greatest(1, ceil((max(step) + 1) / {points}))::BIGINT AS stride
+                FROM long GROUP BY size, arm, component
+            )
+            SELECT l.size, l.arm, l.component, (max(l.step) + 1)::BIGINT AS step, avg(l.value) AS "update",
+                   count(DISTINCT l.run_id)::BIGINT AS n_runs
+            FROM long l JOIN w USING (size, arm, component)
+            GROUP BY l.size, l.arm, l.component, l.step // w.stride
+            ORDER BY l.size, l.arm, l.component, step
         """).pl()
     finally:
         con.unregister("_upd_runs")
-    if long.is_empty():
+    if out.is_empty():
         return _frame([], UPDATE_SCHEMA)
-    points = points_per_series(n_series)
-    stride = long.group_by("size", "arm", "component").agg(
-        ((pl.col("step").max() + 1) / points).ceil().clip(lower_bound=1).cast(pl.Int64).alias("stride"))
-    out = (
-        long.join(stride, on=["size", "arm", "component"])
-        .with_columns((pl.col("step") // pl.col("stride")).alias("bin"))
-        .group_by("size", "arm", "component", "bin")
-        .agg((pl.col("step").max() + 1).alias("step"), pl.col("value").mean().alias("update"),
-             pl.col("run_id").n_unique().cast(pl.Int64).alias("n_runs"))
-        .with_columns(pl.lit(study).alias("study"))
-        .sort("size", "arm", "component", "step")
-    )
-    return out.select(list(UPDATE_SCHEMA)).cast(UPDATE_SCHEMA)
+    return out.with_columns(pl.lit(study).alias("study")).select(list(UPDATE_SCHEMA)).cast(UPDATE_SCHEMA)
 
 
 def lr_schedules(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, study: str = "") -> pl.DataFrame:

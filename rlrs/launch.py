@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,7 +50,7 @@ RESULT_STATES = ("completed", "diverged")  # a diverged run is a finished result
 
 
 class TrainJob(Checkpointable):
-    """The callable a submitit job runs: train one run directory.
+    """The callable a submitit job runs: train one or more run directories.
 
     Importable and pickleable (module level, no state but its arguments).
     `Checkpointable.checkpoint()` resubmits `self` with the same arguments,
@@ -63,10 +64,14 @@ class TrainJob(Checkpointable):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return super().checkpoint(*args, **kwargs)
 
-    def __call__(self, config: dict, run_dir: str, executor: str) -> dict:
+    def __call__(self, runs: list[tuple[dict, str]], executor: str) -> list[dict]:
+        """Train each (config, run_dir) in turn in this one process (torch is
+        imported once per job, not once per run); a run already finished
+        (on a requeue) is skipped. One run's error does not stop the others:
+        each outcome is {"run_dir", "summary"} or {"run_dir", "error"}."""
         # One torch thread per grid run (two runs side by side beat one run on
         # two threads here); set before torch is imported so its pools agree.
-        threads = str(config.get("train", {}).get("threads", 1))
+        threads = str(runs[0][0].get("train", {}).get("threads", 1))
         os.environ.setdefault("OMP_NUM_THREADS", threads)
         os.environ.setdefault("MKL_NUM_THREADS", threads)
         from rlrs.train import train
@@ -75,12 +80,23 @@ class TrainJob(Checkpointable):
             job_id = submitit.JobEnvironment().job_id
         except RuntimeError:  # the debug executor runs in-process, outside a job
             job_id = None
-        summary = train(config, Path(run_dir), executor=executor, job_id=job_id)
-        if summary.get("status") not in RESULT_STATES:
-            raise RuntimeError(f"run {run_dir} ended {summary.get('status')}: {summary.get('error')}")
-        # Plain JSON types only: the parent unpickles this, and a torch object
-        # in it (torch.__version__ is a TorchVersion) would import torch there.
-        return json.loads(json.dumps(summary, default=str))
+        outcomes = []
+        for config, run_dir in runs:
+            summary = _finished_summary(Path(run_dir))
+            try:
+                if summary is None:
+                    summary = train(config, Path(run_dir), executor=executor, job_id=job_id)
+                if summary.get("status") not in RESULT_STATES:
+                    raise RuntimeError(f"run {run_dir} ended {summary.get('status')}: {summary.get('error')}")
+            except Exception:
+                if len(runs) == 1:
+                    raise  # submitit reports it with the job's traceback
+                outcomes.append({"run_dir": run_dir, "error": traceback.format_exc()})
+                continue
+            # Plain JSON types only: the parent unpickles this, and a torch object
+            # in it (torch.__version__ is a TorchVersion) would import torch there.
+            outcomes.append({"run_dir": run_dir, "summary": json.loads(json.dumps(summary, default=str))})
+        return outcomes
 
 
 def make_executor(kind: str, folder: Path, settings: dict) -> submitit.Executor:
@@ -188,8 +204,17 @@ def _result(job, kind: str):
     return job.result()  # no result file: submitit says why (killed, timed out too often)
 
 
-def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str) -> int:
-    """Submit one job per run directory, wait for all, report. Returns the exit code."""
+def batches(items: list, runs_per_job: int) -> list[list]:
+    """Consecutive groups of at most `runs_per_job` (the caller's order: put
+    runs of similar length next to each other)."""
+    n = max(1, int(runs_per_job))
+    return [items[i:i + n] for i in range(0, len(items), n)]
+
+
+def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_per_job: int | None = None) -> int:
+    """Submit the run directories (`runs_per_job` to a job: the study's
+    `executor.runs_per_job` unless given), wait for all, report. Returns the
+    exit code: 0 when every run ended completed or diverged."""
     if kind not in KINDS:
         raise ConfigError("--executor", f"{kind!r} is not an executor; allowed: {', '.join(KINDS)}")
     missing = [d.name for d in run_dirs if d.name not in configs]
@@ -198,7 +223,7 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str) -> in
             "run_dirs", f"run id(s) {', '.join(missing)} are not in the plan; the directory name must be a planned run id "
             "(re-run snakemake to rewrite plan.json after editing the study)"
         )
-    jobs = []
+    todo = []
     for d in run_dirs:
         done = _finished_summary(d)
         if done is not None:  # nothing to train: skip the job (and its torch import)
@@ -206,20 +231,28 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str) -> in
             continue
         d.mkdir(parents=True, exist_ok=True)
         (d / "failure.json").unlink(missing_ok=True)
-        ex = make_executor(kind, d / SUBMITIT_DIR, settings)
-        job = ex.submit(TrainJob(), configs[d.name], str(d.resolve()), kind)
-        atomic.write_json(d / "submitted.json", {
-            "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "submitted_at": _now(),
-            "host": socket.gethostname(), "pid": os.getpid(), **_log_paths(job),
-        })
-        jobs.append((d, job))
+        todo.append(d)
+
+    jobs = []  # (run dirs, job)
+    for group in batches(todo, runs_per_job or settings.get("runs_per_job", 1)):
+        # A job's pickles and logs live in its first run's directory; every
+        # run of the job points at them from its submitted.json.
+        ex = make_executor(kind, group[0] / SUBMITIT_DIR, settings)
+        job = ex.submit(TrainJob(), [(configs[d.name], str(d.resolve())) for d in group], kind)
+        for d in group:
+            atomic.write_json(d / "submitted.json", {
+                "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "submitted_at": _now(),
+                "host": socket.gethostname(), "pid": os.getpid(), "job_runs": [g.name for g in group], **_log_paths(job),
+            })
+        jobs.append((group, job))
 
     def cancel(signum, _frame):
         # Snakemake stops a job with SIGTERM: take the submitted jobs down too
         # (a local job's controller outlives us otherwise).
-        for d, job in jobs:
+        for group, job in jobs:
             job.cancel(check=False)
-            (d / "submitted.json").unlink(missing_ok=True)
+            for d in group:
+                (d / "submitted.json").unlink(missing_ok=True)
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, cancel)
@@ -229,21 +262,28 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str) -> in
     _wait([j for _, j in jobs], kind)
 
     failed = 0
-    for d, job in jobs:
+    for group, job in jobs:
+        logs = _log_paths(job)
         try:
-            summary = _result(job, kind)
-            print(f"[{d.name}] {summary['status']}: final eval loss {summary.get('final_eval_loss')} (job {job.job_id}, {kind})")
-        except Exception as e:  # the job's own error, re-raised by submitit
+            outcomes = _result(job, kind)
+        except Exception as e:  # the job itself failed: every run of it without a result did
+            outcomes = [{"run_dir": str(d.resolve()), "summary": s} if (s := _finished_summary(d)) is not None
+                        else {"run_dir": str(d.resolve()), "error": f"{type(e).__name__}: {str(e)[-2000:]}", "exc": e}
+                        for d in group]
+        for d, outcome in zip(group, outcomes):
+            (d / "submitted.json").unlink(missing_ok=True)
+            if "summary" in outcome:
+                summary = outcome["summary"]
+                print(f"[{d.name}] {summary['status']}: final eval loss {summary.get('final_eval_loss')} (job {job.job_id}, {kind})")
+                continue
             failed += 1
-            logs = _log_paths(job)
+            error = outcome["error"]
             atomic.write_json(d / "failure.json", {
                 "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "failed_at": _now(),
-                "error": f"{type(e).__name__}: {str(e)[-2000:]}", **logs,
+                "error": error[-2000:], **logs,
             })
-            print(f"[{d.name}] FAILED (job {job.job_id}, {kind}): {_last_error(e, logs['stderr'])}\n"
+            print(f"[{d.name}] FAILED (job {job.job_id}, {kind}): {_last_error(outcome.get('exc') or RuntimeError(error), logs['stderr'])}\n"
                   f"  job log: {logs['stderr']}\n  job stdout: {logs['stdout']}", file=sys.stderr)
-        finally:
-            (d / "submitted.json").unlink(missing_ok=True)
     return 1 if failed else 0
 
 

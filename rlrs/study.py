@@ -42,7 +42,7 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "study.schema.yaml"
 RESULTS_ENV = "RLRS_RESULTS"
 REPORTS_ENV = "RLRS_REPORTS"
 
-EXECUTOR_DEFAULTS = {"kind": "local", "timeout_min": 60}
+EXECUTOR_DEFAULTS = {"kind": "local", "timeout_min": 60, "runs_per_job": 1}
 SWEEP_ORDER = ("tune", "main", "lr", "ladder", "usweep", "removal", "contribution")
 
 # Run-time estimate for `rlrs plan`. Calibrated on this kind of machine (2
@@ -448,6 +448,20 @@ class Plan:
     @property
     def run_ids(self) -> list[str]:
         return list(self.configs)
+
+    def batches(self, runs_per_job: int) -> dict[str, list[str]]:
+        """The plan's runs in groups of at most `runs_per_job` for batched
+        submission: ordered by estimated run time so that a batch holds runs
+        of similar length, keyed by a digest of their ids (a changed plan
+        gives new batches; runs already finished in them are skipped)."""
+        def work(cfg: dict) -> int:  # a torch-free proxy of run time (run_cost imports the model)
+            m, t = cfg["model"], cfg["train"]
+            return t["steps"] * t["batch_size"] * m["seq_len"] * m["n_layers"] * m["d_model"] ** 2
+
+        ids = sorted(self.configs, key=lambda rid: (-work(self.configs[rid]), rid))
+        n = max(1, int(runs_per_job))
+        groups = [ids[i:i + n] for i in range(0, len(ids), n)]
+        return {hashlib.sha256(",".join(g).encode()).hexdigest()[:12]: g for g in groups}
 
     def sweep_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

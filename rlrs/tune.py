@@ -340,7 +340,9 @@ class Runner:
         from rlrs.launch import submit
 
         dirs = [self.runs_dir / rid for rid in configs]
-        code = submit(dirs, configs, self.settings, self.kind)
+        # One job per candidate whatever executor.runs_per_job says: the
+        # candidates of a step run in parallel.
+        code = submit(dirs, configs, self.settings, self.kind, runs_per_job=1)
         if code != 0:
             failed = [d.name for d in dirs if not (d / "summary.json").exists()
                       or json.loads((d / "summary.json").read_text()).get("status") not in ("completed", "diverged")]

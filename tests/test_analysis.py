@@ -194,6 +194,41 @@ def test_lr_regret_is_zero_when_the_small_choice_stays_best(tmp_path):
     assert (reg["chosen_factor"], reg["best_factor"], reg["regret"]) == (1.0, 1.0, 0.0)
 
 
+def test_best_lr_is_chosen_on_shared_seeds_not_one_draw_against_a_mean(tmp_path):
+    # main lr: 3 seeds, mean 2.033; lr x2: seed 0 only, 1.95. On seed 0 alone
+    # the main lr is better (1.90): a lone lucky draw must not win on a mean.
+    db = StudyDB()
+    for seed, loss in enumerate([1.90, 2.10, 2.10]):
+        also = (("lr", {"lr": 1e-3, "lr_factor": 1.0}),) if seed == 0 else ()
+        db.run(arm="rlrs", lr=1e-3, seed=seed, loss=loss, also=also)
+        db.run(arm="baseline", lr=1e-3, seed=seed, loss=2.3)
+    db.run(arm="rlrs", sweep="lr", lr=2e-3, seed=0, loss=1.95, tags={"lr": 2e-3, "lr_factor": 2.0})
+    con = materialized(db, tmp_path)
+    best = view(con, "lr_sweep").filter(pl.col("is_best") & (pl.col("arm") == "rlrs"))
+    assert best["lr"].to_list() == [1e-3]
+    sp = row(view(con, "speedup"), arm="rlrs", definition="target")
+    assert sp["arm_lr"] == 1e-3 and sp["n_seeds"] == 3
+    assert "best lr chosen on the seed(s) every lr point has (0)" in sp["note"]
+
+
+def test_regret_refers_each_family_to_its_own_smallest_size(tmp_path):
+    # dense s1 < s2 and MoE m1 < m2 (params grow with the size's order): the
+    # MoE sizes must not be judged against the dense sweep's choice.
+    db = StudyDB()
+    curves = {("s1", False): {0.5: 2.5, 1.0: 2.4, 2.0: 2.45}, ("s2", False): {0.5: 2.2, 1.0: 2.1, 2.0: 2.3},
+              ("m1", True): {0.5: 2.5, 1.0: 2.6, 2.0: 2.7}, ("m2", True): {0.5: 2.15, 1.0: 2.1, 2.0: 2.3}}
+    for (size, moe), losses in curves.items():
+        for f, loss in losses.items():
+            tags = {"lr": 1e-3 * f, "lr_factor": f}
+            extra = {"sweep": "main", "tags": {}, "also": (("lr", tags),)} if f == 1.0 else {"sweep": "lr", "tags": tags}
+            db.run(size=size, arm="baseline", lr=1e-3 * f, loss=loss, moe=moe, **extra)
+    reg = view(materialized(db, tmp_path), "regret").sort("size")
+    assert reg.select("size", "reference_size").rows() == [("m2", "m1"), ("s2", "s1")]
+    m2 = row(reg, size="m2")
+    assert (m2["chosen_factor"], m2["best_factor"]) == (0.5, 1.0) and m2["regret"] == pytest.approx(0.05)
+    assert row(reg, size="s2")["regret"] == 0.0
+
+
 def test_ablation_signs(tmp_path):
     db = StudyDB()
     db.run(arm="baseline", loss=2.50)

@@ -63,6 +63,8 @@ def _check_pipeline_overhead(r):
     assert r["runs"] == 2 and r["cores"] == 1
     assert _number(r["overhead_per_run_s"]) and _number(r["grouped_overhead_per_run_s"])
     assert r["wall_s"] > r["train_s_sum"] > 0
+    assert _number(r["batched_overhead_per_run_s"]) and r["batched_wall_s"] > r["batched_train_s_sum"] > 0
+    assert r["runs_per_job"] == 2 and r["executor"] == "local"
     assert set(r["parts"]) >= {"fixed_s", "plan_job_s", "rlrs_train_s", "torch_import_s", "dynamo_import_s", "submitit_job_s", "submit_noop_s",
                               "snakemake_trivial_job_s"}
 

@@ -107,6 +107,21 @@ def test_expansion_counts_and_values():
     assert len(requests) == 8 + 6 + 6 + 12 + 4 + 4
 
 
+def test_batches_partition_the_plan_into_runs_of_similar_length():
+    plan = make_plan(check_study(small_study()))
+    work = {rid: c["train"]["steps"] * c["model"]["n_layers"] * c["model"]["d_model"] ** 2 for rid, c in plan.configs.items()}
+    batches = plan.batches(4)
+    members = [rid for ids in batches.values() for rid in ids]
+    assert sorted(members) == sorted(plan.run_ids)  # every run in exactly one batch
+    assert all(1 <= len(ids) <= 4 for ids in batches.values())
+    assert len(batches) == -(-len(plan.run_ids) // 4)
+    groups = list(batches.values())  # longest first, and no batch mixes across another's range
+    for a, b in zip(groups, groups[1:]):
+        assert min(work[r] for r in a) >= max(work[r] for r in b)
+    assert plan.batches(4) == batches  # ids are a pure function of the plan
+    assert list(plan.batches(1).values()) == [[rid] for rid in sorted(plan.run_ids, key=lambda r: (-work[r], r))]
+
+
 def test_duplicate_requests_share_one_run_and_keep_every_label():
     study = check_study(small_study())
     plan = make_plan(study)
@@ -288,7 +303,7 @@ def test_plan_json_is_atomic_and_matches_the_db_contract(tmp_path):
     validate(doc, PLAN_SCHEMA)
     assert set(doc) >= {"study", "study_file", "study_sha256", "study_config", "runs"}
     assert all(set(r) == {"run_id", "size", "arm", "sweep", "tags"} for r in doc["runs"])
-    assert doc["executor"] == {"kind": "local", "timeout_min": 60}
+    assert doc["executor"] == {"kind": "local", "timeout_min": 60, "runs_per_job": 1}
     assert sorted(doc["configs"]) == sorted(plan.run_ids)
     assert [p.name for p in path.parent.iterdir()] == ["plan.json"]  # no temp file left
 
@@ -357,9 +372,10 @@ def test_train_job_checkpoint_resubmits_itself():
     job = TrainJob()
     again = pickle.loads(pickle.dumps(job))  # submitit pickles it into the job folder
     assert type(again) is TrainJob
-    sub = job.checkpoint({"seed": 0}, "/runs/x", "slurm")
+    runs = [({"seed": 0}, "/runs/x"), ({"seed": 1}, "/runs/y")]
+    sub = job.checkpoint(runs, "slurm")
     assert isinstance(sub, DelayedSubmission)
-    assert sub.function is job and sub.args == ({"seed": 0}, "/runs/x", "slurm")
+    assert sub.function is job and sub.args == (runs, "slurm")
 
 
 def test_submit_refuses_unplanned_run_dir(tmp_path, capsys):

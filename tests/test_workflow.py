@@ -225,13 +225,14 @@ def test_preempted_local_job_checkpoints_requeues_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     ex = submitit.LocalExecutor(folder=run_dir / "submitit")
     ex.update_parameters(timeout_min=5)
-    job = ex.submit(TrainJob(), config, str(run_dir), "local")
+    job = ex.submit(TrainJob(), [(config, str(run_dir))], "local")
     deadline = time.time() + 120
     while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.02)
     (task,) = _children(int(job.job_id))  # the controller's one task runs TrainJob
     os.kill(task, signal.SIGUSR2)
-    summary = job.result()
+    (outcome,) = job.result()
+    summary = outcome["summary"]
     assert summary["status"] == "completed" and summary["steps_done"] == 1500
     assert summary["job_id"] == job.job_id
     log = Path(job.paths.stderr).read_text()
@@ -279,3 +280,76 @@ def test_stopping_submit_cancels_its_job(tmp_path):
         time.sleep(0.1)
     assert not any(_alive(p) for p in [controller, *tasks])
     assert not (run_dir / "summary.json").exists() and not (run_dir / "submitted.json").exists()
+
+
+# ------------------------------------------------------- batched submission
+
+
+def _study_file(tmp_path: Path, name: str, **executor) -> Path:
+    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study["study"] = name
+    study["executor"].update(executor)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_batched_study_trains_runs_in_shared_jobs_and_redoes_a_lost_one(tmp_path):
+    path = _study_file(tmp_path, "batched", runs_per_job=2)
+    run = snakemake(tmp_path, "-c2", "--configfile", str(path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = job_counts(run.stdout + run.stderr)
+    assert counts["train_batch"] == 2 and "train" not in counts  # 3 runs, 2 to a job
+    results = tmp_path / "results" / "batched"
+    planned = sorted(make_plan(load_study(path)).run_ids)
+    assert db_runs(results / "rlrs.duckdb") == planned
+    summaries = {rid: json.loads((results / "runs" / rid / "summary.json").read_text()) for rid in planned}
+    assert all(s["status"] == "completed" for s in summaries.values())
+    jobs = sorted(s["job_id"] for s in summaries.values())
+    assert len(set(jobs)) == 2 and jobs.count(max(jobs, key=jobs.count)) == 2  # one job trained two runs
+
+    again = snakemake(tmp_path, "-c2", "--configfile", str(path))
+    assert again.returncode == 0 and job_counts(again.stdout + again.stderr) == {}
+
+    # A lost summary: its batch runs again and trains that run only.
+    shared = [rid for rid in planned if jobs.count(summaries[rid]["job_id"]) == 2]
+    victim, partner = shared
+    partner_mtime = (results / "runs" / partner / "summary.json").stat().st_mtime_ns
+    (results / "runs" / victim / "summary.json").unlink()
+    redo = snakemake(tmp_path, "-c2", "--configfile", str(path))
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert job_counts(redo.stdout + redo.stderr) == {"train_batch": 1, "collect": 1, "report": 1, "all": 1}
+    assert json.loads((results / "runs" / victim / "summary.json").read_text())["status"] == "completed"
+    assert (results / "runs" / partner / "summary.json").stat().st_mtime_ns == partner_mtime
+    assert db_runs(results / "rlrs.duckdb") == planned
+
+
+def test_a_failing_run_does_not_stop_the_rest_of_its_batch(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"not utf-8 \xff\xfe\n" * 100)
+    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study.update(study="batchfail", sweeps={})
+    study["executor"]["runs_per_job"] = 2
+    study["arms"]["rlrs"]["overrides"] = {"data": {"corpus": f"text:{corpus}"}}
+    path = tmp_path / "batchfail.yaml"
+    path.write_text(yaml.safe_dump(study))
+    runs = tmp_path / "results" / "batchfail" / "runs"
+
+    out = snakemake(tmp_path, "-c2", "--configfile", str(path), "--until", "train_batch")
+    assert out.returncode != 0
+    plan = json.loads((tmp_path / "results" / "batchfail" / "plan.json").read_text())
+    by_arm = {r["arm"]: r["run_id"] for r in plan["runs"]}
+    good, bad = runs / by_arm["baseline"], runs / by_arm["rlrs"]
+    good_summary = json.loads((good / "summary.json").read_text())
+    assert good_summary["status"] == "completed"
+    failure = json.loads((bad / "failure.json").read_text())
+    assert failure["job_id"] == good_summary["job_id"]  # the same job trained both
+    assert "is not UTF-8 text" in failure["error"] and "is not UTF-8 text" in out.stderr
+
+    corpus.write_text("It is a truth universally acknowledged.\n" * 2000)
+    good_mtime = (good / "summary.json").stat().st_mtime_ns
+    redo = snakemake(tmp_path, "-c2", "--configfile", str(path), "--until", "train_batch")
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert json.loads((bad / "summary.json").read_text())["status"] == "completed"
+    assert (good / "summary.json").stat().st_mtime_ns == good_mtime  # finished: skipped, not retrained
+    assert not (bad / "failure.json").exists()

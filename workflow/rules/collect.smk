@@ -6,7 +6,7 @@
 rule collect:
     input:
         plan=PLAN_JSON,
-        summaries=summaries,
+        trained=trained,
         tune=TUNE_RESULTS,
     output:
         DB,

@@ -17,6 +17,9 @@ RUNS = f"{RESULTS}/runs"
 PLAN_JSON = f"{RESULTS}/plan.json"
 DB = f"{RESULTS}/rlrs.duckdb"
 REPORT = f"{rlrs.study.reports_dir(STUDY)}/index.html"
+BATCHES = f"{RESULTS}/batches"
+# executor.runs_per_job > 1: runs are trained in batches, one job each (train.smk).
+RUNS_PER_JOB = rlrs.study.executor_settings(PLAN.study_config)["runs_per_job"]
 RUN_IDS = PLAN.run_ids
 SUMMARIES = [f"{RUNS}/{run_id}/summary.json" for run_id in RUN_IDS]
 STUDY_FILE = PLAN.study_file
@@ -26,6 +29,7 @@ TUNE_RESULTS = rlrs.tune.result_paths(PLAN.study_config)
 
 wildcard_constraints:
     run_id="[0-9a-f]{12}",
+    batch="[0-9a-f]{12}",
 
 
 # The run ids of a tune study depend on the searches' results, so every rule
@@ -50,3 +54,36 @@ def summaries(wildcards=None):
 
 def run_dirs(wildcards=None):
     return [f"{RUNS}/{run_id}" for run_id in current_plan().run_ids]
+
+
+_BATCHES = []
+
+
+def batches():
+    """Batch id -> run ids, with executor.runs_per_job > 1 (Plan.batches)."""
+    if not _BATCHES:
+        _BATCHES.append(current_plan().batches(RUNS_PER_JOB))
+    return _BATCHES[0]
+
+
+def batch_run_dirs(wildcards):
+    ids = batches().get(wildcards.batch)
+    if ids is None:
+        raise ValueError(f"batch {wildcards.batch} is not in the current plan of study {STUDY} (its batches: {BATCHES}/)")
+    return [f"{RUNS}/{run_id}" for run_id in ids]
+
+
+def trained(wildcards=None):
+    """What the steps after training wait for: every run's summary.json, or,
+    with executor.runs_per_job > 1, every batch's marker. A marker whose batch
+    has lost a summary since is removed here, so that the batch is trained
+    again (its finished runs are skipped) rather than the loss going unseen."""
+    if RUNS_PER_JOB == 1:
+        return summaries()
+    markers = []
+    for batch_id, ids in batches().items():
+        marker = Path(f"{BATCHES}/{batch_id}.done")
+        if marker.exists() and not all(Path(f"{RUNS}/{run_id}/summary.json").exists() for run_id in ids):
+            marker.unlink()
+        markers.append(str(marker))
+    return markers

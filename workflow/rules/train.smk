@@ -32,3 +32,21 @@ rule train:
     localrule: True
     shell:
         "rlrs submit {RUNS}/{wildcards.run_id} --plan {input}"
+
+
+# With executor.runs_per_job > 1: one job per batch of runs of similar length
+# (rlrs.study.Plan.batches), trained one after another in one process, so a
+# grid of short runs pays for the job start and torch import once per batch.
+# Its output is a marker, not the runs' summaries: Snakemake deletes a job's
+# existing outputs before running it, which would throw away finished runs.
+rule train_batch:
+    input:
+        ancient(PLAN_JSON),
+    output:
+        touch(f"{BATCHES}/{{batch}}.done"),
+    params:
+        run_dirs=batch_run_dirs,
+    threads: 1
+    localrule: True
+    shell:
+        "rlrs submit {params.run_dirs} --plan {input}"
