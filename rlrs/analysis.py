@@ -479,11 +479,14 @@ def estimate_speedup(
         vectorized=True, paired=False, rng=np.random.default_rng(BOOTSTRAP_SEED),
     )
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if low < lo_edge:
-        notes.append(f"lower CI end below the baseline's range (< {lo_edge:.2f})")
+    # An end outside [lo_edge, hi_edge] is a stand-in, not a number: NULL.
+    if low < lo_edge or low > hi_edge:
+        notes.append(f"lower CI end outside the baseline's range ({'<' if low < lo_edge else '>'} "
+                     f"{lo_edge if low < lo_edge else hi_edge:.2f})")
         low = None
-    if high > hi_edge:
-        notes.append(f"upper CI end beyond the baseline's range (> {hi_edge:.2f})")
+    if high > hi_edge or high < lo_edge:
+        notes.append(f"upper CI end outside the baseline's range ({'>' if high > hi_edge else '<'} "
+                     f"{hi_edge if high > hi_edge else lo_edge:.2f})")
         high = None
     est.ci_low, est.ci_high = low, high
     return est

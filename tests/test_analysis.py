@@ -70,6 +70,22 @@ def test_no_extrapolation_beyond_the_ladder(tmp_path):
     assert "no extrapolation" in better["note"]
 
 
+def test_an_interval_beyond_the_ladder_has_no_numeric_ends(tmp_path):
+    # Every seed of the arm beats the longest baseline: the point is a bound
+    # and no bootstrap resample lands inside the range, so neither CI end may
+    # be a number (the stand-in beyond the edge must not leak out).
+    db = StudyDB()
+    add_ladder(db, seeds=(0, 1, 2), noise=(-0.004, 0.0, 0.004))
+    for seed, eps in zip((0, 1, 2), (0.003, -0.003, 0.0)):
+        db.run(arm="rlrs", seed=seed, steps=T, loss=L(3 * T) + eps)
+    sp = view(materialized(db, tmp_path), "speedup")
+    for definition in ("ladder", "target"):
+        r = row(sp, arm="rlrs", definition=definition)
+        assert r["bound"] is not None and r["speedup"] is None and r["n_seeds"] == 3
+        assert r["ci_low"] is None and r["ci_high"] is None, (definition, r)
+        assert r["saved_ci_low"] is None and r["saved_ci_high"] is None
+
+
 def test_bootstrap_interval_over_three_seeds_contains_the_truth(tmp_path):
     db = StudyDB()
     noise = (-0.004, 0.0, 0.004)  # zero mean per group: the point estimate is exact
