@@ -73,7 +73,8 @@ SPEEDUP_SCHEMA = {
     "saved": F, "saved_ci_low": F, "saved_ci_high": F,
     "n_seeds": I, "steps": I, "t_star": F, "arm_loss": F, "arm_lr": F,
     "baseline_lr": F, "baseline_lengths": I, "baseline_seeds": I, "family": S,
-    "params_nonembedding": I, "params_active_nonembedding": I, "note": S,
+    "params_nonembedding": I, "params_active_nonembedding": I,
+    "baseline_loss": F, "loss_gap": F, "loss_gap_ci_low": F, "loss_gap_ci_high": F, "note": S,
 }
 FINAL_LOSSES_SCHEMA = {
     "study": S, "size": S, "arm": S, "lr": F, "steps": I,
@@ -544,10 +545,29 @@ def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baselin
                                         "note": "; ".join(excl + ["no completed runs of this arm"])})
                 continue
             base |= {"n_seeds": len(group.losses), "steps": group.steps,
-                     "arm_loss": group.mean, "arm_lr": group.lr}
+                     "arm_loss": group.mean, "arm_lr": group.lr,
+                     **loss_gap(compared_group(members, size, baseline), group)}
             rows.append(base | _ladder_row(group, ladder, excl))
             rows.append(base | _target_row(group, ladder, evals, excl))
     return _frame(rows, SPEEDUP_SCHEMA)
+
+
+def loss_gap(base: Group | None, arm: Group) -> dict:
+    """Baseline minus arm final eval loss at the same length, each at its best
+    lr (positive: the arm is better), with a percentile-bootstrap interval
+    over both groups' seeds (resampled independently; none with one seed on
+    either side). Defined even where the speedup is only a bound."""
+    if base is None or not len(base.losses) or base.steps != arm.steps:
+        return {}
+    out = {"baseline_loss": base.mean, "loss_gap": base.mean - arm.mean}
+    if len(base.losses) < 2 or len(arm.losses) < 2:
+        return out
+    res = bootstrap(
+        (base.losses, arm.losses), lambda b, a, axis=-1: b.mean(axis=axis) - a.mean(axis=axis),
+        n_resamples=N_RESAMPLES, method="percentile", confidence_level=CONFIDENCE,
+        vectorized=True, paired=False, rng=np.random.default_rng(BOOTSTRAP_SEED),
+    )
+    return out | {"loss_gap_ci_low": float(res.confidence_interval.low), "loss_gap_ci_high": float(res.confidence_interval.high)}
 
 
 def _estimate_row(definition: str, est: Estimate, notes: list[str], **extra) -> dict:

@@ -158,6 +158,37 @@ def speedup_vs_size(frame: pl.DataFrame) -> alt.Chart:
     )
 
 
+def loss_gap_vs_size(frame: pl.DataFrame) -> alt.Chart:
+    """Baseline minus arm final eval loss at equal steps (each at its best lr)
+    against non-embedding parameters, log x, 95% intervals as bars: how far
+    ahead each arm is, also where the speedup is only a bound."""
+    data = frame.filter((pl.col("definition") == "ladder") & pl.col("loss_gap").is_not_null()).with_columns(
+        pl.format("{} ({})", "arm", "family").alias("line"),
+    ).select("size", "arm", "family", "line", "params_nonembedding", "loss_gap", "loss_gap_ci_low", "loss_gap_ci_high",
+             "arm_loss", "baseline_loss", "n_seeds", "steps")
+    sel, opacity = _legend_highlight("arm")
+    x = alt.X("params_nonembedding:Q", title="non-embedding parameters", scale=alt.Scale(type="log"),
+              axis=alt.Axis(format="~s"))
+    base = alt.Chart(data)
+    points = base.mark_point(filled=True, size=80).encode(
+        x=x, y=alt.Y("loss_gap:Q", title="baseline loss - arm loss (nats)"), color=alt.Color("arm:N"), opacity=opacity,
+        shape=alt.Shape("family:N", title="family"),
+        tooltip=["size:N", "arm:N", "family:N", "params_nonembedding:Q", "steps:Q",
+                 alt.Tooltip("loss_gap:Q", format=".4f"), alt.Tooltip("loss_gap_ci_low:Q", format=".4f"),
+                 alt.Tooltip("loss_gap_ci_high:Q", format=".4f"), alt.Tooltip("arm_loss:Q", format=".4f"),
+                 alt.Tooltip("baseline_loss:Q", format=".4f"), "n_seeds:Q"],
+    )
+    lines = base.mark_line().encode(x=x, y="loss_gap:Q", color="arm:N", detail="line:N", opacity=opacity,
+                                    strokeDash=alt.StrokeDash("family:N", scale=alt.Scale(domain=["dense", "moe"], range=[[1, 0], [5, 3]])))
+    bars = base.transform_filter("isValid(datum.loss_gap_ci_low) && isValid(datum.loss_gap_ci_high)").mark_rule(strokeWidth=2).encode(
+        x=x, y="loss_gap_ci_low:Q", y2="loss_gap_ci_high:Q", color="arm:N", opacity=opacity)
+    zero = base.mark_rule(color="gray", strokeDash=[2, 2]).encode(y=alt.datum(0))
+    return (
+        alt.layer(zero, bars, lines, points).add_params(sel)
+        .properties(width=WIDTH + 60, height=HEIGHT + 30, title="Final-loss gap against model size (same steps, each arm at its best lr)")
+    )
+
+
 def lr_sweep(frame: pl.DataFrame) -> alt.Chart:
     """Figure 4: final loss against base lr per arm, one line per size; the
     lr each arm is compared at drawn larger."""

@@ -78,6 +78,15 @@ FIGURES = (
         _if_rows("speedup", plots.speedup_vs_size, lambda f: f.filter(pl.col("speedup").is_not_null() | pl.col("bound").is_not_null())),
     ),
     Figure(
+        "loss_gap_vs_size", "Final-loss gap against model size",
+        "Each point is one arm at one model size: the baseline's final eval loss minus the arm's, both after the "
+        "same number of steps and each at its own best learning rate (positive: the arm is ahead). Bars are 95% "
+        "bootstrap intervals over both arms' seeds; no bar means a single seed on either side. Unlike the speedup, "
+        "this is defined even where the arm beats every baseline run, so the speedup is only a bound.",
+        "no size has completed runs of both the baseline and another arm at the same length",
+        _if_rows("speedup", plots.loss_gap_vs_size, lambda f: f.filter((pl.col("definition") == "ladder") & pl.col("loss_gap").is_not_null())),
+    ),
+    Figure(
         "tune_progress", "Tuning: greedy local search",
         "The search at each tuning size (spec section 4): the line is the best score so far (mean train loss of "
         "the last 100 steps unless the study says otherwise) against the number of distinct runs the search has "
@@ -214,6 +223,17 @@ def headline(r: dict) -> str:
     return f"{where} no {defn} speedup for {r['arm']}: {r['note'] or 'no data'}."
 
 
+def gap_sentence(r: dict) -> str:
+    """The final-loss gap at equal steps, each arm at its best lr (plain text)."""
+    if r.get("loss_gap") is None:
+        return ""
+    lo, hi = r.get("loss_gap_ci_low"), r.get("loss_gap_ci_high")
+    ci = f", 95% CI {lo:.3f} to {hi:.3f}" if lo is not None and hi is not None else ", no interval"
+    word = "lower" if r["loss_gap"] >= 0 else "higher"
+    return (f" At {r['steps']} steps its final eval loss is {abs(r['loss_gap']):.3f} nats {word} than the "
+            f"baseline's ({r['arm_loss']:.3f} vs {r['baseline_loss']:.3f}{ci}).")
+
+
 def _caveat(r: dict) -> str:
     """The row's notes under its sentence (a sentence without a number already quotes them)."""
     if r["note"] and (r["speedup"] is not None or r["bound"] is not None):
@@ -265,7 +285,9 @@ SPEEDUP_COLUMNS = {
     "definition": ("definition", ""), "speedup": ("speedup T*/T-1", "pct"), "ci_low": ("CI low", "pct"),
     "ci_high": ("CI high", "pct"), "bound": ("bound", ""), "saved": ("steps saved", "pct"),
     "n_seeds": ("seeds", ""), "arm_lr": ("arm lr", ""), "steps": ("steps T", ""), "t_star": ("T*", ""),
-    "arm_loss": ("arm loss", "loss"), "note": ("note", ""),
+    "arm_loss": ("arm loss", "loss"), "baseline_loss": ("baseline loss", "loss"),
+    "loss_gap": ("loss gap", "loss"), "loss_gap_ci_low": ("gap CI low", "loss"), "loss_gap_ci_high": ("gap CI high", "loss"),
+    "note": ("note", ""),
 }
 SIZES_COLUMNS = {
     "size": ("size", ""), "d_model": ("d_model", ""), "n_layers": ("layers", ""), "moe": ("MoE", ""),
@@ -386,7 +408,7 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
     sp = frames["speedup"]
     heads = headline_rows(sp) if sp.height else []
     headline_html = (
-        "<ul class='headline'>" + "".join(f"<li>{esc(headline(r))}{_caveat(r)}</li>" for r in heads) + "</ul>"
+        "<ul class='headline'>" + "".join(f"<li>{esc(headline(r) + gap_sentence(r))}{_caveat(r)}</li>" for r in heads) + "</ul>"
         if heads else '<p class="missing">No speedup: the study has no completed non-baseline arm next to a completed baseline.</p>'
     )
     problems = extra["problems"]

@@ -100,6 +100,11 @@ def test_bootstrap_interval_over_three_seeds_contains_the_truth(tmp_path):
     assert r["ci_high"] - r["ci_low"] < 0.2  # noise of 0.004 nats is a few % in steps
     # saved's interval is the same interval mapped through 1 - 1/(1 + s).
     assert r["saved_ci_low"] == pytest.approx(1 - 1 / (1 + r["ci_low"]))
+    # The final-loss gap at the same length (baseline at T minus the arm), with its interval.
+    assert r["baseline_loss"] == pytest.approx(L(T)) and r["arm_loss"] == pytest.approx(L(1.2 * T))
+    assert r["loss_gap"] == pytest.approx(L(T) - L(1.2 * T)) and r["loss_gap"] > 0
+    assert r["loss_gap_ci_low"] < r["loss_gap"] < r["loss_gap_ci_high"]
+    assert r["loss_gap_ci_high"] - r["loss_gap_ci_low"] < 0.02  # seed noise of +-0.004 nats
     # The target definition resamples whole eval curves (one per baseline seed).
     tg = row(view(con, "speedup"), arm="rlrs", definition="target")
     assert tg["baseline_seeds"] == 3 and tg["ci_low"] < tg["speedup"] < tg["ci_high"]

@@ -20,7 +20,7 @@ from _analysis_fixtures import L, T, StudyDB, add_ladder, add_usweep, large_stud
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
-ALL_FIGURES = ["speedup_vs_size", "loss_curves", "lr_schedules", "lr_sweep", "usweep", "ablation", "update_sizes"]
+ALL_FIGURES = ["speedup_vs_size", "loss_gap_vs_size", "loss_curves", "lr_schedules", "lr_sweep", "usweep", "ablation", "update_sizes"]
 
 
 def full_study(study: str = "demo", arm: str = "rlrs") -> StudyDB:
