@@ -179,7 +179,8 @@ def loss_gap_vs_size(frame: pl.DataFrame) -> alt.Chart:
                  alt.Tooltip("baseline_loss:Q", format=".4f"), "n_seeds:Q"],
     )
     lines = base.mark_line().encode(x=x, y="loss_gap:Q", color="arm:N", detail="line:N", opacity=opacity,
-                                    strokeDash=alt.StrokeDash("family:N", scale=alt.Scale(domain=["dense", "moe"], range=[[1, 0], [5, 3]])))
+                                    strokeDash=alt.StrokeDash("family:N", legend=None,
+                                                              scale=alt.Scale(domain=["dense", "moe"], range=[[1, 0], [5, 3]])))
     bars = base.transform_filter("isValid(datum.loss_gap_ci_low) && isValid(datum.loss_gap_ci_high)").mark_rule(strokeWidth=2).encode(
         x=x, y="loss_gap_ci_low:Q", y2="loss_gap_ci_high:Q", color="arm:N", opacity=opacity)
     zero = base.mark_rule(color="gray", strokeDash=[2, 2]).encode(y=alt.datum(0))
