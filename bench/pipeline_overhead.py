@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -67,7 +68,9 @@ def study(n_runs: int, steps: int, executor: str = "local", runs_per_job: int = 
     return {
         "study": STUDY,
         "description": "pipeline-overhead benchmark: many tiny runs",
-        "executor": {"kind": executor, "timeout_min": 10, "runs_per_job": runs_per_job},
+        "executor": {"kind": executor, "timeout_min": 10, "runs_per_job": runs_per_job,
+                     **({"slurm": {"partition": os.environ.get("RLRS_SLURM_PARTITION", "debug"), "cpus_per_task": 1}}
+                        if executor == "slurm" else {})},
         "defaults": {
             "model": {"seq_len": 32},
             "data": {"corpus": "austen", "tokenizer": "bytes", "eval_tokens": 1024},
