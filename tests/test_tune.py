@@ -343,7 +343,7 @@ def test_plan_reports_the_tune_budget_and_the_transfer_cost(tmp_path, monkeypatc
     assert "tune budget                                            276 runs" in out
     assert "main                  36" in out  # 3 sizes x 2 families x 2 arms x 3 seeds, after tuning
     hours = float(out.split("of one-thread runs, ~")[1].split(" h wall")[0])
-    assert hours < 4  # a few hours on 2 cores
+    assert hours < 5  # a few hours on 2 cores (the real run: 6.9 CPU-hours of training, ~4 h wall)
 
 
 def test_study_cpu_tunes_each_family_at_its_smallest_size():
