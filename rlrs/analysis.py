@@ -270,11 +270,18 @@ def best_group(groups: list[Group]) -> Group | None:
     they all share: the minimum of one noisy draw against a mean of three
     would favour the single draws (winner's curse). The chosen group then
     keeps all its seeds for the comparison."""
-    done = [g for g in groups if len(g.losses)]
-    pool = [g for g in done if g.n_diverged == 0] or done
+    pool = _lr_pool(groups)
     if not pool:
         return None
-    return min(pool, key=lambda g: _mean_over(g, _shared_seeds(pool)))
+    shared = _shared_seeds(pool)
+    return min(pool, key=lambda g: _mean_over(g, shared))
+
+
+def _lr_pool(groups: list[Group]) -> list[Group]:
+    """The groups that compete for the best lr: those with completed runs and
+    no diverged seed, or all with completed runs when every one has one."""
+    done = [g for g in groups if len(g.losses)]
+    return [g for g in done if g.n_diverged == 0] or done
 
 
 def _shared_seeds(groups: list[Group]) -> set[int] | None:
@@ -299,8 +306,7 @@ def choice_notes(groups: list[Group], chosen: Group | None) -> list[str]:
              for g in groups if g is not chosen and g.n_diverged and len(g.losses) and g.mean < chosen.mean]
     if chosen.n_diverged:
         notes.append(f"compared lr {chosen.lr:g} has {chosen.n_diverged} diverged seed(s) (every lr has some)")
-    pool = [g for g in groups if len(g.losses) and (g.n_diverged == 0 or chosen.n_diverged)]
-    shared = _shared_seeds(pool) if pool else None
+    shared = _shared_seeds(_lr_pool(groups))
     if shared is not None:
         notes.append(f"best lr chosen on the seed(s) every lr point has ({', '.join(map(str, sorted(shared)))})")
     lrs = sorted({g.lr for g in groups if len(g.losses)})
@@ -428,6 +434,16 @@ class Estimate:
         return None if value is None else 1.0 - 1.0 / (1.0 + value)
 
 
+def percentile_ci(samples: tuple, statistic: Callable) -> tuple[float, float]:
+    """The study's one bootstrap: percentile interval at CONFIDENCE over
+    independently resampled samples (vectorized `statistic`), fixed seed."""
+    res = bootstrap(
+        samples, statistic, n_resamples=N_RESAMPLES, method="percentile", confidence_level=CONFIDENCE,
+        vectorized=True, paired=False, rng=np.random.default_rng(BOOTSTRAP_SEED),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 def estimate_speedup(
     samples: list[np.ndarray],
     t_star_of_means: Callable[[list[np.ndarray]], np.ndarray],
@@ -474,12 +490,7 @@ def estimate_speedup(
         # edge keeps percentiles ordered; CI ends landing there become NULL.
         return np.where(v == np.inf, hi_edge + 1.0, np.where(v == -np.inf, lo_edge - 1.0, v))
 
-    res = bootstrap(
-        tuple(np.arange(len(samples[i])) for i in varying), statistic,
-        n_resamples=N_RESAMPLES, method="percentile", confidence_level=CONFIDENCE,
-        vectorized=True, paired=False, rng=np.random.default_rng(BOOTSTRAP_SEED),
-    )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    low, high = percentile_ci(tuple(np.arange(len(samples[i])) for i in varying), statistic)
     # An end outside [lo_edge, hi_edge] is a stand-in, not a number: NULL.
     if low < lo_edge or low > hi_edge:
         notes.append(f"lower CI end outside the baseline's range ({'<' if low < lo_edge else '>'} "
@@ -523,6 +534,7 @@ def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baselin
     params, family = _size_params(members), _size_family(members)
     main_arms = sorted(set(members.filter(pl.col("sweep") == "main")["arm"].to_list()) - {baseline})
     for size in _size_order(members):
+        base_group = compared_group(members, size, baseline)
         ladder = baseline_ladder(members, size, baseline)
         ladder_notes = []
         if ladder and any(lr != ladder[0].lr for lr in ladder_lrs(members, size, baseline)):
@@ -546,7 +558,7 @@ def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baselin
                 continue
             base |= {"n_seeds": len(group.losses), "steps": group.steps,
                      "arm_loss": group.mean, "arm_lr": group.lr,
-                     **loss_gap(compared_group(members, size, baseline), group)}
+                     **loss_gap(base_group, group)}
             rows.append(base | _ladder_row(group, ladder, excl))
             rows.append(base | _target_row(group, ladder, evals, excl))
     return _frame(rows, SPEEDUP_SCHEMA)
@@ -562,12 +574,8 @@ def loss_gap(base: Group | None, arm: Group) -> dict:
     out = {"baseline_loss": base.mean, "loss_gap": base.mean - arm.mean}
     if len(base.losses) < 2 or len(arm.losses) < 2:
         return out
-    res = bootstrap(
-        (base.losses, arm.losses), lambda b, a, axis=-1: b.mean(axis=axis) - a.mean(axis=axis),
-        n_resamples=N_RESAMPLES, method="percentile", confidence_level=CONFIDENCE,
-        vectorized=True, paired=False, rng=np.random.default_rng(BOOTSTRAP_SEED),
-    )
-    return out | {"loss_gap_ci_low": float(res.confidence_interval.low), "loss_gap_ci_high": float(res.confidence_interval.high)}
+    low, high = percentile_ci((base.losses, arm.losses), lambda b, a, axis=-1: b.mean(axis=axis) - a.mean(axis=axis))
+    return out | {"loss_gap_ci_low": low, "loss_gap_ci_high": high}
 
 
 def _estimate_row(definition: str, est: Estimate, notes: list[str], **extra) -> dict:
@@ -748,6 +756,12 @@ def _merge_groups(groups: list[Group]) -> Group:
                  {rid: st for g in groups for rid, st in g.excluded.items()})
 
 
+def _family_lines(sizes: list[str], order: dict[str, int], family: dict[str, str]) -> list[list[str]]:
+    """`sizes` split by model family, each list smallest first."""
+    ordered = sorted(sizes, key=lambda s: order.get(s, len(order)))
+    return [[s for s in ordered if family.get(s) == fam] for fam in dict.fromkeys(family.get(s) for s in ordered)]
+
+
 def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame, study: str = "") -> pl.DataFrame:
     """Transfer regret of every swept parameter: at each larger size, the loss
     at the factor that was best at the smallest swept size minus the best
@@ -764,12 +778,10 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
         for (base, comp, which), part in u_frame.group_by(["base_arm", "component", "which"], maintain_order=True):
             curves.append((f"{comp}.{which} ({base})", "usweep", part))
     rows = []
-    for parameter, kind, part, sizes in (
-        (parameter, kind, part, [s for s in ordered if family.get(s) == fam])
-        for parameter, kind, part in curves
-        for ordered in [sorted(part["size"].unique().to_list(), key=lambda s: order.get(s, len(order)))]
-        for fam in dict.fromkeys(family.get(s) for s in ordered)
-    ):
+    for parameter, kind, part, sizes in [
+        (parameter, kind, part, line) for parameter, kind, part in curves
+        for line in _family_lines(part["size"].unique().to_list(), order, family)
+    ]:
         best = {r["size"]: r for r in part.filter(pl.col("is_best")).iter_rows(named=True)}
         if len(sizes) < 2 or sizes[0] not in best:
             continue
@@ -836,6 +848,7 @@ def compared_runs(members: pl.DataFrame, study: str = "", baseline: str = BASELI
     rows = []
     main_arms = sorted(set(members.filter(pl.col("sweep") == "main")["arm"].to_list()))
     for size in _size_order(members):
+        base_group = compared_group(members, size, baseline)
         ladder = baseline_ladder(members, size, baseline)
         picked: list[tuple[str, str, Group]] = []
         for arm in main_arms:

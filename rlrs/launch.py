@@ -40,7 +40,7 @@ from submitit.helpers import Checkpointable
 
 from rlrs.errors import ConfigError
 from rlrs import atomic
-from rlrs.study import executor_settings, load_study, read_plan, tuned_plan
+from rlrs.study import chunks, executor_settings, load_study, read_plan, tuned_plan
 
 KINDS = ("local", "slurm", "debug")
 LOCAL_POLL_S = 0.05
@@ -204,13 +204,6 @@ def _result(job, kind: str):
     return job.result()  # no result file: submitit says why (killed, timed out too often)
 
 
-def batches(items: list, runs_per_job: int) -> list[list]:
-    """Consecutive groups of at most `runs_per_job` (the caller's order: put
-    runs of similar length next to each other)."""
-    n = max(1, int(runs_per_job))
-    return [items[i:i + n] for i in range(0, len(items), n)]
-
-
 def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_per_job: int | None = None) -> int:
     """Submit the run directories (`runs_per_job` to a job: the study's
     `executor.runs_per_job` unless given), wait for all, report. Returns the
@@ -234,7 +227,7 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_
         todo.append(d)
 
     jobs = []  # (run dirs, job)
-    for group in batches(todo, runs_per_job or settings.get("runs_per_job", 1)):
+    for group in chunks(todo, runs_per_job or settings.get("runs_per_job", 1)):
         # A job's pickles and logs live in its first run's directory; every
         # run of the job points at them from its submitted.json.
         ex = make_executor(kind, group[0] / SUBMITIT_DIR, settings)

@@ -434,6 +434,12 @@ def _components(sw: dict, default: dict, where: str, size: str, all_present: dic
 # ------------------------------------------------------------------- plan
 
 
+def chunks(items: list, size: int) -> list[list]:
+    """Consecutive groups of at most `size` items, in the caller's order."""
+    n = max(1, int(size))
+    return [items[i:i + n] for i in range(0, len(items), n)]
+
+
 @dataclass
 class Plan:
     """A study expanded: what `results/<study>/plan.json` holds."""
@@ -459,9 +465,7 @@ class Plan:
             return t["steps"] * t["batch_size"] * m["seq_len"] * m["n_layers"] * m["d_model"] ** 2
 
         ids = sorted(self.configs, key=lambda rid: (-work(self.configs[rid]), rid))
-        n = max(1, int(runs_per_job))
-        groups = [ids[i:i + n] for i in range(0, len(ids), n)]
-        return {hashlib.sha256(",".join(g).encode()).hexdigest()[:12]: g for g in groups}
+        return {hashlib.sha256(",".join(g).encode()).hexdigest()[:12]: g for g in chunks(ids, runs_per_job)}
 
     def sweep_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
