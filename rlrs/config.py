@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from rlrs.components import COMPONENTS
+from rlrs.data import validate_data_config, vocab_size_for
 from rlrs.errors import ConfigError, check_schema
 from rlrs.schedule import SHAPES
 
@@ -204,8 +205,6 @@ def resolve(raw: dict) -> dict:
 
     model, sched, train = cfg["model"], cfg["schedule"], cfg["train"]
     steps = train["steps"]
-
-    from rlrs.data import validate_data_config, vocab_size_for
 
     validate_data_config(cfg["data"])
     vocab = vocab_size_for(cfg["data"])

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 from rlrs import atomic
 from rlrs.errors import ConfigError
+from rlrs.paths import data_dir
+from rlrs.rdata import LazyLoadDB
 
 # torch is imported inside the functions that build tensors: config
 # resolution (Snakemake's parse, `rlrs plan`) validates data settings here and
@@ -87,17 +89,6 @@ class Corpus:
 # ---------------------------------------------------------------- settings
 
 
-def data_dir() -> Path:
-    """Where fetched corpora and trained tokenizers live: $RLRS_DATA_DIR or ~/.cache/rlrs."""
-    return Path(os.environ.get("RLRS_DATA_DIR") or Path.home() / ".cache" / "rlrs")
-
-
-def _with_defaults(data_cfg: dict) -> dict:
-    from rlrs.config import DEFAULTS  # one source of truth for defaults (config imports us lazily)
-
-    return {**DEFAULTS["data"], **data_cfg}
-
-
 def _parse_corpus(spec) -> tuple[str, Path | None]:
     if spec == "austen":
         return "austen", None
@@ -118,7 +109,7 @@ def validate_data_config(data_cfg: dict) -> None:
     unknown = sorted(set(data_cfg) - set(DATA_KEYS))
     if unknown:
         raise ConfigError(f"data.{unknown[0]}", f"unknown key; allowed keys here: {', '.join(DATA_KEYS)}")
-    cfg = _with_defaults(data_cfg)
+    cfg = data_cfg
     scheme, path = _parse_corpus(cfg["corpus"])
     if cfg["tokenizer"] not in TOKENIZERS:
         raise ConfigError("data.tokenizer", f"{cfg['tokenizer']!r} is not a tokenizer; allowed: {', '.join(TOKENIZERS)}")
@@ -142,7 +133,7 @@ def validate_data_config(data_cfg: dict) -> None:
 
 def vocab_size_for(data_cfg: dict) -> int:
     """The model's vocabulary for this data config, without tokenizing anything."""
-    cfg = _with_defaults(data_cfg)
+    cfg = data_cfg
     scheme, path = _parse_corpus(cfg["corpus"])
     if scheme == "tokens":
         return int(_read_token_file(path).max()) + 1
@@ -247,7 +238,7 @@ def load_corpus(data_cfg: dict) -> Corpus:
     """Read, tokenize and split the corpus, and check that `eval_tokens` fits
     its validation split. Memoized per process (a grid worker may train several
     runs), keyed by what decides the tokens and by the data folder."""
-    cfg = _with_defaults(data_cfg)
+    cfg = data_cfg
     validate_data_config(cfg)
     bpe_vocab = cfg["bpe_vocab_size"] if cfg["tokenizer"] == "bpe" else None
     corpus = _load_corpus(cfg["corpus"], cfg["tokenizer"], bpe_vocab, cfg["val_fraction"], str(data_dir()))
@@ -346,8 +337,6 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def decode_austen(root: Path) -> tuple[str, list[dict]]:
     """The six novels from an extracted r-cran-janeaustenr: their lines joined
     by newlines, books in publication order separated by a blank line."""
-    from rlrs.rdata import LazyLoadDB
-
     db = LazyLoadDB(root / R_LIBRARY / "data" / "Rdata")
     books, info = [], []
     for obj, title in AUSTEN_BOOKS:
@@ -391,27 +380,3 @@ def fetch_austen() -> dict:
     atomic.write_bytes(folder / "austen.txt", raw)  # text first: meta.json marks a complete fetch
     atomic.write_bytes(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     return meta
-
-
-def cli_corpus(action: str, corpus: str) -> int:
-    """`rlrs corpus fetch|info [--corpus SPEC]`."""
-    if action == "fetch":
-        if corpus != "austen":
-            print(f"rlrs corpus fetch: only 'austen' is fetched; {corpus!r} is read where it lies", file=sys.stderr)
-            return 2
-        try:
-            meta = fetch_austen()
-        except RuntimeError as e:
-            print(f"rlrs corpus fetch: {e}", file=sys.stderr)
-            return 1
-        print(f"austen: {meta['bytes']:,} bytes, {len(meta['books'])} books, {AUSTEN_PACKAGE} {meta['version']} -> {data_dir() / 'austen'}")
-        return 0
-    if action == "info":
-        try:
-            c = load_corpus({"corpus": corpus, "eval_tokens": 1})
-        except (ConfigError, CorpusNotFoundError) as e:
-            print(f"rlrs corpus info: {e}", file=sys.stderr)
-            return 2 if isinstance(e, ConfigError) else 1
-        print(json.dumps({"name": c.name, "vocab_size": c.vocab_size, **c.description}, indent=2))
-        return 0
-    raise ValueError(f"unknown corpus action {action!r}; allowed: fetch, info")

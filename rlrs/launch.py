@@ -17,9 +17,10 @@ paths when it fails.
   for local jobs we poll `job.done()` ourselves every LOCAL_POLL_S (a
   subprocess poll, cheap); Slurm jobs keep 1 s (each poll may call sacct).
 
-Run-directory markers, read by `rlrs status`: `submitted.json` while a job is
-in flight (job id, executor, log paths), `failure.json` after a failed job
-(Snakemake deletes a failed job's summary.json, so the failure is kept here).
+Run-directory markers (rlrs.rundir), read by `rlrs status`: `submitted.json`
+while a job is in flight (job id, executor, log paths), `failure.json` after a
+failed job (Snakemake deletes a failed job's summary.json, so the failure is
+kept here).
 """
 
 from __future__ import annotations
@@ -38,15 +39,15 @@ import submitit
 from submitit.core.utils import pickle_load
 from submitit.helpers import Checkpointable
 
+from rlrs import atomic, paths, rundir
 from rlrs.errors import ConfigError
-from rlrs import atomic
-from rlrs.study import chunks, executor_settings, load_study, read_plan, tuned_plan
+from rlrs.executor import KINDS, executor_settings, slurm_parameters
+from rlrs.study.plan import chunks, load_plan, tuned_plan
+from rlrs.study.validate import load_study
 
-KINDS = ("local", "slurm", "debug")
 LOCAL_POLL_S = 0.05
 SLURM_POLL_S = 1.0
 SUBMITIT_DIR = "submitit"  # per-run job folder (pickles and logs), inside RUN_DIR
-RESULT_STATES = ("completed", "diverged")  # a diverged run is a finished result, not a failure
 
 
 class TrainJob(Checkpointable):
@@ -74,6 +75,7 @@ class TrainJob(Checkpointable):
         threads = str(runs[0][0].get("train", {}).get("threads", 1))
         os.environ.setdefault("OMP_NUM_THREADS", threads)
         os.environ.setdefault("MKL_NUM_THREADS", threads)
+        # Imported here, in the job: the submitting process stays torch-free.
         from rlrs.train import train
 
         try:
@@ -82,11 +84,11 @@ class TrainJob(Checkpointable):
             job_id = None
         outcomes = []
         for config, run_dir in runs:
-            summary = _finished_summary(Path(run_dir))
+            summary = rundir.finished_summary(Path(run_dir))
             try:
                 if summary is None:
                     summary = train(config, Path(run_dir), executor=executor, job_id=job_id)
-                if summary.get("status") not in RESULT_STATES:
+                if summary.get("status") not in rundir.TERMINAL:
                     raise RuntimeError(f"run {run_dir} ended {summary.get('status')}: {summary.get('error')}")
             except Exception:
                 if len(runs) == 1:
@@ -116,21 +118,11 @@ def make_executor(kind: str, folder: Path, settings: dict) -> submitit.Executor:
     return ex
 
 
-def slurm_parameters(settings: dict) -> dict:
-    """The study's executor block -> SlurmExecutor parameters (sbatch options)."""
-    slurm = dict(settings.get("slurm") or {})
-    params = {"time": int(settings["timeout_min"])}
-    if "mem_gb" in slurm:
-        params["mem"] = f"{slurm.pop('mem_gb')}GB"
-    params.update(slurm)  # partition, gpus_per_node, cpus_per_task, account, qos, constraint, setup, array_parallelism
-    return params
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _load_configs(run_dirs: list[Path], plan: Path | None, study: Path | None) -> tuple[dict, dict]:
+def load_configs(run_dirs: list[Path], plan: Path | None, study: Path | None) -> tuple[dict, dict]:
     """(run_id -> resolved config, executor settings) from a plan or a study.
 
     Default: the plan of the study the run directories belong to,
@@ -140,8 +132,8 @@ def _load_configs(run_dirs: list[Path], plan: Path | None, study: Path | None) -
         p = tuned_plan(st, study_file=study)  # with a tune block: the transfer runs of finished searches
         return p.configs, executor_settings(st)
     if plan is None:
-        plan = run_dirs[0].resolve().parent.parent / "plan.json"
-    doc = read_plan(plan)
+        plan = paths.plan_of_run_dir(run_dirs[0])
+    doc = load_plan(plan)
     return doc["configs"], doc.get("executor") or executor_settings(doc.get("study_config") or {})
 
 
@@ -155,15 +147,6 @@ def _wait(jobs: list, kind: str) -> None:
     poll = SLURM_POLL_S if kind == "slurm" else LOCAL_POLL_S
     while not all(j.paths.result_pickle.exists() or j.done() for j in jobs):
         time.sleep(poll)
-
-
-def _finished_summary(run_dir: Path) -> dict | None:
-    """The run's summary if it already ended as a result (completed or diverged)."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return summary if summary.get("status") in RESULT_STATES else None
 
 
 def _last_error(exc: Exception, stderr_path: str) -> str:
@@ -218,12 +201,12 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_
         )
     todo = []
     for d in run_dirs:
-        done = _finished_summary(d)
+        done = rundir.finished_summary(d)
         if done is not None:  # nothing to train: skip the job (and its torch import)
             print(f"[{d.name}] already {done['status']}: nothing to do")
             continue
         d.mkdir(parents=True, exist_ok=True)
-        (d / "failure.json").unlink(missing_ok=True)
+        (d / rundir.FAILURE).unlink(missing_ok=True)
         todo.append(d)
 
     jobs = []  # (run dirs, job)
@@ -233,7 +216,7 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_
         ex = make_executor(kind, group[0] / SUBMITIT_DIR, settings)
         job = ex.submit(TrainJob(), [(configs[d.name], str(d.resolve())) for d in group], kind)
         for d in group:
-            atomic.write_json(d / "submitted.json", {
+            atomic.write_json(d / rundir.SUBMITTED, {
                 "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "submitted_at": _now(),
                 "host": socket.gethostname(), "pid": os.getpid(), "job_runs": [g.name for g in group], **_log_paths(job),
             })
@@ -245,7 +228,7 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_
         for group, job in jobs:
             job.cancel(check=False)
             for d in group:
-                (d / "submitted.json").unlink(missing_ok=True)
+                (d / rundir.SUBMITTED).unlink(missing_ok=True)
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, cancel)
@@ -260,33 +243,21 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_
         try:
             outcomes = _result(job, kind)
         except Exception as e:  # the job itself failed: every run of it without a result did
-            outcomes = [{"run_dir": str(d.resolve()), "summary": s} if (s := _finished_summary(d)) is not None
+            outcomes = [{"run_dir": str(d.resolve()), "summary": s} if (s := rundir.finished_summary(d)) is not None
                         else {"run_dir": str(d.resolve()), "error": f"{type(e).__name__}: {str(e)[-2000:]}", "exc": e}
                         for d in group]
         for d, outcome in zip(group, outcomes):
-            (d / "submitted.json").unlink(missing_ok=True)
+            (d / rundir.SUBMITTED).unlink(missing_ok=True)
             if "summary" in outcome:
                 summary = outcome["summary"]
                 print(f"[{d.name}] {summary['status']}: final eval loss {summary.get('final_eval_loss')} (job {job.job_id}, {kind})")
                 continue
             failed += 1
             error = outcome["error"]
-            atomic.write_json(d / "failure.json", {
+            atomic.write_json(d / rundir.FAILURE, {
                 "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "failed_at": _now(),
                 "error": error[-2000:], **logs,
             })
             print(f"[{d.name}] FAILED (job {job.job_id}, {kind}): {_last_error(outcome.get('exc') or RuntimeError(error), logs['stderr'])}\n"
                   f"  job log: {logs['stderr']}\n  job stdout: {logs['stdout']}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def cli_submit(run_dirs: list[Path], study: Path | None = None, executor: str | None = None, plan: Path | None = None) -> int:
-    """`rlrs submit RUN_DIR... [--plan PLAN | --study STUDY.yaml] [--executor KIND]`."""
-    run_dirs = [Path(d) for d in run_dirs]
-    try:
-        configs, settings = _load_configs(run_dirs, plan, study)
-        kind = executor or settings["kind"]
-        return submit(run_dirs, configs, settings, kind)
-    except ConfigError as e:
-        print(f"rlrs submit: error: {e}", file=sys.stderr)
-        return 2

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rlrs.components import component_of_parameters
+
 
 @dataclass(frozen=True)
 class MoEConfig:
@@ -272,8 +274,6 @@ class GPT(nn.Module):
 def param_counts(cfg: ModelConfig | dict) -> dict:
     """Total, active-per-token and non-embedding parameter counts, and the
     count per component. Built on the meta device: no memory, no init cost."""
-    from rlrs.components import component_of_parameters
-
     if isinstance(cfg, dict):
         cfg = ModelConfig.from_dict(cfg)
     with torch.device("meta"):

@@ -31,8 +31,8 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from rlrs import analysis, atomic, plots
-from rlrs.errors import ConfigError
+from rlrs import analysis, atomic, db, plots, tags
+from rlrs.analysis import members, tables
 
 # Vega-Lite version of the specs Altair writes ("v6.4.1" -> "6.4"); the bundle
 # and the PNG/SVG export must compile with the same one.
@@ -484,44 +484,25 @@ def export_figures(specs: dict[str, dict], folder: Path) -> list[Path]:
     return written
 
 
-def _open(db_path: Path):
-    """Read-only connection; first, if `rlrs collect` did not materialize the
-    analysis views (no after_ingest hook) or ingested more runs since, bring
-    them up to date in one transaction, so that queries on the views agree
-    with the page."""
-    from rlrs import db
-
-    con = db.connect(db_path, read_only=True)
-    if not analysis.is_stale(con):
-        return con
-    con.close()
-    rw = db.connect(db_path, read_only=False)
-    try:
-        rw.execute("BEGIN")
-        try:
-            analysis.materialize(rw)
-            rw.execute("COMMIT")
-        except BaseException:
-            rw.execute("ROLLBACK")
-            raise
-    finally:
-        rw.close()
-    return db.connect(db_path, read_only=True)
 
 
 def write_report(study: str, db_path: Path, out_html: Path, *, figures: bool = True) -> Built:
-    """Read the study's DuckDB, write out_html (and figures/ beside it)."""
-    con = _open(db_path)
+    """Read the study's DuckDB, write out_html (and figures/ beside it).
+
+    The database is only read: every frame is computed here, in memory, from
+    a read-only connection (the same computation `rlrs collect` stores as the
+    analysis views; the report never writes the database)."""
+    con = db.connect(db_path, read_only=True)
     try:
         frames = analysis.compute(con, study)  # raises ConfigError for an unknown study
-        members = analysis.load_members(con, study)
+        runs = members.load_members(con, study)
         extra = {
             "db_path": str(db_path),
-            "sizes": analysis.sizes_table(con, study),
-            "multipliers": analysis.arm_multipliers(con, members),
-            "problems": analysis.problem_runs(con, members),
-            "provenance": analysis.provenance(con, study),
-            "parts": analysis.study_parts(con, study),
+            "sizes": tables.sizes_table(con, study),
+            "multipliers": tables.arm_multipliers(con, runs),
+            "problems": tables.problem_runs(con, runs),
+            "provenance": tables.provenance(con, study),
+            "parts": members.study_parts(con, study),
         }
     finally:
         con.close()
@@ -530,33 +511,3 @@ def write_report(study: str, db_path: Path, out_html: Path, *, figures: bool = T
         export_figures(built.figures, out_html.parent / "figures")
     atomic.write_bytes(out_html, built.html.encode())
     return built
-
-
-def study_name(study: str) -> str:
-    """A study name, or a study YAML path whose stem is the name."""
-    p = Path(study)
-    return p.stem if p.suffix in (".yaml", ".yml") else study
-
-
-def cli_report(study: str, db: Path | None = None, out: Path | None = None) -> int:
-    """`rlrs report STUDY [--db DB] [--out DIR | FILE.html]`."""
-    from rlrs.db import DatabaseError
-    from rlrs.study import reports_dir, results_dir
-
-    name = study_name(study)
-    db_path = Path(db) if db is not None else results_dir(name) / "rlrs.duckdb"
-    if out is None:
-        out_html = reports_dir(name) / "index.html"
-    else:
-        out = Path(out)
-        out_html = out if out.suffix == ".html" else out / "index.html"
-    try:
-        built = write_report(name, db_path, out_html)
-    except (ConfigError, DatabaseError) as e:
-        print(f"rlrs report: error: {e}", file=sys.stderr)
-        return 2
-    shown = len(built.figures)
-    print(f"wrote {out_html} ({out_html.stat().st_size / 1e6:.2f} MB, {shown} figure(s))")
-    for name_, why in built.missing.items():
-        print(f"  not shown: {name_}: {why}")
-    return 0

@@ -25,15 +25,14 @@ import torch
 
 import rlrs
 from rlrs import atomic
+from rlrs.rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, TERMINAL
 from rlrs.components import component_of_parameters
-from rlrs.config import ConfigError, load, resolve, run_id
-from rlrs.data import CorpusNotFoundError
+from rlrs.config import ConfigError, resolve, run_id
+from rlrs.data import eval_batches, load_corpus, train_batch
 from rlrs.model import GPT, ModelConfig, param_counts
 from rlrs.schedule import component_table
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
-TERMINAL = ("completed", "diverged")  # a run directory in one of these is done
-CHECKPOINT = "checkpoint.pt"
 
 
 # ------------------------------------------------------------------ helpers
@@ -78,8 +77,6 @@ class Trainer:
     """One run's state; `run()` trains from wherever the checkpoint left off."""
 
     def __init__(self, cfg: dict, out_dir: Path, *, executor: str | None, job_id: str | None):
-        from rlrs.data import eval_batches, load_corpus
-
         self.cfg, self.out = cfg, Path(out_dir)
         self.run_id = run_id(cfg)
         t, o, s = cfg["train"], cfg["optim"], cfg["schedule"]
@@ -180,8 +177,6 @@ class Trainer:
         return total / count
 
     def train_step(self, step: int) -> tuple[list[float], torch.Tensor]:
-        from rlrs.data import train_batch
-
         cfg = self.cfg
         for group, lr in zip(self.optimizer.param_groups, self.lr_table[step].tolist()):
             group["lr"] = lr
@@ -264,7 +259,7 @@ class Trainer:
         import pyarrow.parquet as pq
 
         table = pa.table(self.columns)
-        atomic.write(self.out / "metrics.parquet", lambda p: pq.write_table(table, p))
+        atomic.write(self.out / METRICS, lambda p: pq.write_table(table, p))
         losses = [v for v in self.columns["train_loss"][-100:] if v is not None and math.isfinite(v)]
         completed = status == "completed"
         summary = {
@@ -286,7 +281,7 @@ class Trainer:
             "corpus": self.corpus.name,
             "error": error,
         }
-        atomic.write_json(self.out / "summary.json", summary)
+        atomic.write_json(self.out / SUMMARY, summary)
         if not self.cfg["train"]["keep_checkpoint"] or not completed:
             (self.out / CHECKPOINT).unlink(missing_ok=True)
         if self.cfg["train"]["keep_checkpoint"] and completed:
@@ -332,45 +327,25 @@ def train(config: dict, out_dir: Path, *, executor: str | None = None, job_id: s
     rid = run_id(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    existing = atomic.read_json(out / "config.json")
+    existing = atomic.read_json(out / CONFIG)
     if existing is not None and existing.get("run_id") != rid:
         raise ConfigError("--out", f"{out} holds run {existing.get('run_id')}, not {rid}: use another directory")
-    summary = atomic.read_json(out / "summary.json")
+    summary = atomic.read_json(out / SUMMARY)
     if summary is not None and summary.get("status") in TERMINAL:
         print(f"[{rid}] already {summary['status']}: nothing to do", file=sys.stderr)
         return summary
     if existing is None:
-        atomic.write_json(out / "config.json", {**cfg, "run_id": rid})
-    (out / "summary.json").unlink(missing_ok=True)  # a failed attempt's summary
+        atomic.write_json(out / CONFIG, {**cfg, "run_id": rid})
+    (out / SUMMARY).unlink(missing_ok=True)  # a failed attempt's summary
     trainer = Trainer(cfg, out, executor=executor, job_id=job_id)
     try:
         return trainer.run()
     except Exception as e:
         # Record the failure (the checkpoint stays for a retry), then re-raise.
-        atomic.write_json(out / "summary.json", {"run_id": rid, "status": "failed", "final_eval_loss": None, "error": f"{type(e).__name__}: {e}",
+        atomic.write_json(out / SUMMARY, {"run_id": rid, "status": "failed", "final_eval_loss": None, "error": f"{type(e).__name__}: {e}",
                                           "steps_done": trainer.step, "finished_at": _now(), **trainer.meta})
         raise
 
 
 def exit_code(summary: dict) -> int:
     return {"completed": EXIT_OK, "diverged": EXIT_DIVERGED}.get(summary.get("status"), EXIT_FAILED)
-
-
-def cli_train(config_path: Path, out_dir: Path, threads: int | None = None) -> int:
-    try:
-        raw = load(config_path)
-        if threads is not None:
-            raw.setdefault("train", {})["threads"] = threads
-        summary = train(raw, out_dir)
-    except ConfigError as e:
-        print(f"rlrs train: bad config: {e}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    except CorpusNotFoundError as e:
-        print(f"rlrs train: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    s = summary
-    if s["status"] == "completed":
-        print(f"[{s['run_id']}] completed: final eval loss {s['final_eval_loss']:.4f} nats/token ({s['final_eval_bpb']:.4f} bits/byte), {s['wall_time_s']:.1f} s")
-    else:
-        print(f"[{s['run_id']}] {s['status']}: {s.get('error')}", file=sys.stderr)
-    return exit_code(summary)

@@ -1,0 +1,168 @@
+"""The study's numbers: speedups, transfer, sweeps, regret, ablations.
+
+Frames in, frames out, no charts (spec section 6). Everything reads the
+study's DuckDB (tables `runs`, `metrics`, `plan`, `studies` written by
+rlrs.db) and returns polars frames with fixed schemas, so a tiny study still
+gets every table and view, only with fewer rows.
+
+    members   the study's runs per sweep, seed groups, the best-lr rule
+    stats     first crossings (T*) and the bootstrap
+    speedup   speedup, loss gap, transfer
+    sweeps    final losses, lr sweep, U-plots, regret, ablations
+    curves    loss curves, update sizes, lr schedules (binned for plots)
+    tables    the report's other tables (sizes, multipliers, provenance, tuning)
+
+VIEWS below is the one registry of the analysis views: name -> how it is
+computed, its schema and what one row is. `materialize()` (inside `rlrs
+collect`'s transaction: the database's one writer) stores each as table
+`analysis_<name>` with view `<name>` over it; the report computes the same
+frames in memory from a read-only connection (`compute()`).
+
+Conventions used throughout:
+
+- A run's loss is its `final_eval_loss` (the same validation tokens for every
+  run). Only runs with status `completed` count; every frame that drops runs
+  says how many in a `note` or `n_excluded` column.
+- One run id can be asked for by several sweeps (the baseline at its best lr
+  sits in `main`, `lr` and `ladder`): membership comes from `plan`, one row
+  per (run, sweep), and groups are deduplicated by run id before averaging.
+- A "group" is the runs that differ only by seed: same size, arm, lr, steps.
+- Best lr: among an arm's groups at one size and length, the lowest mean
+  final loss. Groups where a seed diverged are not eligible (that lr is
+  unstable; averaging only the surviving seeds would flatter it).
+
+Speedup, two definitions, both as T*/T - 1 ("the baseline needs X% more
+steps") and saved = 1 - T/T* ("X% fewer steps"):
+
+- `ladder`: the baseline's final loss L(T) over its run lengths, mean over
+  seeds per length, interpolated with a monotone piecewise cubic (PCHIP) in
+  log T; T* solves L(T*) = the arm's mean final loss at its length T. PCHIP
+  never overshoots the data and never extrapolates; on a constructed power
+  law a + b*T^-c it recovers T* within 0.2% (see tests).
+- `target`: steps the baseline's eval curve (its longest run, mean over
+  seeds, linear between eval points) needs to first reach the arm's loss.
+
+Outside the baseline's range nothing is extrapolated: speedup is NULL and
+`bound` says '> x' (arm better than the longest baseline) or '< x' (worse than
+the shortest). Intervals: percentile bootstrap over seeds
+(scipy.stats.bootstrap, multi-sample: the arm's seeds and the baseline's seeds
+per length resampled independently), fixed seed, 2000 resamples, 95%.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import duckdb
+import polars as pl
+
+from rlrs.analysis import curves, members, speedup, sweeps, tables
+from rlrs.db import has_table
+from rlrs.errors import ConfigError
+
+
+@dataclass
+class Inputs:
+    """What the views of one study are computed from; `frames` fills in
+    registry order, so a view can use the ones above it."""
+
+    con: duckdb.DuckDBPyConnection
+    study: str
+    members: pl.DataFrame
+    baseline: str
+    frames: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class View:
+    compute: Callable[[Inputs], pl.DataFrame]
+    schema: dict
+    doc: str  # one row per ...
+
+
+VIEWS: dict[str, View] = {
+    "speedup": View(
+        lambda x: speedup.speedup(x.members, members.baseline_evals(x.con, x.members, x.baseline), x.study, x.baseline),
+        speedup.SPEEDUP_SCHEMA, "one row per (size, arm, definition): speedup T*/T - 1 over the baseline, with CI"),
+    "final_losses_by_arm": View(
+        lambda x: sweeps.final_losses(x.members, x.study), sweeps.FINAL_LOSSES_SCHEMA,
+        "one row per (size, arm, lr, steps) of the main runs: final eval loss over seeds"),
+    "transfer": View(
+        lambda x: speedup.transfer(x.frames["speedup"]), speedup.TRANSFER_SCHEMA,
+        "one row per (arm, definition, size): speedup against non-embedding parameters"),
+    "lr_sweep": View(
+        lambda x: sweeps.lr_sweep(x.members, x.study), sweeps.LR_SWEEP_SCHEMA,
+        "one row per (size, arm, lr): final loss against base lr; is_best marks the compared lr"),
+    "usweep": View(
+        lambda x: sweeps.usweep(x.members, x.study), sweeps.USWEEP_SCHEMA,
+        "one row per (size, base arm, component, start|end, factor): the U-plots"),
+    "regret": View(
+        lambda x: sweeps.regret(x.frames["lr_sweep"], x.frames["usweep"], x.members, x.study), sweeps.REGRET_SCHEMA,
+        "one row per (swept parameter, larger size): loss at the small size's best factor minus the best loss"),
+    "ablation": View(
+        lambda x: sweeps.ablation(x.members, x.study), sweeps.ABLATION_SCHEMA,
+        "one row per (size, removal|contribution, component): loss against the reference arm"),
+    "compared_runs": View(
+        lambda x: curves.compared_runs(x.members, x.study, x.baseline), curves.COMPARED_SCHEMA,
+        "one row per run a size's comparison used, with its role"),
+    "loss_curves": View(
+        lambda x: curves.loss_curves(x.con, x.frames["compared_runs"], x.study), curves.CURVE_SCHEMA,
+        "one row per (size, arm, role, step bin): train and eval loss of the compared runs"),
+    "update_sizes": View(
+        lambda x: curves.update_sizes(x.con, x.members, x.study), curves.UPDATE_SCHEMA,
+        "one row per (size, arm, component, step bin): relative update size of the main runs"),
+    "lr_schedules": View(
+        lambda x: curves.lr_schedules(x.con, x.members, x.study), curves.SCHEDULE_SCHEMA,
+        "one row per (size, arm, component, step bin): the learning rate the trainer applied"),
+    "tune_progress": View(
+        lambda x: tables.tune_progress(x.con, x.study), tables.TUNE_PROGRESS_SCHEMA,
+        "one row per candidate run of the study's searches, in search order"),
+    "tuned_settings": View(
+        lambda x: tables.tuned_settings(x.con, x.study), tables.TUNED_SCHEMA,
+        "one row per (size, arm, parameter): the search's result beside the paper's value"),
+}
+
+
+def compute(con: duckdb.DuckDBPyConnection, study: str) -> dict[str, pl.DataFrame]:
+    """Every analysis frame of one study, keyed by view name (read-only)."""
+    names = members.study_names(con)
+    if study not in names:
+        raise ConfigError("study", f"{study!r} is not in this database; allowed: {', '.join(names) or '(none)'}")
+    x = Inputs(con, study, members.load_members(con, study), members.baseline_arm(con, study))
+    for name, view in VIEWS.items():
+        x.frames[name] = view.compute(x)
+    return x.frames
+
+
+def materialize(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, pl.DataFrame]]:
+    """Compute every study's frames and store them as tables `analysis_<name>`
+    with views `<name>` over them. Runs inside the caller's transaction (rlrs
+    collect's ingest, the database's one writer): it neither begins nor
+    commits. Returns the frames per study."""
+    per_study = {s: compute(con, s) for s in members.study_names(con)}
+    for name, view in VIEWS.items():
+        frame = pl.concat([f[name] for f in per_study.values()]) if per_study else members.frame([], view.schema)
+        con.register("_analysis_frame", frame)
+        try:
+            con.execute(f"CREATE OR REPLACE TABLE analysis_{name} AS SELECT * FROM _analysis_frame")
+        finally:
+            con.unregister("_analysis_frame")
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM analysis_{name}")
+        con.execute(f"COMMENT ON VIEW {name} IS '{view.doc.replace(chr(39), chr(39) * 2)}'")
+    # When the views were computed: is_stale() compares it with the last ingest.
+    con.execute("CREATE OR REPLACE TABLE analysis_meta AS SELECT now() AS materialized_at")
+    return per_study
+
+
+def is_stale(con: duckdb.DuckDBPyConnection) -> bool:
+    """True when the analysis views are missing or older than the newest
+    ingested run or collected plan (now() inside the ingest transaction is
+    its start, so a hook run by that same ingest counts as fresh)."""
+    if not has_table(con, "analysis_meta"):
+        return True
+    newest = ("greatest((SELECT max(ingested_at) FROM runs), (SELECT max(collected_at) FROM studies))"
+              if has_table(con, "studies") else "(SELECT max(ingested_at) FROM runs)")
+    # Compared in SQL: fetching a TIMESTAMPTZ into Python would need pytz.
+    return bool(con.execute(
+        f"SELECT coalesce((SELECT max(materialized_at) FROM analysis_meta) < {newest}, false)").fetchall()[0][0])

@@ -1,0 +1,162 @@
+"""Speedup of every arm over the baseline, per size, by both definitions
+(`ladder`, `target`; see rlrs.analysis), the final-loss gap, and the
+transfer of the speedup across sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from rlrs import tags
+from rlrs.analysis.members import (
+    BASELINE,
+    F,
+    Group,
+    I,
+    S,
+    baseline_ladder,
+    best_group,
+    choice_notes,
+    compared_group,
+    excluded_note,
+    frame,
+    ladder_lrs,
+    lr_candidates,
+    size_family,
+    size_order,
+    size_params,
+)
+from rlrs.analysis.stats import Estimate, estimate_speedup, ladder_t_star, percentile_ci, target_t_star
+
+SPEEDUP_SCHEMA = {
+    "study": S, "size": S, "arm": S, "definition": S,
+    "speedup": F, "ci_low": F, "ci_high": F, "bound": S, "bound_value": F,
+    "saved": F, "saved_ci_low": F, "saved_ci_high": F,
+    "n_seeds": I, "steps": I, "t_star": F, "arm_loss": F, "arm_lr": F,
+    "baseline_lr": F, "baseline_lengths": I, "baseline_seeds": I, "family": S,
+    "params_nonembedding": I, "params_active_nonembedding": I,
+    "baseline_loss": F, "loss_gap": F, "loss_gap_ci_low": F, "loss_gap_ci_high": F, "note": S,
+}
+
+
+TRANSFER_SCHEMA = {
+    "study": S, "arm": S, "definition": S, "family": S, "size": S,
+    "params_nonembedding": I, "params_active_nonembedding": I,
+    "speedup": F, "ci_low": F, "ci_high": F, "bound": S, "bound_value": F, "n_seeds": I,
+}
+
+
+# ---------------------------------------------------------------- speedup
+def _eval_curves(evals: pl.DataFrame, run_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps trained, [seed x eval point] losses) for the given runs, on the
+    eval steps that every one of them has."""
+    part = evals.filter(pl.col("run_id").is_in(run_ids))
+    if part.is_empty():
+        return np.array([]), np.empty((0, 0))
+    wide = part.pivot(on="run_id", index="step", values="eval_loss").drop_nulls().sort("step")
+    cols = [r for r in run_ids if r in wide.columns]
+    # Eval after the update of step t means t + 1 steps trained.
+    return wide["step"].to_numpy() + 1, wide.select(cols).to_numpy().T
+
+
+def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baseline: str = BASELINE) -> pl.DataFrame:
+    """Speedup of every non-baseline main arm over the baseline, per size,
+    by both definitions (see module docstring). `evals`: run_id, step,
+    eval_loss for the baseline runs (non-null eval points)."""
+    rows = []
+    params, family = size_params(members), size_family(members)
+    main_arms = sorted(set(members.filter(pl.col("sweep") == tags.MAIN)["arm"].to_list()) - {baseline})
+    for size in size_order(members):
+        base_group = compared_group(members, size, baseline)
+        ladder = baseline_ladder(members, size, baseline)
+        ladder_notes = []
+        if ladder and any(lr != ladder[0].lr for lr in ladder_lrs(members, size, baseline)):
+            ladder_notes = [f"ladder runs not at the baseline's best lr {ladder[0].lr:g} left out "
+                            f"(ladder lrs: {', '.join(f'{x:g}' for x in ladder_lrs(members, size, baseline))}); "
+                            "set the baseline's lr at this size to its best to use them"]
+        for arm in main_arms:
+            candidates = lr_candidates(members, size, arm)
+            if not candidates:
+                continue  # this arm does not run at this size
+            group = best_group(candidates)
+            base = {"study": study, "size": size, "arm": arm, "family": family[size],
+                    "params_nonembedding": params[size][0], "params_active_nonembedding": params[size][1]}
+            # Runs left out of the numbers: of the compared arm group and of the baseline points.
+            excl = (excluded_note(([group] if group else candidates) + ladder) + choice_notes(candidates, group)
+                    + ladder_notes)
+            if group is None:
+                for d in ("ladder", "target"):
+                    rows.append(base | {"definition": d, "n_seeds": 0,
+                                        "note": "; ".join(excl + ["no completed runs of this arm"])})
+                continue
+            base |= {"n_seeds": len(group.losses), "steps": group.steps,
+                     "arm_loss": group.mean, "arm_lr": group.lr,
+                     **loss_gap(base_group, group)}
+            rows.append(base | _ladder_row(group, ladder, excl))
+            rows.append(base | _target_row(group, ladder, evals, excl))
+    return frame(rows, SPEEDUP_SCHEMA)
+
+
+def loss_gap(base: Group | None, arm: Group) -> dict:
+    """Baseline minus arm final eval loss at the same length, each at its best
+    lr (positive: the arm is better), with a percentile-bootstrap interval
+    over both groups' seeds (resampled independently; none with one seed on
+    either side). Defined even where the speedup is only a bound."""
+    if base is None or not len(base.losses) or base.steps != arm.steps:
+        return {}
+    out = {"baseline_loss": base.mean, "loss_gap": base.mean - arm.mean}
+    if len(base.losses) < 2 or len(arm.losses) < 2:
+        return out
+    low, high = percentile_ci((base.losses, arm.losses), lambda b, a, axis=-1: b.mean(axis=axis) - a.mean(axis=axis))
+    return out | {"loss_gap_ci_low": low, "loss_gap_ci_high": high}
+
+
+def _estimate_row(definition: str, est: Estimate, notes: list[str], **extra) -> dict:
+    return {
+        "definition": definition, "speedup": est.speedup, "t_star": est.t_star,
+        "bound": est.bound, "bound_value": est.bound_value,
+        "ci_low": est.ci_low, "ci_high": est.ci_high, "saved": est.saved(est.speedup),
+        "saved_ci_low": est.saved(est.ci_low), "saved_ci_high": est.saved(est.ci_high),
+        "note": "; ".join(notes + est.notes) or None, **extra,
+    }
+
+
+def _ladder_row(arm: Group, ladder: list[Group], notes: list[str]) -> dict:
+    if len(ladder) < 2:
+        return {"definition": "ladder", "baseline_lengths": len(ladder),
+                "note": "; ".join(notes + [f"ladder needs baseline runs at >= 2 lengths at the baseline's best lr; have {len(ladder)}"])}
+    lengths = np.array([g.steps for g in ladder], float)
+    est = estimate_speedup(
+        [arm.losses] + [g.losses for g in ladder],
+        lambda m: ladder_t_star(lengths, np.stack(m[1:], axis=1), m[0]),
+        arm.steps, (lengths[0], lengths[-1]),
+    )
+    at_t = [g for g in ladder if g.steps == arm.steps]
+    return _estimate_row("ladder", est, notes, baseline_lengths=len(ladder),
+                         baseline_seeds=min(len(g.losses) for g in ladder),
+                         baseline_lr=at_t[0].lr if at_t else None)
+
+
+def _target_row(arm: Group, ladder: list[Group], evals: pl.DataFrame, notes: list[str]) -> dict:
+    if not ladder:
+        return {"definition": "target", "note": "; ".join(notes + ["no completed baseline run at this size"])}
+    longest = ladder[-1]
+    steps, curves = _eval_curves(evals, longest.run_ids)
+    if len(steps) == 0:
+        return {"definition": "target", "note": "; ".join(notes + ["the longest baseline run has no eval points"])}
+    est = estimate_speedup(
+        [arm.losses, curves],
+        lambda m: target_t_star(steps, m[1], m[0]),
+        arm.steps, (steps[0], steps[-1]),
+    )
+    extra = [] if longest.steps == arm.steps else [f"baseline eval curve from its {longest.steps}-step run"]
+    return _estimate_row("target", est, notes + extra, baseline_lengths=1,
+                         baseline_seeds=curves.shape[0], baseline_lr=longest.lr)
+
+
+def transfer(speedups: pl.DataFrame) -> pl.DataFrame:
+    """Speedup against model size per arm and definition: the question
+    "tuned small, does it still win large?"."""
+    return speedups.select(list(TRANSFER_SCHEMA)).sort(
+        ["arm", "definition", "family", "params_nonembedding", "size"], nulls_last=True
+    )

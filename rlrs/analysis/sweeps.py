@@ -1,0 +1,255 @@
+"""The sweeps' tables: final losses per arm, the base-lr sweep, U-plots, the
+transfer regret of every swept parameter, and the ablations.
+
+Every derived run is compared with its own arm label at the same size, lr
+and length (rlrs.tags): the scaled arm for a U-sweep, the arm a component
+is reset in for a removal, the `into` arm for a contribution, whose
+`source_arm` tag says whose values were added.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from rlrs import tags
+from rlrs.analysis.members import (
+    F,
+    Group,
+    I,
+    S,
+    best_group,
+    excluded_note,
+    frame,
+    main_steps,
+    seed_groups,
+    size_family,
+    size_order,
+    size_params,
+)
+
+FINAL_LOSSES_SCHEMA = {
+    "study": S, "size": S, "arm": S, "lr": F, "steps": I,
+    "mean_loss": F, "std_loss": F, "min_loss": F, "max_loss": F,
+    "n": I, "n_excluded": I, "params_nonembedding": I,
+}
+
+
+LR_SWEEP_SCHEMA = {
+    "study": S, "size": S, "arm": S, "lr": F, "lr_factor": F, "steps": I,
+    "mean_loss": F, "std_loss": F, "n": I, "n_excluded": I, "n_diverged": I,
+    "is_best": pl.Boolean, "run_ids": S,
+}
+
+
+USWEEP_SCHEMA = {
+    "study": S, "size": S, "base_arm": S, "component": S, "which": S,
+    "factor": F, "mean_loss": F, "std_loss": F, "n": I, "n_excluded": I,
+    "is_best": pl.Boolean, "params_nonembedding": I, "run_ids": S,
+}
+
+
+REGRET_SCHEMA = {
+    "study": S, "parameter": S, "kind": S, "size": S, "reference_size": S,
+    "chosen_factor": F, "best_factor": F, "loss_at_chosen": F,
+    "best_loss": F, "regret": F, "note": S,
+}
+
+
+ABLATION_SCHEMA = {
+    "study": S, "size": S, "kind": S, "component": S, "reference_arm": S,
+    "loss": F, "reference_loss": F, "delta": F, "n": I, "n_reference": I,
+    "n_excluded": I, "note": S,
+}
+
+
+# ---------------------------------------------------------------- summaries
+def _group_stats(g: Group) -> dict:
+    n = len(g.losses)
+    return {
+        "mean_loss": g.mean if n else None,
+        "std_loss": float(g.losses.std(ddof=1)) if n >= 2 else None,
+        "n": n, "n_excluded": g.n_excluded,
+    }
+
+
+def final_losses(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
+    """Final eval loss per (size, arm) of the main runs: mean, std, n."""
+    params = size_params(members)
+    rows = []
+    for g in seed_groups(members.filter(pl.col("sweep") == tags.MAIN)):
+        rows.append({
+            "study": study, "size": g.size, "arm": g.arm, "lr": g.lr, "steps": g.steps,
+            **_group_stats(g),
+            "min_loss": float(g.losses.min()) if len(g.losses) else None,
+            "max_loss": float(g.losses.max()) if len(g.losses) else None,
+            "params_nonembedding": params[g.size][0],
+        })
+    order = {s: i for i, s in enumerate(size_order(members))}
+    return frame(rows, FINAL_LOSSES_SCHEMA).sort(
+        pl.col("size").replace_strict(order, default=len(order)), "arm", "lr")
+
+
+def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
+    """Final loss against base lr per (size, arm) wherever an lr sweep ran;
+    the main runs join as the sweep's factor-1 point. `is_best` marks the
+    lr the speedup comparison uses."""
+    rows = []
+    swept = members.filter(pl.col("sweep") == tags.LR).select("size", "arm").unique()
+    for size, arm in swept.sort(["size", "arm"]).iter_rows():
+        steps = main_steps(members, size, arm)
+        cand = members.filter(
+            (pl.col("size") == size) & (pl.col("arm") == arm) & pl.col("sweep").is_in(tags.LR_SWEEPS)
+            & ((pl.col("steps") == steps) if steps is not None else pl.lit(True))
+        )
+        groups = seed_groups(cand)
+        best = best_group(groups)
+        main_lr = cand.filter(pl.col("sweep") == tags.MAIN)["lr"].drop_nulls()
+        for g in groups:
+            if g.lr is None:  # planned runs not ingested yet
+                continue
+            tagged = cand.filter((pl.col("lr") == g.lr))["lr_factor"].drop_nulls()
+            factor = float(tagged[0]) if len(tagged) else (g.lr / float(main_lr[0]) if len(main_lr) else None)
+            rows.append({
+                "study": study, "size": size, "arm": arm, "lr": g.lr, "lr_factor": factor,
+                "steps": g.steps, **_group_stats(g), "n_diverged": g.n_diverged,
+                "is_best": g is best, "run_ids": ",".join(g.run_ids),
+            })
+    return frame(rows, LR_SWEEP_SCHEMA)
+
+
+def _matching_reference(members: pl.DataFrame, size: str, arm: str, lr: float, steps: int) -> Group | None:
+    """The reference arm's group at the same size, lr and length (main or lr
+    sweep): any other lr or length would confound the comparison."""
+    cand = members.filter(
+        (pl.col("size") == size) & (pl.col("arm") == arm) & pl.col("sweep").is_in(tags.LR_SWEEPS)
+        & (pl.col("lr") == lr) & (pl.col("steps") == steps)
+    )
+    groups = seed_groups(cand)
+    return groups[0] if groups else None
+
+
+def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
+    """U-plot points: final loss per (size, component, start|end, factor),
+    with the unscaled base arm at the same lr and length as factor 1."""
+    # A U-sweep point needs its tags; a hand-made plan row without them is skipped, not guessed.
+    sw = members.filter((pl.col("sweep") == tags.USWEEP) & pl.all_horizontal(
+        pl.col("component", "which", "factor").is_not_null()))
+    if sw.is_empty():
+        return frame([], USWEEP_SCHEMA)
+    sw = sw.with_columns(pl.col("arm").alias("base_arm"))  # the scaled arm (rlrs.tags)
+    params = size_params(members)
+    rows = []
+    keys = ["size", "base_arm", "component", "which"]
+    for (size, base_arm, comp, which), part in sw.group_by(keys, maintain_order=True):
+        points = []
+        for factor, fpart in part.group_by("factor", maintain_order=True):
+            points.append((float(factor[0]), _merge_groups(seed_groups(fpart))))
+        lrs, steps = part["lr"].drop_nulls().unique(), part["steps"].drop_nulls().unique()
+        if base_arm and len(lrs) == 1 and len(steps) == 1 and not any(f == 1.0 for f, _ in points):
+            ref = _matching_reference(members, size, base_arm, float(lrs[0]), int(steps[0]))
+            if ref is not None:
+                points.append((1.0, ref))
+        best = best_group([g for _, g in sorted(points, key=lambda p: p[0])])  # the lr rule, over factors
+        for f, g in sorted(points, key=lambda p: p[0]):
+            rows.append({
+                "study": study, "size": size, "base_arm": base_arm, "component": comp, "which": which,
+                "factor": f, **_group_stats(g), "is_best": g is best,
+                "params_nonembedding": params[size][0], "run_ids": ",".join(g.run_ids),
+            })
+    order = {s: i for i, s in enumerate(size_order(members))}
+    return frame(rows, USWEEP_SCHEMA).sort(
+        "component", "which", pl.col("size").replace_strict(order, default=len(order)), "factor")
+
+
+def _merge_groups(groups: list[Group]) -> Group:
+    """Pool the seeds of one sweep point into one group. A point is one
+    (lr, length) group in any sane study; pooling keeps every run counted
+    even if a study varies something else along with the factor."""
+    losses = np.concatenate([g.losses for g in groups]) if groups else np.array([])
+    first = groups[0]
+    return Group(first.size, first.arm, first.lr, first.steps, losses,
+                 [r for g in groups for r in g.run_ids], [s for g in groups for s in g.seeds],
+                 {rid: st for g in groups for rid, st in g.excluded.items()})
+
+
+def _family_lines(sizes: list[str], order: dict[str, int], family: dict[str, str]) -> list[list[str]]:
+    """`sizes` split by model family, each list smallest first."""
+    ordered = sorted(sizes, key=lambda s: order.get(s, len(order)))
+    return [[s for s in ordered if family.get(s) == fam] for fam in dict.fromkeys(family.get(s) for s in ordered)]
+
+
+def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame, study: str = "") -> pl.DataFrame:
+    """Transfer regret of every swept parameter: at each larger size, the loss
+    at the factor that was best at the smallest swept size minus the best
+    loss at that size (0 = the small-scale choice is still optimal). Within a
+    model family only: a MoE size is referred to the smallest MoE size, a
+    dense size to the smallest dense size."""
+    order = {s: i for i, s in enumerate(size_order(members))}
+    family = size_family(members)
+    curves = []  # (parameter, kind, frame with size, factor, mean_loss, eligible)
+    if not lr_frame.is_empty():
+        for (arm,), part in lr_frame.group_by(["arm"], maintain_order=True):
+            curves.append((f"lr ({arm})", "lr", part.rename({"lr_factor": "factor"})))
+    if not u_frame.is_empty():
+        for (base, comp, which), part in u_frame.group_by(["base_arm", "component", "which"], maintain_order=True):
+            curves.append((f"{comp}.{which} ({base})", "usweep", part))
+    rows = []
+    for parameter, kind, part, sizes in [
+        (parameter, kind, part, line) for parameter, kind, part in curves
+        for line in _family_lines(part["size"].unique().to_list(), order, family)
+    ]:
+        best = {r["size"]: r for r in part.filter(pl.col("is_best")).iter_rows(named=True)}
+        if len(sizes) < 2 or sizes[0] not in best:
+            continue
+        ref = sizes[0]
+        chosen = best[ref]["factor"]
+        for size in sizes[1:]:
+            row = {"study": study, "parameter": parameter, "kind": kind, "size": size,
+                   "reference_size": ref, "chosen_factor": chosen}
+            if size not in best:
+                rows.append(row | {"note": "no eligible point at this size"})
+                continue
+            at = part.filter((pl.col("size") == size) & (pl.col("factor") - chosen).abs().lt(1e-9 * abs(chosen)))
+            row |= {"best_factor": best[size]["factor"], "best_loss": best[size]["mean_loss"]}
+            if at.is_empty() or at["mean_loss"][0] is None:
+                rows.append(row | {"note": f"factor {chosen:g} not run (or not completed) at this size"})
+                continue
+            loss = float(at["mean_loss"][0])
+            rows.append(row | {"loss_at_chosen": loss, "regret": loss - best[size]["mean_loss"]})
+    return frame(rows, REGRET_SCHEMA)
+
+
+def ablation(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
+    """Per component: removal = loss(RLRS with the component reset to (1, 1))
+    - loss(RLRS), positive when the component's schedule helps; contribution
+    = loss(baseline + only this component's RLRS values) - loss(baseline),
+    negative when it helps. References are matched on size, lr and length."""
+    rows = []
+    for kind in tags.ABLATIONS:
+        part = members.filter((pl.col("sweep") == kind) & pl.col("component").is_not_null())
+        # Grouped by the run's arm (the reference) and, for a contribution, the
+        # arm whose values were added: two relative arms never pool.
+        keys = ["size", "component", "arm", "source_arm"]
+        for (size, comp, ref_arm, _source), cpart in part.group_by(keys, maintain_order=True):
+            g = _merge_groups(seed_groups(cpart))
+            row = {"study": study, "size": size, "kind": kind, "component": comp, "reference_arm": ref_arm,
+                   "n": len(g.losses), "n_excluded": g.n_excluded}
+            notes = excluded_note([g])
+            lrs, steps = cpart["lr"].drop_nulls().unique(), cpart["steps"].drop_nulls().unique()
+            ref = None
+            if ref_arm and len(lrs) == 1 and len(steps) == 1:
+                ref = _matching_reference(members, size, ref_arm, float(lrs[0]), int(steps[0]))
+            if ref is None or not len(ref.losses):
+                notes.append("no completed reference run at the same size, lr and length")
+            else:
+                notes += [f"reference: {x}" for x in excluded_note([ref])]
+                row |= {"reference_loss": ref.mean, "n_reference": len(ref.losses)}
+            if len(g.losses):
+                row["loss"] = g.mean
+                if ref is not None and len(ref.losses):
+                    row["delta"] = g.mean - ref.mean
+            rows.append(row | {"note": "; ".join(notes) or None})
+    order = {s: i for i, s in enumerate(size_order(members))}
+    return frame(rows, ABLATION_SCHEMA).sort(
+        "kind", pl.col("size").replace_strict(order, default=len(order)), "component")

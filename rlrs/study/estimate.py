@@ -1,0 +1,86 @@
+"""What a study will cost before it runs: tokens, FLOPs and an estimated
+time per run (`rlrs plan`). Imports the model (torch) to count parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlrs.model import train_flops_per_token
+from rlrs.study.plan import Plan, make_plan
+from rlrs.study.searches import load_state, read_result, searches
+
+# Run-time estimate for `rlrs plan`. Calibrated on this kind of machine (2
+# cores, one torch thread per run, byte vocabulary, seq 128, batch 16; the
+# stack notes' throughput table and the demo's measured CPU time): a step
+# costs a fixed ~10 ms of Python/dispatch overhead plus its FLOPs at ~50
+# GFLOP/s per thread, and a run ~2 s to start (job process, torch import).
+# On cuda an effective 1e14 FLOP/s is assumed (bf16, ~30% of an H100's
+# peak). Estimates only: MoE dispatch and small widths run slower.
+CPU_FLOPS_PER_THREAD = 5e10
+
+
+CPU_STEP_OVERHEAD_S = 0.010
+
+
+RUN_START_S = 2.0
+
+
+GPU_FLOPS = 1e14
+
+
+def run_cost(cfg: dict) -> dict:
+    """Tokens, FLOPs and an estimated time for one resolved run config."""
+    model, train, data = cfg["model"], cfg["train"], cfg["data"]
+    steps = train["steps"]
+    tokens = steps * train["batch_size"] * model["seq_len"]
+    per_token = train_flops_per_token(model)
+    # Evaluation: a forward pass (~1/3 of a training step's FLOPs per token)
+    # over the fixed eval budget every eval_interval steps and at the end.
+    n_evals = steps // train["eval_interval"] + (steps % train["eval_interval"] != 0)
+    flops = tokens * per_token + n_evals * data["eval_tokens"] * per_token / 3
+    if train["device"] == "cuda":
+        seconds = RUN_START_S + flops / GPU_FLOPS
+    else:
+        seconds = RUN_START_S + steps * CPU_STEP_OVERHEAD_S + flops / (CPU_FLOPS_PER_THREAD * train["threads"])
+    return {"tokens": tokens, "flops": flops, "seconds": seconds, "device": train["device"]}
+
+
+@dataclass
+class Estimate:
+    """A study's plan with the cost of each of its runs, and the budget of
+    every search still to run (`rlrs plan`)."""
+
+    plan: Plan
+    budget: list[tuple[str, int, dict]]  # (label, runs at most, one run's cost) per pending search
+    costs: dict[str, dict]  # run id (or tune:<label>:<i>) -> run_cost
+
+    def total(self, key: str) -> float:
+        return sum(c[key] for c in self.costs.values())
+
+    def seconds(self, device: str) -> float:
+        return sum(c["seconds"] for c in self.costs.values() if c["device"] == device)
+
+    def devices(self) -> list[str]:
+        return sorted({c["device"] for c in self.costs.values()})
+
+
+def estimate(study: dict, study_path: Path) -> Estimate:
+    """The cost of a validated study. With a tune block: each search's run
+    budget, then the transfer counted as if every search were done (sizes
+    still waiting for a search are counted with the arm's untuned settings,
+    which cost the same)."""
+    budget: list[tuple[str, int, dict]] = []
+    if study.get("tune"):
+        for srch in searches(study):
+            if read_result(srch) is None:
+                cost = run_cost(srch.candidate(srch.start)[1])
+                budget.append((f"{srch.size} x {srch.arm} ({srch.space}, {len(srch.parameters)} parameters)",
+                               srch.run_budget(), cost))
+        plan = make_plan(study, study_file=study_path, tune_state=load_state(study, assume_done=True))
+    else:
+        plan = make_plan(study, study_file=study_path)
+    costs = {rid: run_cost(cfg) for rid, cfg in plan.configs.items()}
+    for label, n, cost in budget:
+        costs.update({f"tune:{label}:{i}": cost for i in range(n)})
+    return Estimate(plan, budget, costs)

@@ -1,0 +1,248 @@
+"""A study expanded: the resolved run configs it asks for.
+
+A study names model sizes, schedule arms and the sweeps of the RLRS protocol
+(spec sections 4-6). `expand()` turns it into one request per (sweep point,
+seed): `(run_id, resolved_config, labels)`. Two requests with the same
+resolved config have the same run id and are trained once; every label set
+still goes to the plan, so the analysis finds a run under every sweep that
+asked for it. The tags of each sweep are built by rlrs.tags (the one
+contract with the analysis).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+
+from rlrs import tags
+from rlrs.config import resolve, run_id
+from rlrs.errors import ConfigError
+from rlrs.study.validate import check_study, deep_merge, size_family, size_raw
+from rlrs.tunables import apply_settings
+
+
+def _num(x: float) -> float:
+    """Round a product like 0.003 * 1.5 to 12 significant digits, so the same
+    point reached by two sweeps hashes to the same run id."""
+    return float(f"{x:.12g}")
+
+
+@dataclass
+class _Cell:
+    """One (size, arm) point: its raw config and the resolved form."""
+
+    raw: dict
+    resolved: dict
+
+
+@dataclass
+class Expander:
+    study: dict
+    # (family, arm) -> tuned settings (rlrs.study.searches): they replace the arm's own
+    # settings at every size of that family.
+    tuned: dict = field(default_factory=dict)
+    _resolved: dict = field(default_factory=dict)  # canonical raw JSON -> resolved
+
+    def resolve(self, raw: dict, where: str) -> dict:
+        key = json.dumps(raw, sort_keys=True)
+        if key not in self._resolved:
+            try:
+                self._resolved[key] = resolve(raw)
+            except ConfigError as e:
+                message = str(e)[len(e.field) + 2 :]  # ConfigError's text is "field: message"
+                raise ConfigError(f"{where}: run config field {e.field}", message) from None
+        return copy.deepcopy(self._resolved[key])
+
+    def cell(self, size_name: str, arm_name: str, seed: int) -> _Cell:
+        """defaults < size < arm overrides < arm's family block < arm.per_size, then the arm's table."""
+        study = self.study
+        arm = study["arms"][arm_name]
+        raw = size_raw(study, size_name)
+        family = "moe" if (raw.get("model") or {}).get("moe") else "dense"
+        fam = arm.get(family) or {}
+        raw = deep_merge(raw, arm.get("overrides"))
+        raw = deep_merge(raw, fam.get("overrides"))
+        raw = deep_merge(raw, (arm.get("per_size") or {}).get(size_name))
+        table = fam.get("multipliers", arm.get("multipliers", {}))
+        raw.setdefault("schedule", {})["multipliers"] = copy.deepcopy(table)
+        if (family, arm_name) in self.tuned:  # tune small, transfer large
+            raw = apply_settings(raw, self.tuned[(family, arm_name)])
+        raw["seed"] = seed
+        return _Cell(raw, self.resolve(raw, f"sizes.{size_name} x arms.{arm_name}"))
+
+
+def _table(resolved: dict) -> dict:
+    """The arm's full resolved table, norm left out (it is always (1, 1))."""
+    return {c: dict(m) for c, m in resolved["schedule"]["multipliers"].items() if c != "norm"}
+
+
+def _with_centre(factors) -> list:
+    """Factor sweeps always include factor 1 (the main run, trained once)."""
+    return sorted(set(float(f) for f in factors) | {1.0})
+
+
+def _without_sizes(study: dict, drop: set[str]) -> dict:
+    """The study with some sizes taken out of every sweep (a sweep left with
+    no size is dropped: an empty list would otherwise mean "every size")."""
+    if not drop:
+        return study
+    study = copy.deepcopy(study)
+    study["sizes"] = {n: s for n, s in study["sizes"].items() if n not in drop}
+    sweeps = study.get("sweeps") or {}
+    for name in list(sweeps):
+        sw = sweeps[name]
+        if "sizes" in sw:
+            sw["sizes"] = [s for s in sw["sizes"] if s not in drop]
+            if not sw["sizes"]:
+                del sweeps[name]
+                continue
+        if name == "usweep":
+            sw["factors"] = {s: f for s, f in sw["factors"].items() if s not in drop}
+            if not sw["factors"]:
+                del sweeps[name]
+    if not study["sizes"]:
+        sweeps.clear()
+    return study
+
+
+def expand(study: dict, tune_state=None) -> list[tuple[str, dict, dict]]:
+    """Every requested run: (run_id, resolved config, labels), in sweep order.
+
+    labels = {size, arm, sweep, tags}. A run requested by several sweeps
+    appears once per request with the same id and the same config object,
+    whose `meta` holds the first requester's labels.
+
+    tune_state (rlrs.study.searches.TuneState, for a study with a `tune` block): the
+    searches' runs come first (sweep `tune`), the tuned settings replace the
+    arms' own at every size of the tuned family, and the sizes of a family
+    whose search has not finished are left out until it has. Without it the
+    study expands with its arms' own settings (a pure function of the file).
+    """
+    study = check_study(study, default_name=study.get("study"))
+    tuned = tune_state.tuned if tune_state is not None else {}
+    if tune_state is not None and tune_state.pending:
+        study = _without_sizes(study, {s for s in study["sizes"] if size_family(study, s) in tune_state.pending})
+    ex = Expander(study, tuned=tuned)
+    sizes, arms = list(study["sizes"]), list(study["arms"])
+    seeds_default = study.get("seeds", [0])
+    sweeps = study.get("sweeps") or {}
+    out: list[tuple[str, dict, dict]] = []
+    by_id: dict[str, dict] = {}
+
+    def emit(raw: dict, size: str, arm: str, sweep: str, run_tags: dict, where: str) -> None:
+        resolved = ex.resolve(raw, where)
+        rid = run_id(resolved)
+        labels = {"size": size, "arm": arm, "sweep": sweep, "tags": run_tags}
+        if rid not in by_id:
+            resolved["meta"] = {"study": study["study"], **copy.deepcopy(labels)}
+            by_id[rid] = resolved
+        out.append((rid, by_id[rid], labels))
+
+    def seeds_of(sw: dict) -> list[int]:
+        return sw.get("seeds", seeds_default)
+
+    # tune: every run a finished search asked for, at its tuning size
+    if tune_state is not None and tune_state.runs:
+        for search, _, settings, run_tags in tune_state.runs:
+            emit(apply_settings(search.base_raw, settings), search.size, search.arm, tags.TUNE, run_tags, f"tune ({search.key})")
+
+    # main: every arm at every size (or the listed ones)
+    main = sweeps.get("main", {})
+    for size in main.get("sizes", sizes):
+        for arm in main.get("arms", arms):
+            for seed in seeds_of(main):
+                emit(ex.cell(size, arm, seed).raw, size, arm, tags.MAIN, {}, f"sweeps.main ({size}, {arm})")
+
+    # lr: each arm's base lr times factors, or absolute values, per size
+    if "lr" in sweeps:
+        sw = sweeps["lr"]
+        for size in sw.get("sizes", sizes):
+            grid = sw.get("per_size", {}).get(size, sw)
+            for arm in sw.get("arms", arms):
+                for seed in seeds_of(sw):
+                    cell = ex.cell(size, arm, seed)
+                    base = cell.resolved["optim"]["lr"]
+                    if "factors" in grid:
+                        points = [(_num(base * f), f) for f in _with_centre(grid["factors"])]
+                    else:
+                        points = [(_num(v), _num(v / base)) for v in grid["values"]]
+                    for lr, factor in points:
+                        raw = deep_merge(cell.raw, {"optim": {"lr": lr}})
+                        emit(raw, size, arm, tags.LR, tags.lr(lr, factor), f"sweeps.lr ({size}, {arm}, lr={lr})")
+
+    # ladder: one arm (the baseline) at several lengths, for the speedup fit
+    if "ladder" in sweeps:
+        sw = sweeps["ladder"]
+        arm = sw.get("arm", "baseline")
+        for size in sw.get("sizes", sizes):
+            for seed in seeds_of(sw):
+                cell = ex.cell(size, arm, seed)
+                base_steps = cell.resolved["train"]["steps"]
+                for f in _with_centre(sw["factors"]):
+                    steps = max(2, round(base_steps * f))
+                    raw = deep_merge(cell.raw, {"train": {"steps": steps}})
+                    emit(raw, size, arm, tags.LADDER, tags.ladder(f, steps), f"sweeps.ladder ({size}, x{f})")
+
+    # usweep: one multiplier at a time, the others at the arm's values
+    if "usweep" in sweeps:
+        sw = sweeps["usweep"]
+        arm = sw["arm"]
+        for size, factors in sw["factors"].items():
+            for seed in seeds_of(sw):
+                cell = ex.cell(size, arm, seed)
+                table = _table(cell.resolved)
+                for comp in _components(sw, table, "sweeps.usweep.components", size):
+                    for which in sw.get("which", ["start", "end"]):
+                        for f in _with_centre(factors):
+                            t = copy.deepcopy(table)
+                            t[comp][which] = _num(t[comp][which] * f)
+                            raw = deep_merge(cell.raw, {"schedule": {"multipliers": t}})
+                            emit(raw, size, arm, tags.USWEEP, tags.usweep(comp, which, f), f"sweeps.usweep ({size}, {comp}.{which} x{f})")
+
+    # removal: the arm with one component reset to (1, 1)
+    if "removal" in sweeps:
+        sw = sweeps["removal"]
+        arm = sw["arm"]
+        for size in sw.get("sizes", sizes):
+            for seed in seeds_of(sw):
+                cell = ex.cell(size, arm, seed)
+                table = _table(cell.resolved)
+                changed = {c: m for c, m in table.items() if (m["start"], m["end"]) != (1.0, 1.0)}
+                for comp in _components(sw, changed, "sweeps.removal.components", size, all_present=table):
+                    t = copy.deepcopy(table)
+                    t[comp] = {"start": 1.0, "end": 1.0}
+                    raw = deep_merge(cell.raw, {"schedule": {"multipliers": t}})
+                    emit(raw, size, arm, tags.REMOVAL, tags.removal(comp), f"sweeps.removal ({size}, {comp})")
+
+    # contribution: the `into` arm plus the source arm's values for one component
+    if "contribution" in sweeps:
+        sw = sweeps["contribution"]
+        src, into = sw["arm"], sw.get("into", "baseline")
+        for size in sw.get("sizes", sizes):
+            for seed in seeds_of(sw):
+                source = _table(ex.cell(size, src, seed).resolved)
+                cell = ex.cell(size, into, seed)
+                table = _table(cell.resolved)
+                changed = {c: m for c, m in source.items() if m != table.get(c)}
+                for comp in _components(sw, changed, "sweeps.contribution.components", size, all_present=table):
+                    t = copy.deepcopy(table)
+                    t[comp] = dict(source[comp])
+                    raw = deep_merge(cell.raw, {"schedule": {"multipliers": t}})
+                    emit(raw, size, into, tags.CONTRIBUTION, tags.contribution(comp, src), f"sweeps.contribution ({size}, {comp})")
+    return out
+
+
+def _components(sw: dict, default: dict, where: str, size: str, all_present: dict | None = None) -> list[str]:
+    """The components a sweep visits at one size: those in `default` unless
+    the sweep lists its own. A listed component the size's model lacks (an
+    MoE has no ffn, a dense model no router/experts) is skipped there, so one
+    list can serve dense and MoE sizes; a list matching nothing is an error."""
+    present = all_present if all_present is not None else default
+    if "components" not in sw:
+        return list(default)
+    listed = sw["components"]
+    unknown = [c for c in listed if c not in present]
+    if len(unknown) == len(listed):
+        raise ConfigError(where, f"none of {listed} has parameters at size {size!r}; components there: {', '.join(present)}")
+    return [c for c in listed if c in present]

@@ -1,0 +1,157 @@
+"""A study file, checked: the JSON Schema, then relations between fields.
+
+Checks happen in this order, all before anything is written: the JSON Schema
+(`workflow/schemas/study.schema.yaml`, the same file Snakemake's `validate()`
+reads), then relations between fields (a sweep naming a size or arm that does
+not exist, the tune block), then (in rlrs.study.expand) `rlrs.config.resolve()`
+on every expanded run config.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from rlrs import tunables
+from rlrs.config import load_file
+from rlrs.errors import ConfigError, check_schema
+from rlrs.paths import STUDY_SCHEMA
+
+
+def deep_merge(base: dict, over: dict | None) -> dict:
+    """`over` onto a copy of `base`: mappings merge, anything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict:
+    with open(STUDY_SCHEMA) as f:
+        return yaml.safe_load(f)
+
+
+def validate_schema(raw) -> None:
+    """Check a study against the JSON Schema; raise the most specific error."""
+    if not isinstance(raw, dict):
+        raise ConfigError("<study>", f"expected a mapping of study settings, got {type(raw).__name__}")
+    check_schema(raw, _schema(), "<study>")
+
+
+def check_study(raw: dict, default_name: str | None = None) -> dict:
+    """Schema + cross-field checks. Returns the study with its name filled."""
+    validate_schema(raw)
+    study = copy.deepcopy(raw)
+    if "study" not in study:
+        if not default_name:
+            raise ConfigError("study", "no study name: give `study:` or load the study from a file (name = file stem)")
+        study["study"] = default_name
+    _check_references(study)
+    return study
+
+
+def _check_references(study: dict) -> None:
+    sizes, arms = study["sizes"], study["arms"]
+    size_names, arm_names = ", ".join(sizes), ", ".join(arms)
+
+    def need_size(where: str, name: str) -> None:
+        if name not in sizes:
+            raise ConfigError(where, f"unknown size {name!r}; sizes of this study: {size_names}")
+
+    def need_arm(where: str, name: str) -> None:
+        if name not in arms:
+            raise ConfigError(where, f"unknown arm {name!r}; arms of this study: {arm_names}")
+
+    # Multipliers live in the arm tables only: one place says what an arm is.
+    blocks = [("defaults", study.get("defaults"))]
+    blocks += [(f"sizes.{n}.overrides", s.get("overrides")) for n, s in sizes.items()]
+    for n, a in arms.items():
+        blocks.append((f"arms.{n}.overrides", a.get("overrides")))
+        blocks += [(f"arms.{n}.{fam}.overrides", (a.get(fam) or {}).get("overrides")) for fam in ("dense", "moe")]
+        blocks += [(f"arms.{n}.per_size.{s}", p) for s, p in (a.get("per_size") or {}).items()]
+        for s in a.get("per_size") or {}:
+            need_size(f"arms.{n}.per_size.{s}", s)
+    for where, block in blocks:
+        if block and "multipliers" in (block.get("schedule") or {}):
+            raise ConfigError(f"{where}.schedule.multipliers", "set multipliers in an arm's `multipliers` table, not in a run-config block")
+        if block and "meta" in block:
+            raise ConfigError(f"{where}.meta", "meta is filled by the study; leave it out")
+
+    sweeps = study.get("sweeps") or {}
+    for name, sw in sweeps.items():
+        for i, s in enumerate(sw.get("sizes", [])):
+            need_size(f"sweeps.{name}.sizes[{i}]", s)
+        for i, a in enumerate(sw.get("arms", [])):
+            need_arm(f"sweeps.{name}.arms[{i}]", a)
+        if "arm" in sw:
+            need_arm(f"sweeps.{name}.arm", sw["arm"])
+    if "lr" in sweeps:
+        lr = sweeps["lr"]
+        for s in lr.get("per_size", {}):
+            need_size(f"sweeps.lr.per_size.{s}", s)
+        if "factors" in lr and "values" in lr:
+            raise ConfigError("sweeps.lr", "give exactly one of: factors, values")
+        uncovered = [s for s in lr.get("sizes", sizes) if s not in lr.get("per_size", {})]
+        if uncovered and "factors" not in lr and "values" not in lr:
+            raise ConfigError("sweeps.lr.factors", f"no lr grid for size(s) {', '.join(uncovered)}: give factors or values (or per_size)")
+    ladder_arm = sweeps.get("ladder", {}).get("arm", "baseline")
+    if "ladder" in sweeps:
+        need_arm("sweeps.ladder.arm", ladder_arm)
+    for s in sweeps.get("usweep", {}).get("factors", {}):
+        need_size(f"sweeps.usweep.factors.{s}", s)
+    if "into" in sweeps.get("removal", {}):
+        raise ConfigError("sweeps.removal.into", "only a contribution sweep has `into`; allowed keys: arm, sizes, components, seeds")
+    if "contribution" in sweeps:
+        need_arm("sweeps.contribution.into", sweeps["contribution"].get("into", "baseline"))
+    check_tune(study)
+
+
+def check_tune(study: dict) -> None:
+    """Cross-field checks of the tune block (the schema checked the types)."""
+    tune = study.get("tune")
+    if not tune:
+        return
+    sizes, arms = study["sizes"], study["arms"]
+    families: dict[str, str] = {}
+    for i, s in enumerate(tune["sizes"]):
+        if s not in sizes:
+            raise ConfigError(f"tune.sizes[{i}]", f"unknown size {s!r}; sizes of this study: {', '.join(sizes)}")
+        fam = size_family(study, s)
+        if fam in families:
+            raise ConfigError(f"tune.sizes[{i}]", f"{s!r} is a second {fam} size (after {families[fam]!r}); "
+                              "tune at one size per model family (dense, moe)")
+        families[fam] = s
+    for a in tune["arms"]:
+        if a not in arms:
+            raise ConfigError(f"tune.arms.{a}", f"unknown arm {a!r}; arms of this study: {', '.join(arms)}")
+    for i, p in enumerate(tune.get("parameters", [])):
+        if p not in tunables.PARAMETERS:
+            raise ConfigError(f"tune.parameters[{i}]", f"unknown parameter {p!r}; allowed: {', '.join(tunables.PARAMETERS)}")
+
+
+def load_study(path: Path) -> dict:
+    """Read, validate and cross-check a study file (name defaults to the file stem)."""
+    path = Path(path)
+    return check_study(load_file(path, "study"), default_name=path.stem)
+
+
+def size_raw(study: dict, size_name: str) -> dict:
+    """defaults < the size's shape < the size's overrides (no arm yet)."""
+    size = study["sizes"][size_name]
+    raw = copy.deepcopy(study.get("defaults") or {})
+    model = {k: size[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "moe") if k in size}
+    train = {k: size[k] for k in ("steps", "batch_size") if k in size}
+    raw = deep_merge(raw, {"model": model, "train": train})
+    return deep_merge(raw, size.get("overrides"))
+
+
+def size_family(study: dict, size_name: str) -> str:
+    """'moe' or 'dense': which of an arm's family blocks applies at this size."""
+    return "moe" if (size_raw(study, size_name).get("model") or {}).get("moe") else "dense"
