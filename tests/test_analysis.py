@@ -16,6 +16,8 @@ import pytest
 from scipy.interpolate import PchipInterpolator
 
 from rlrs import analysis
+from rlrs.analysis import curves as C
+from rlrs.analysis import stats
 from rlrs.errors import ConfigError
 
 from _analysis_fixtures import L, T, StudyDB, add_ladder, add_usweep
@@ -272,12 +274,12 @@ def test_ablation_signs(tmp_path):
 def test_first_reach_takes_the_first_crossing_of_a_non_monotone_curve():
     x = np.array([1.0, 2.0, 3.0, 4.0])
     y = np.array([3.0, 1.0, 2.0, 0.5])
-    assert analysis.first_reach(x, y, 2.0) == pytest.approx(1.5)
-    assert analysis.first_reach(x, y, 0.1) == math.inf
-    assert analysis.first_reach(x, y, 3.5) == -math.inf
-    assert analysis.first_reach(x, y, 3.0) == 1.0
+    assert stats.first_reach(x, y, 2.0) == pytest.approx(1.5)
+    assert stats.first_reach(x, y, 0.1) == math.inf
+    assert stats.first_reach(x, y, 3.5) == -math.inf
+    assert stats.first_reach(x, y, 3.0) == 1.0
     # PCHIP is monotone between points: the crossing stays in the same interval.
-    assert 1.0 < analysis.first_reach(x, y, 2.0, kind="pchip") < 2.0
+    assert 1.0 < stats.first_reach(x, y, 2.0, kind="pchip") < 2.0
 
 
 def test_batched_pchip_crossing_matches_scipys_own_root_finder():
@@ -287,7 +289,7 @@ def test_batched_pchip_crossing_matches_scipys_own_root_finder():
     x = np.log([500.0, 750.0, 1000.0, 1500.0, 2000.0])
     y = 3.0 - np.cumsum(rng.uniform(0.0, 0.3, (200, 5)), axis=1) + rng.normal(0, 0.03, (200, 5))
     level = rng.uniform(y.min(axis=1), y.max(axis=1))
-    got = analysis.first_reach(x, y, level, kind="pchip")
+    got = stats.first_reach(x, y, level, kind="pchip")
     for row, lv, g in zip(y, level, got):
         if row[0] < lv:
             assert g == -math.inf
@@ -305,14 +307,14 @@ def test_curves_are_downsampled_and_averaged_over_seeds(tmp_path):
     curves = view(con, "loss_curves")
     train = curves.filter(pl.col("train_loss").is_not_null())
     per_series = train.group_by("arm").len()
-    assert per_series["len"].max() <= analysis.MAX_POINTS_PER_SERIES
+    assert per_series["len"].max() <= C.MAX_POINTS_PER_SERIES
     assert set(train["n_runs"]) == {2}
     # Mean over the two seeds: the last bin's eval loss is the mean final loss.
     last_eval = curves.filter(pl.col("eval_loss").is_not_null() & (pl.col("step") == 2000))
     assert sorted(last_eval["eval_loss"]) == pytest.approx([2.05, 2.05])
     upd = view(con, "update_sizes")
-    assert upd.height <= analysis.ROW_BUDGET
-    assert analysis.points_per_series(10_000) == analysis.MIN_POINTS_PER_SERIES
+    assert upd.height <= C.ROW_BUDGET
+    assert C.points_per_series(10_000) == C.MIN_POINTS_PER_SERIES
 
 
 def test_schedules_frame_holds_the_applied_rates(tmp_path):

@@ -17,10 +17,16 @@ import torch
 from _data_fixtures import austen_corpus  # noqa: F401  (session fixture)
 
 from rlrs import data, rdata
+from rlrs.config import DEFAULTS
 from rlrs.cli import main as rlrs_main
 from rlrs.errors import ConfigError
 
 AUSTEN_BYTES = 4_025_034  # r-cran-janeaustenr 1.0.0-1 (Debian bookworm), decoded by rlrs
+
+
+def block(settings: dict) -> dict:
+    """A `data:` block as rlrs.config fills it (the data functions take the whole block)."""
+    return {**DEFAULTS["data"], **settings}
 
 
 @pytest.fixture
@@ -180,16 +186,16 @@ def test_fetch_is_real_and_reproducible(austen_corpus, data_home):
 
 def test_missing_or_damaged_austen_says_how_to_fetch(data_home):
     with pytest.raises(data.CorpusNotFoundError, match="rlrs corpus fetch"):
-        data.load_corpus({"corpus": "austen"})
+        data.load_corpus(block({"corpus": "austen"}))
     (data_home / "austen").mkdir(parents=True)
     (data_home / "austen" / "austen.txt").write_text("not the novels")
     (data_home / "austen" / "meta.json").write_text(json.dumps({"sha256": "0" * 64, "version": "x"}))
     with pytest.raises(data.CorpusNotFoundError, match="checksum"):
-        data.load_corpus({"corpus": "austen"})
+        data.load_corpus(block({"corpus": "austen"}))
 
 
 def test_austen_bytes_split_is_a_contiguous_holdout(austen_corpus):
-    c = data.load_corpus({"corpus": "austen", "val_fraction": 0.05})
+    c = data.load_corpus(block({"corpus": "austen", "val_fraction": 0.05}))
     raw = (austen_corpus / "austen.txt").read_bytes()
     assert c.name == "austen/bytes" and c.vocab_size == 256 and c.bytes_per_token == 1.0
     assert len(c.val) == int(AUSTEN_BYTES * 0.05) == 201_251
@@ -197,9 +203,9 @@ def test_austen_bytes_split_is_a_contiguous_holdout(austen_corpus):
     assert c.description["n_train_tokens"] == 3_823_783 and c.description["sha256"] == json.loads((austen_corpus / "meta.json").read_text())["sha256"]
     assert c.description["val_unigram_entropy_nats"] == pytest.approx(3.0733, abs=1e-4)
     data._load_corpus.cache_clear()
-    again = data.load_corpus({"corpus": "austen", "val_fraction": 0.05})
+    again = data.load_corpus(block({"corpus": "austen", "val_fraction": 0.05}))
     assert again is not c and torch.equal(again.val, c.val) and torch.equal(again.train, c.train)
-    assert data.load_corpus({"corpus": "austen", "val_fraction": 0.05}) is again  # memoized
+    assert data.load_corpus(block({"corpus": "austen", "val_fraction": 0.05})) is again  # memoized
 
 
 def test_cli_corpus_info(austen_corpus, capsys):
@@ -217,7 +223,7 @@ def test_cli_corpus_refuses_other_fetches(capsys):
 
 
 def test_train_batches_are_a_pure_function_of_seed_and_step(austen_corpus):
-    c = data.load_corpus({"corpus": "austen"})
+    c = data.load_corpus(block({"corpus": "austen"}))
     x, y = data.train_batch(c, 8, 64, seed=3, step=10)
     assert x.shape == y.shape == (8, 64) and x.dtype == y.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
@@ -232,7 +238,7 @@ def test_train_batches_are_a_pure_function_of_seed_and_step(austen_corpus):
 
 
 def test_eval_batches_are_fixed_non_overlapping_windows(austen_corpus):
-    c = data.load_corpus({"corpus": "austen"})
+    c = data.load_corpus(block({"corpus": "austen"}))
     batches = data.eval_batches(c, seq_len=127, eval_tokens=65536, batch_size=100)
     assert [x.shape[0] for x, _ in batches] == [100, 100, 100, 100, 100, 12]  # 65536 // 128 = 512 windows
     windows = torch.cat([torch.cat([x, y[:, -1:]], 1) for x, y in batches])
@@ -243,9 +249,9 @@ def test_eval_batches_are_fixed_non_overlapping_windows(austen_corpus):
 
 def test_eval_tokens_must_fit_the_validation_split(austen_corpus):
     with pytest.raises(ConfigError, match="201251 validation tokens") as err:
-        data.load_corpus({"corpus": "austen", "eval_tokens": 300_000})
+        data.load_corpus(block({"corpus": "austen", "eval_tokens": 300_000}))
     assert err.value.field == "data.eval_tokens"
-    c = data.load_corpus({"corpus": "austen"})
+    c = data.load_corpus(block({"corpus": "austen"}))
     with pytest.raises(ConfigError) as err:
         data.eval_batches(c, seq_len=128, eval_tokens=100, batch_size=4)  # not one window of 129
     assert err.value.field == "data.eval_tokens"
@@ -254,7 +260,7 @@ def test_eval_tokens_must_fit_the_validation_split(austen_corpus):
 def test_train_batch_speed(austen_corpus):
     import time
 
-    c = data.load_corpus({"corpus": "austen"})
+    c = data.load_corpus(block({"corpus": "austen"}))
     t = time.perf_counter()
     for step in range(200):
         data.train_batch(c, 16, 128, seed=0, step=step)
@@ -272,7 +278,7 @@ def test_text_directory_is_joined_in_sorted_path_order(tmp_path):
     (corpus / "sub" / "c.rst").write_text("charlie ünïcode")
     (corpus / "skip.py").write_text("print('not text')\n")
     cfg = {"corpus": f"text:{corpus}", "val_fraction": 0.25, "eval_tokens": 4}
-    c = data.load_corpus(cfg)
+    c = data.load_corpus(block(cfg))
     joined = "alpha\n\nbravo\n\ncharlie ünïcode\n".encode()
     assert bytes(c.train.numpy()) + bytes(c.val.numpy()) == joined
     assert len(c.val) == int(len(joined) * 0.25) == 8
@@ -282,14 +288,14 @@ def test_text_directory_is_joined_in_sorted_path_order(tmp_path):
 def test_text_split_never_cuts_a_character(tmp_path):
     path = tmp_path / "one.txt"
     path.write_text("ééééé")  # 10 bytes + "\n": holding out int(11 * 0.2) = 2 bytes would split the last é
-    c = data.load_corpus({"corpus": f"text:{path}", "val_fraction": 0.2, "eval_tokens": 1})
+    c = data.load_corpus(block({"corpus": f"text:{path}", "val_fraction": 0.2, "eval_tokens": 1}))
     assert bytes(c.val.numpy()).decode() == "é\n" and bytes(c.train.numpy()).decode() == "éééé"
 
 
 def test_text_must_be_utf8(tmp_path):
     (tmp_path / "latin.txt").write_bytes(b"caf\xe9\n")
     with pytest.raises(ConfigError, match="not UTF-8") as err:
-        data.load_corpus({"corpus": f"text:{tmp_path / 'latin.txt'}", "eval_tokens": 1})
+        data.load_corpus(block({"corpus": f"text:{tmp_path / 'latin.txt'}", "eval_tokens": 1}))
     assert err.value.field == "data.corpus"
 
 
@@ -299,8 +305,8 @@ def test_token_files(tmp_path, suffix):
     path = tmp_path / f"ids{suffix}"
     np.save(path, ids) if suffix == ".npy" else ids.tofile(path)
     cfg = {"corpus": f"tokens:{path}", "val_fraction": 0.1, "eval_tokens": 100}
-    assert data.vocab_size_for(cfg) == int(ids.max()) + 1 == 1200
-    c = data.load_corpus(cfg)
+    assert data.vocab_size_for(block(cfg)) == int(ids.max()) + 1 == 1200
+    c = data.load_corpus(block(cfg))
     assert c.vocab_size == 1200 and c.name == f"tokens:ids{suffix}"
     assert c.val.tolist() == ids[900:].tolist() and c.train.tolist() == ids[:900].tolist()
     x, y = data.train_batch(c, 4, 16, seed=0, step=0)
@@ -312,9 +318,9 @@ def test_token_files_are_checked(tmp_path):
     np.save(tmp_path / "flat.npy", np.zeros((2, 2), dtype=np.int32))
     for name, message in (("neg.npy", "negative"), ("flat.npy", "1-D")):
         with pytest.raises(ConfigError, match=message):
-            data.vocab_size_for({"corpus": f"tokens:{tmp_path / name}"})
+            data.vocab_size_for(block({"corpus": f"tokens:{tmp_path / name}"}))
     with pytest.raises(ConfigError) as err:
-        data.validate_data_config({"corpus": f"tokens:{tmp_path / 'neg.npy'}", "tokenizer": "bpe"})
+        data.validate_data_config(block({"corpus": f"tokens:{tmp_path / 'neg.npy'}", "tokenizer": "bpe"}))
     assert err.value.field == "data.tokenizer"
 
 
@@ -326,9 +332,9 @@ def test_bpe_round_trips_and_is_cached(austen_corpus, data_home, tmp_path, capfd
     text = text[: text.rindex(b"\n") + 1]  # whole lines: the file is then the corpus byte for byte
     (tmp_path / "austen-part.txt").write_bytes(text)
     cfg = {"corpus": f"text:{tmp_path / 'austen-part.txt'}", "tokenizer": "bpe", "bpe_vocab_size": 600, "eval_tokens": 1000}
-    c = data.load_corpus(cfg)
+    c = data.load_corpus(block(cfg))
     assert "trained a 600-token BPE" in capfd.readouterr().err
-    assert c.vocab_size == data.vocab_size_for(cfg) == 600 and c.name == "text:austen-part.txt/bpe600"
+    assert c.vocab_size == data.vocab_size_for(block(cfg)) == 600 and c.name == "text:austen-part.txt/bpe600"
     assert int(c.train.max()) < 600 and 2.0 < c.bytes_per_token < 4.0
     (cached,) = (data_home / "bpe").glob("*.json")
     from tokenizers import Tokenizer
@@ -340,11 +346,11 @@ def test_bpe_round_trips_and_is_cached(austen_corpus, data_home, tmp_path, capfd
     # A second process-level load reuses the file rather than training again.
     mtime = cached.stat().st_mtime_ns
     data._load_corpus.cache_clear()
-    again = data.load_corpus(cfg)
+    again = data.load_corpus(block(cfg))
     assert "trained" not in capfd.readouterr().err and cached.stat().st_mtime_ns == mtime
     assert torch.equal(again.train, c.train) and torch.equal(again.val, c.val)
     # The key is (training text, vocabulary): another size is another tokenizer.
-    data.load_corpus({**cfg, "bpe_vocab_size": 700})
+    data.load_corpus(block({**cfg, "bpe_vocab_size": 700}))
     assert len(list((data_home / "bpe").glob("*.json"))) == 2
 
 
@@ -352,8 +358,8 @@ def test_bpe_round_trips_and_is_cached(austen_corpus, data_home, tmp_path, capfd
 
 
 def test_vocab_size_for():
-    assert data.vocab_size_for({"corpus": "austen", "tokenizer": "bytes"}) == 256
-    assert data.vocab_size_for({"corpus": "austen", "tokenizer": "bpe", "bpe_vocab_size": 4096}) == 4096
+    assert data.vocab_size_for(block({"corpus": "austen", "tokenizer": "bytes"})) == 256
+    assert data.vocab_size_for(block({"corpus": "austen", "tokenizer": "bpe", "bpe_vocab_size": 4096})) == 4096
 
 
 @pytest.mark.parametrize(
@@ -376,7 +382,7 @@ def test_vocab_size_for():
 )
 def test_bad_settings_name_the_field(setting, field, allowed):
     with pytest.raises(ConfigError) as err:
-        data.validate_data_config(setting)
+        data.validate_data_config(block(setting))
     assert err.value.field == field and allowed in str(err.value)
     with pytest.raises(ConfigError):  # and nothing is loaded first
-        data.load_corpus(setting)
+        data.load_corpus(block(setting))

@@ -15,7 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlrs import db
+from rlrs.db import schema
+from rlrs.components import COMPONENTS, SCHEDULED
 from rlrs.schedule import lr_at
+from tests._cli_fixtures import cli_collect, cli_query
 from tests._db_fixtures import (
     clone_run_dir,
     corrupt_data_page,
@@ -82,8 +85,8 @@ def test_tables_views_and_contract_columns(db_path):
     }
     assert {"run_id", "arm", "size", "seed", "steps", "status", "final_eval_loss", "params_nonembedding"} <= cols["runs"]
     assert {"run_id", "step", "train_loss", "eval_loss"} <= cols["metrics"]
-    assert {f"mult_{c}_{e}" for c in db.SCHEDULED for e in ("start", "end")} <= cols["runs"]
-    assert {f"{k}_{c}" for c in db.COMPONENTS for k in ("lr", "update")} <= cols["metrics"]
+    assert {f"mult_{c}_{e}" for c in SCHEDULED for e in ("start", "end")} <= cols["runs"]
+    assert {f"{k}_{c}" for c in COMPONENTS for k in ("lr", "update")} <= cols["metrics"]
     assert cols["component_metrics"] == {"run_id", "step", "component", "lr", "update_size"}
     assert cols["eval_curves"] == {"run_id", "step", "tokens", "eval_loss"}
     assert {"study", "run_id", "size", "arm", "sweep", "final_eval_loss", "train_loss_last100", "status", "lr",
@@ -95,10 +98,10 @@ def test_tables_views_and_contract_columns(db_path):
 
 
 def test_docstring_documents_every_table_column_and_view(db_path):
-    doc = db.__doc__
+    doc = schema.__doc__
     names = rows(db_path, "SELECT table_name, column_name FROM information_schema.columns "
                           "WHERE table_schema = 'main' AND table_name NOT LIKE 'analysis%'")
-    comp = "|".join(db.COMPONENTS)
+    comp = "|".join(COMPONENTS)
     missing = []
     for table, column in names:
         generic = re.sub(rf"^(lr|update)_({comp})$", r"\1_<c>", column)
@@ -108,11 +111,6 @@ def test_docstring_documents_every_table_column_and_view(db_path):
                 missing.append(f"{table}.{column}" if name == generic else table)
     assert missing == []
 
-
-def test_component_names_match_the_model_package():
-    from rlrs.components import COMPONENTS
-
-    assert db.COMPONENTS == COMPONENTS
 
 
 # ----------------------------------------------------------------- values
@@ -217,7 +215,7 @@ def test_corrupt_dirs_are_skipped_by_name_and_their_rows_kept(db_path, four_runs
     t = pq.read_table(dup / "metrics.parquet")
     pq.write_table(pa.concat_tables([t, t.slice(5, 1)]), dup / "metrics.parquet")
 
-    code = db.cli_collect(db_path, [*four_runs, e, no_loss, bad_page, dup], study="demo")
+    code = cli_collect(db_path, [*four_runs, e, no_loss, bad_page, dup], study="demo")
     err = capsys.readouterr().err
     assert code == 0
     expected = {
@@ -315,19 +313,19 @@ def test_one_run_in_two_sweeps_gives_two_final_loss_rows(tmp_path, four_runs):
 def test_bad_plan_is_refused_before_any_work(tmp_path, four_runs, capsys, runs, message):
     plan = write_plan(tmp_path / "plan.json", "demo", runs)
     path = tmp_path / "out" / "rlrs.duckdb"
-    assert db.cli_collect(path, four_runs, plan=plan) == 2
+    assert cli_collect(path, four_runs, plan=plan) == 2
     assert capsys.readouterr().err == f"rlrs collect: error: {plan}: {message}\n"
     assert not path.parent.exists()
 
 
 def test_collect_input_errors(tmp_path, four_runs, capsys):
     path = tmp_path / "x.duckdb"
-    assert db.cli_collect(path, [tmp_path / "nope"]) == 2
+    assert cli_collect(path, [tmp_path / "nope"]) == 2
     assert capsys.readouterr().err == f"rlrs collect: error: run directory not found: {tmp_path / 'nope'}\n"
-    assert db.cli_collect(path, []) == 2
+    assert cli_collect(path, []) == 2
     assert "nothing to collect" in capsys.readouterr().err
     plan = write_plan(tmp_path / "plan.json", "demo", [])
-    assert db.cli_collect(path, four_runs, study="other", plan=plan) == 2
+    assert cli_collect(path, four_runs, study="other", plan=plan) == 2
     assert capsys.readouterr().err == "rlrs collect: error: --study 'other' does not match the plan's study 'demo'\n"
     assert not path.exists()
 
@@ -360,7 +358,7 @@ def test_other_schema_versions_are_refused(db_path, four_runs, capsys):
     con.execute("UPDATE schema_version SET version = 99")
     con.close()
     digest = sha(db_path)
-    assert db.cli_collect(db_path, four_runs) == 2
+    assert cli_collect(db_path, four_runs) == 2
     assert capsys.readouterr().err == (
         f"rlrs collect: error: {db_path} has schema version 99, newer than the {db.SCHEMA_VERSION} this rlrs "
         "writes: upgrade rlrs, or collect into a new --db\n")
@@ -393,7 +391,7 @@ def test_connect_read_write_creates_the_schema(tmp_path):
 ])
 def test_query_refuses_writes(db_path, capsys, sql):
     before, digest = snapshot(db_path), sha(db_path)
-    assert db.cli_query(sql, db=db_path) == 2
+    assert cli_query(sql, db=db_path) == 2
     out = capsys.readouterr()
     assert out.out == ""
     assert out.err.startswith(f"rlrs query: error: refused: {db_path} is opened read-only; only `rlrs collect` writes it")
@@ -403,24 +401,24 @@ def test_query_refuses_writes(db_path, capsys, sql):
 
 def test_query_prints_table_csv_and_json(db_path, capsys):
     sql = "SELECT run_id, arm, steps_done, final_eval_loss FROM runs ORDER BY run_id LIMIT 2"
-    assert db.cli_query(sql, db=db_path, fmt="csv") == 0
+    assert cli_query(sql, db=db_path, fmt="csv") == 0
     assert capsys.readouterr().out == (
         "run_id,arm,steps_done,final_eval_loss\n"
         f"{A},baseline,100,{loss_at(99) + 0.1!r}\n{B},rlrs,100,{loss_at(99, -0.25) + 0.1!r}\n")
-    assert db.cli_query(sql, db=db_path, fmt="json") == 0
+    assert cli_query(sql, db=db_path, fmt="json") == 0
     assert json.loads(capsys.readouterr().out) == [
         {"run_id": A, "arm": "baseline", "steps_done": 100, "final_eval_loss": loss_at(99) + 0.1},
         {"run_id": B, "arm": "rlrs", "steps_done": 100, "final_eval_loss": loss_at(99, -0.25) + 0.1}]
-    assert db.cli_query("SELECT run_id, step FROM metrics ORDER BY 1, 2", db=db_path) == 0
+    assert cli_query("SELECT run_id, step FROM metrics ORDER BY 1, 2", db=db_path) == 0
     table = capsys.readouterr().out
     assert table.count(A) == 100 and table.count(C) == 30  # every row, not a preview
 
 
 def test_query_errors_are_one_line(db_path, tmp_path, capsys):
-    assert db.cli_query("SELECT 1", db=tmp_path / "none.duckdb") == 2
+    assert cli_query("SELECT 1", db=tmp_path / "none.duckdb") == 2
     assert capsys.readouterr().err == (
         f"rlrs query: error: no database at {tmp_path / 'none.duckdb'} (run `rlrs collect` first, or pass --db)\n")
-    assert db.cli_query("SELECT * FROM nope", db=db_path) == 2
+    assert cli_query("SELECT * FROM nope", db=db_path) == 2
     assert capsys.readouterr().err.startswith("rlrs query: error: query failed: Catalog Error: Table with name nope")
     frame = db.read_frame(db_path, "SELECT count(*) AS n FROM runs WHERE status = ?", ["completed"])
     assert frame.to_dicts() == [{"n": 2}]

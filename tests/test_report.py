@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from rlrs import analysis, report
+from rlrs.analysis import members, tables
+from rlrs.db import connect as db_connect
 from rlrs.cli import main as rlrs_main
 
 from _analysis_fixtures import L, T, StudyDB, add_ladder, add_usweep, large_study
@@ -79,9 +81,12 @@ def test_report_writes_one_page_and_every_figure(built):
 
 
 def test_headline_states_the_speedup_with_its_interval(built):
-    con = analysis_con(built["db"])
-    sp = con.sql("SELECT * FROM speedup WHERE size = 's2' AND definition = 'ladder'").pl().row(0, named=True)
-    con.close()
+    con = db_connect(built["db"])  # the report's own numbers: computed in memory, read-only
+    try:
+        frame = analysis.compute(con, "demo")["speedup"]
+    finally:
+        con.close()
+    sp = frame.filter((frame["size"] == "s2") & (frame["definition"] == "ladder")).row(0, named=True)
     assert sp["speedup"] == pytest.approx(0.30, abs=0.005)
     lo, hi = sp["saved_ci_low"], sp["saved_ci_high"]
     expected = (
@@ -89,22 +94,6 @@ def test_headline_states_the_speedup_with_its_interval(built):
         f"(the baseline needs 30% more; 95% CI {lo * 100:.0f}% fewer to {hi * 100:.0f}% fewer, 3 seeds; ladder definition)."
     )
     assert expected in built["html"]
-
-
-def analysis_con(path):
-    import duckdb
-
-    return duckdb.connect(str(path), read_only=True)
-
-
-def test_report_materialized_the_analysis_views_for_later_queries(built):
-    # `rlrs collect` may not have run the hook: the report adds the views once.
-    con = analysis_con(built["db"])
-    try:
-        n = con.execute("SELECT count(*) FROM speedup").fetchall()[0][0]
-    finally:
-        con.close()
-    assert n == 4  # 2 sizes x 1 arm x 2 definitions
 
 
 def test_failed_diverged_and_missing_runs_are_listed(built):
@@ -147,6 +136,22 @@ def test_bad_input_is_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_the_report_only_reads_the_database(tmp_path):
+    """One writer (rlrs collect): a database whose analysis views were never
+    materialized is reported from in-memory frames and left byte-identical."""
+    path = full_study().write(tmp_path / "r.duckdb")
+    before, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    assert rlrs_main(["report", "demo", "--db", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert path.read_bytes() == before and path.stat().st_mtime_ns == mtime
+    assert not (tmp_path / "r.duckdb.wal").exists()
+    con = db_connect(path)
+    try:
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    finally:
+        con.close()
+    assert "speedup" not in views  # nothing was written behind the user's back
+
+
 XSS = "<script>alert(1)</script>"
 XSS_ARM = "</script><img src=x onerror=alert(2)>"
 
@@ -154,13 +159,13 @@ XSS_ARM = "</script><img src=x onerror=alert(2)>"
 def test_strings_from_study_files_are_escaped(tmp_path):
     db = full_study(study=XSS, arm=XSS_ARM)
     path = db.write(tmp_path / "x.duckdb")
-    con = report._open(path)
+    con = db_connect(path)
     try:
         frames = analysis.compute(con, XSS)
-        members = analysis.load_members(con, XSS)
-        extra = {"db_path": str(path), "sizes": analysis.sizes_table(con, XSS),
-                 "multipliers": analysis.arm_multipliers(con, members),
-                 "problems": analysis.problem_runs(con, members), "provenance": analysis.provenance(con, XSS)}
+        runs = members.load_members(con, XSS)
+        extra = {"db_path": str(path), "sizes": tables.sizes_table(con, XSS),
+                 "multipliers": tables.arm_multipliers(con, runs),
+                 "problems": tables.problem_runs(con, runs), "provenance": tables.provenance(con, XSS)}
     finally:
         con.close()
     html = report.build_page(XSS, frames, extra, "/* bundle */").html

@@ -16,17 +16,17 @@ import pytest
 import yaml
 
 from rlrs.errors import ConfigError
+from rlrs.rundir import run_state
 from rlrs.study import (
     check_study,
-    cli_plan,
-    cli_status,
     expand,
+    load_plan,
     load_study,
     make_plan,
-    read_plan,
-    run_state,
     write_plan,
 )
+
+from _cli_fixtures import cli_plan, cli_status, cli_submit
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "workflow" / "configs"
@@ -294,12 +294,12 @@ def test_study_cpu_transfers_to_8x_and_27x():
 def test_plan_json_is_atomic_and_matches_the_db_contract(tmp_path):
     from jsonschema import validate
 
-    from rlrs.db import PLAN_SCHEMA
+    from rlrs.study.plan import PLAN_SCHEMA
 
     plan = make_plan(check_study(small_study()))
     path = tmp_path / "results" / "unit" / "plan.json"
     write_plan(plan, path)
-    doc = read_plan(path)
+    doc = load_plan(path)
     validate(doc, PLAN_SCHEMA)
     assert set(doc) >= {"study", "study_file", "study_sha256", "study_config", "runs"}
     assert all(set(r) == {"run_id", "size", "arm", "sweep", "tags"} for r in doc["runs"])
@@ -347,7 +347,8 @@ def test_status_reports_each_state(tmp_path, monkeypatch, capsys):
 def test_executors_are_explicit_with_time_limits(tmp_path):
     import submitit
 
-    from rlrs.launch import make_executor, slurm_parameters
+    from rlrs.executor import slurm_parameters
+    from rlrs.launch import make_executor
 
     local = make_executor("local", tmp_path / "l", {"timeout_min": 7})
     assert type(local) is submitit.LocalExecutor and local.parameters["timeout_min"] == 7
@@ -379,8 +380,6 @@ def test_train_job_checkpoint_resubmits_itself():
 
 
 def test_submit_refuses_unplanned_run_dir(tmp_path, capsys):
-    from rlrs.launch import cli_submit
-
     plan = make_plan(check_study(small_study()))
     write_plan(plan, tmp_path / "unit" / "plan.json")
     bad = tmp_path / "unit" / "runs" / "0123456789ab"

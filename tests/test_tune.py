@@ -24,7 +24,11 @@ import yaml
 
 from rlrs import tune as T
 from rlrs.errors import ConfigError
-from rlrs.study import check_study, cli_plan, load_study, make_plan, tuned_plan, write_plan
+from rlrs.study import check_study, load_study, make_plan, tuned_plan, write_plan
+from rlrs.study import searches as S
+from rlrs.tunables import rounded
+
+from _cli_fixtures import cli_collect, cli_plan, cli_status
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "workflow" / "configs"
@@ -95,7 +99,7 @@ def batches(trajectory: list[dict]) -> list[list[dict]]:
 @pytest.mark.parametrize("arm", ["baseline", "rlrs"])
 def test_search_follows_the_greedy_rule(full, arm):
     doc = full["docs"][arm]
-    search = next(s for s in T.searches(check_study(tiny())) if s.arm == arm)
+    search = next(s for s in S.searches(check_study(tiny())) if s.arm == arm)
     runs = full["root"] / "runs"
     assert doc["status"] == "done" and doc["digest"] == search.digest()
     assert search.parameters == (["lr", "init_scale"] if arm == "baseline"
@@ -108,7 +112,7 @@ def test_search_follows_the_greedy_rule(full, arm):
         p, name = batch[0]["pass"], batch[0]["parameter"]
         visits.append((p, name))
         assert [r["factor"] for r in batch] == search.factors  # all four factors, in parallel
-        assert [r["value"] for r in batch] == [T.rounded(current[name] * f) for f in search.factors]
+        assert [r["value"] for r in batch] == [rounded(current[name] * f) for f in search.factors]
         for r in batch:  # every score is the run's own summary.json field
             summary = json.loads((runs / r["run_id"] / "summary.json").read_text())
             assert r["score"] == summary["train_loss_last100"]
@@ -230,8 +234,6 @@ def test_only_one_search_per_study_at_a_time(tmp_path, monkeypatch):
 
 
 def test_trajectory_and_tuned_settings_land_in_duckdb(full, tmp_path, monkeypatch):
-    from rlrs.db import cli_collect
-
     monkeypatch.setenv("RLRS_RESULTS", str(full["root"].parent))
     study = check_study(tiny())
     plan = tuned_plan(study)
@@ -292,8 +294,6 @@ def test_transfer_applies_the_tuned_settings_at_every_size(full, tmp_path, monke
 
 
 def test_status_says_which_sizes_wait_for_tuning(full, tmp_path, monkeypatch, capsys):
-    from rlrs.study import cli_status
-
     path = tmp_path / "tinytune.yaml"
     path.write_text(yaml.safe_dump(tiny()))
     monkeypatch.setenv("RLRS_RESULTS", str(tmp_path))
@@ -350,10 +350,10 @@ def test_study_cpu_tunes_each_family_at_its_smallest_size():
     from rlrs.model import param_counts
 
     study = load_study(CONFIGS / "study-cpu.yaml")
-    found = {(s.size, s.arm, s.space, len(s.parameters)) for s in T.searches(study)}
+    found = {(s.size, s.arm, s.space, len(s.parameters)) for s in S.searches(study)}
     assert found == {("dense-s", "baseline", "global", 4), ("dense-s", "rlrs", "relative", 12),
                      ("moe-s", "baseline", "global", 4), ("moe-s", "rlrs", "relative", 14)}
-    plan = make_plan(study, tune_state=T.load_state(study, root=Path("/nonexistent"), assume_done=True))
+    plan = make_plan(study, tune_state=S.load_state(study, root=Path("/nonexistent"), assume_done=True))
     main = [c for c in plan.configs.values() if c["meta"]["sweep"] == "main"]
     assert {c["seed"] for c in main} == {0, 1, 2}
     ladder = {c["meta"]["size"] for c in plan.configs.values() if c["meta"]["sweep"] == "ladder"}

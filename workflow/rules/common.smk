@@ -5,27 +5,28 @@
 from pathlib import Path
 
 import rlrs.study
-import rlrs.tune
+import rlrs.executor
+import rlrs.paths
 
 DEFAULT_STUDY = Path(workflow.basedir) / "workflow" / "configs" / "demo.yaml"
 # With a tune block, the plan as things stand at parse time: the tuned
 # settings of the searches already finished (rlrs.study.tuned_plan).
 PLAN = rlrs.study.plan_for_snakemake(config, configfiles=workflow.overwrite_configfiles, default_file=DEFAULT_STUDY)
 STUDY = PLAN.name
-RESULTS = str(rlrs.study.results_dir(STUDY))
+RESULTS = str(rlrs.paths.results_dir(STUDY))
 RUNS = f"{RESULTS}/runs"
 PLAN_JSON = f"{RESULTS}/plan.json"
 DB = f"{RESULTS}/rlrs.duckdb"
-REPORT = f"{rlrs.study.reports_dir(STUDY)}/index.html"
+REPORT = f"{rlrs.paths.reports_dir(STUDY)}/index.html"
 BATCHES = f"{RESULTS}/batches"
 # executor.runs_per_job > 1: runs are trained in batches, one job each (train.smk).
-RUNS_PER_JOB = rlrs.study.executor_settings(PLAN.study_config)["runs_per_job"]
+RUNS_PER_JOB = rlrs.executor.executor_settings(PLAN.study_config)["runs_per_job"]
 RUN_IDS = PLAN.run_ids
 SUMMARIES = [f"{RUNS}/{run_id}/summary.json" for run_id in RUN_IDS]
 STUDY_FILE = PLAN.study_file
 # The results of the study's searches (none without a tune block): the
 # outputs of the `tune` checkpoint (workflow/rules/tune.smk).
-TUNE_RESULTS = rlrs.tune.result_paths(PLAN.study_config)
+TUNE_RESULTS = rlrs.study.result_paths(PLAN.study_config)
 
 wildcard_constraints:
     run_id="[0-9a-f]{12}",

@@ -12,7 +12,7 @@ if TUNE_RESULTS:
         output:
             TUNE_RESULTS,
         params:
-            digest=rlrs.tune.tune_digest(PLAN.study_config),
+            digest=rlrs.study.tune_digest(PLAN.study_config),
         threads: workflow.cores
         localrule: True
         shell:
