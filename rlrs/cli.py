@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from rlrs import config as run_config
-from rlrs import paths, rundir
+from rlrs import data, paths, rundir
 from rlrs.errors import ConfigError
 from rlrs.executor import KINDS, executor_settings
 from rlrs.study.plan import tuned_plan
@@ -46,7 +46,6 @@ def _error(command: str, message) -> int:
 def cmd_train(a) -> int:
     """`rlrs train CONFIG --out RUN_DIR [--threads N]`: train, resume or skip one run."""
     from rlrs import train
-    from rlrs.data import CorpusNotFoundError
 
     try:
         raw = run_config.load(a.config)
@@ -56,7 +55,7 @@ def cmd_train(a) -> int:
     except ConfigError as e:
         print(f"rlrs train: bad config: {e}", file=sys.stderr)
         return train.EXIT_BAD_CONFIG
-    except CorpusNotFoundError as e:
+    except data.CorpusNotFoundError as e:
         print(f"rlrs train: {e}", file=sys.stderr)
         return train.EXIT_FAILED
     if s["status"] == "completed":
@@ -69,8 +68,6 @@ def cmd_train(a) -> int:
 
 def cmd_corpus(a) -> int:
     """`rlrs corpus fetch|info [--corpus SPEC]`."""
-    from rlrs import data
-
     if a.action == "fetch":
         if a.corpus != "austen":
             print(f"rlrs corpus fetch: only 'austen' is fetched; {a.corpus!r} is read where it lies", file=sys.stderr)

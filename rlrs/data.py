@@ -28,7 +28,6 @@ import fcntl
 import functools
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -210,7 +209,8 @@ def bpe_tokenizer(train_raw: bytes, vocab_size: int):
     """The byte-level BPE for this training text, trained once and cached on disk
     under a key of (training-text sha256, vocabulary size); a file lock makes
     concurrent workers of one study train it once and all use the same file."""
-    from tokenizers import Tokenizer, __version__ as tokenizers_version
+    from tokenizers import Tokenizer
+    from tokenizers import __version__ as tokenizers_version
 
     key = hashlib.sha256(f"{hashlib.sha256(train_raw).hexdigest()}:{vocab_size}".encode()).hexdigest()[:16]
     path = data_dir() / "bpe" / f"{key}-v{vocab_size}.json"

@@ -3,6 +3,8 @@ translation of JSON Schema errors (run configs, study files) into them."""
 
 from __future__ import annotations
 
+from jsonschema import Draft202012Validator
+
 
 class ConfigError(ValueError):
     """A bad setting, named by its field path, raised before any work starts."""
@@ -15,8 +17,6 @@ class ConfigError(ValueError):
 def check_schema(instance, schema: dict, root: str) -> None:
     """Validate with jsonschema; raise the most specific error as a ConfigError
     naming the field (`root` for the top level) and what is allowed there."""
-    from jsonschema import Draft202012Validator
-
     errors = list(Draft202012Validator(schema).iter_errors(instance))
     if errors:
         # The deepest error says the most: one inside sizes.s1 beats one about sizes.

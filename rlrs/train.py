@@ -25,11 +25,11 @@ import torch
 
 import rlrs
 from rlrs import atomic
-from rlrs.rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, TERMINAL
 from rlrs.components import component_of_parameters
 from rlrs.config import ConfigError, resolve, run_id
 from rlrs.data import eval_batches, load_corpus, train_batch
 from rlrs.model import GPT, ModelConfig, param_counts
+from rlrs.rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, TERMINAL
 from rlrs.schedule import component_table
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3

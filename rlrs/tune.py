@@ -48,7 +48,7 @@ from rlrs import atomic, paths, rundir, tags
 from rlrs.errors import ConfigError
 from rlrs.executor import executor_settings
 from rlrs.launch import submit
-from rlrs.study.searches import Search, read_result, searches
+from rlrs.study.searches import RESULT_VERSION, Search, read_result, searches
 from rlrs.tunables import rounded
 
 

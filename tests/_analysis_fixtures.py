@@ -20,7 +20,6 @@ from pathlib import Path
 import polars as pl
 
 from rlrs import db
-
 from rlrs.schedule import lr_at
 
 DENSE = ("embedding", "attention", "ffn", "head", "norm")

@@ -20,8 +20,7 @@ from rlrs.analysis import curves as C
 from rlrs.analysis import stats
 from rlrs.errors import ConfigError
 
-from _analysis_fixtures import L, T, StudyDB, add_ladder, add_usweep
-
+from _analysis_fixtures import L, StudyDB, T, add_ladder, add_usweep
 
 
 def materialized(db: StudyDB, tmp_path, name: str = "rlrs.duckdb") -> duckdb.DuckDBPyConnection:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlrs.components import COMPONENTS, component_of_parameters, named_components
-from rlrs.model import GPT, MoEConfig, ModelConfig, param_counts
+from rlrs.model import GPT, ModelConfig, MoEConfig, param_counts
 
 
 def _models():

@@ -14,12 +14,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from _data_fixtures import austen_corpus  # noqa: F401  (session fixture)
 
 from rlrs import data, rdata
-from rlrs.config import DEFAULTS
 from rlrs.cli import main as rlrs_main
+from rlrs.config import DEFAULTS
 from rlrs.errors import ConfigError
+
+from _data_fixtures import austen_corpus  # noqa: F401  (session fixture)
 
 AUSTEN_BYTES = 4_025_034  # r-cran-janeaustenr 1.0.0-1 (Debian bookworm), decoded by rlrs
 

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlrs import db
-from rlrs.db import schema
 from rlrs.components import COMPONENTS, SCHEDULED
+from rlrs.db import schema
 from rlrs.schedule import lr_at
 from tests._cli_fixtures import cli_collect, cli_query
 from tests._db_fixtures import (

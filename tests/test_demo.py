@@ -8,7 +8,6 @@ import json
 
 import duckdb
 import pytest
-
 from test_report import ARTIFACTS, headless, rendered_status
 from test_workflow import job_counts, snakemake
 

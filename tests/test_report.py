@@ -15,10 +15,10 @@ import pytest
 
 from rlrs import analysis, report
 from rlrs.analysis import members, tables
-from rlrs.db import connect as db_connect
 from rlrs.cli import main as rlrs_main
+from rlrs.db import connect as db_connect
 
-from _analysis_fixtures import L, T, StudyDB, add_ladder, add_usweep, large_study
+from _analysis_fixtures import L, StudyDB, T, add_ladder, add_usweep, large_study
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"

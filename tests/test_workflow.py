@@ -176,8 +176,9 @@ def test_failed_run_names_its_log_and_is_redone_alone(tmp_path):
 
 
 def test_diverged_run_is_a_result_not_a_failure(tmp_path):
-    from _cli_fixtures import cli_submit
     from rlrs.study import check_study, write_plan
+
+    from _cli_fixtures import cli_submit
 
     study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
     study.update(study="div", sweeps={"main": {"arms": ["baseline"]}})

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 pytest.register_assert_rewrite("_slurm_fixtures")  # before its import: its asserts report values
-from _slurm_fixtures import sacct_records  # noqa: E402
 from test_workflow import CONFIGS, snakemake  # noqa: E402
+
+from _slurm_fixtures import sacct_records  # noqa: E402
 
 pytest_plugins = ["_slurm_fixtures"]  # the `slurm_cluster` fixture, one per session
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -57,7 +57,6 @@ def compared_runs(members: pl.DataFrame, study: str = "", baseline: str = BASELI
     rows = []
     main_arms = sorted(set(members.filter(pl.col("sweep") == tags.MAIN)["arm"].to_list()))
     for size in size_order(members):
-        base_group = compared_group(members, size, baseline)
         ladder = baseline_ladder(members, size, baseline)
         picked: list[tuple[str, str, Group]] = []
         for arm in main_arms:
