@@ -21,16 +21,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rlrs.components import component_of_parameters
+from rlrs.config import DEFAULTS, MOE_DEFAULTS
 
 
 @dataclass(frozen=True)
 class MoEConfig:
-    n_experts: int = 8  # before granularity
-    top_k: int = 1  # before granularity
-    granularity: int = 1  # G: G*n_experts experts, each d_ff/G wide, top_k*G chosen
-    capacity_factor: float = 1.0
-    load_balance_weight: float = 0.01
-    z_loss_weight: float = 0.001
+    n_experts: int  # before granularity
+    top_k: int  # before granularity
+    granularity: int  # G: G*n_experts experts, each d_ff/G wide, top_k*G chosen
+    capacity_factor: float
+    load_balance_weight: float
+    z_loss_weight: float
 
     @property
     def experts_total(self) -> int:
@@ -41,21 +42,24 @@ class MoEConfig:
         return self.top_k * self.granularity
 
 
+# The fields, their meaning and their defaults are rlrs.config's (the one home).
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int = 256
-    seq_len: int = 128
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 512  # dense hidden width; MoE: one expert's width before granularity
-    init_scale: float = 0.15  # init std = sqrt(init_scale / fan_in)
-    moe: MoEConfig | None = None
+    vocab_size: int
+    seq_len: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int  # dense hidden width; MoE: one expert's width before granularity
+    init_scale: float  # init std = sqrt(init_scale / fan_in)
+    moe: MoEConfig | None
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """From a `model:` block (resolved by rlrs.config, or partial: keys left out take its defaults)."""
+        d = {**DEFAULTS["model"], **d}
         moe = d.get("moe")
-        return cls(**{**d, "moe": MoEConfig(**moe) if moe else None})
+        return cls(**{**d, "moe": MoEConfig(**{**MOE_DEFAULTS, **moe}) if moe else None})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.__main__ import BENCHMARKS, last_json
-from rlrs.model import ModelConfig, MoE, MoEConfig
+from rlrs.model import ModelConfig, MoE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,14 +156,14 @@ def reference_moe(layer: MoE, x: torch.Tensor):
 
 
 @pytest.mark.parametrize("moe", [
-    MoEConfig(n_experts=8, top_k=1),                         # the paper's top-1
-    MoEConfig(n_experts=4, top_k=1, granularity=4),          # fine-grained: 16 experts, top-4
-    MoEConfig(n_experts=4, top_k=2, capacity_factor=0.5),    # heavy dropping
-    MoEConfig(n_experts=4, top_k=2, capacity_factor=2.0),    # spare capacity: empty slots
+    dict(n_experts=8, top_k=1),                         # the paper's top-1
+    dict(n_experts=4, top_k=1, granularity=4),          # fine-grained: 16 experts, top-4
+    dict(n_experts=4, top_k=2, capacity_factor=0.5),    # heavy dropping
+    dict(n_experts=4, top_k=2, capacity_factor=2.0),    # spare capacity: empty slots
 ], ids=["top1", "granularity4", "drops", "spare"])
 def test_moe_dispatch_matches_the_per_expert_definition(moe):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=50, seq_len=16, d_model=32, n_layers=1, n_heads=2, d_ff=64, moe=moe)
+    cfg = ModelConfig.from_dict(dict(vocab_size=50, seq_len=16, d_model=32, n_layers=1, n_heads=2, d_ff=64, moe=moe))
     layer = MoE(cfg)
     x = torch.randn(3, 16, 32, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
@@ -172,7 +172,7 @@ def test_moe_dispatch_matches_the_per_expert_definition(moe):
     y_ref, aux_ref = reference_moe(layer, x_ref)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
     assert aux["dropped_frac"].item() == pytest.approx(aux_ref["dropped_frac"], abs=1e-7)
-    if moe.capacity_factor < 1:
+    if cfg.moe.capacity_factor < 1:
         assert aux["dropped_frac"].item() > 0.2
     torch.testing.assert_close(aux["lb_loss"], aux_ref["lb_loss"])
     torch.testing.assert_close(aux["z_loss"], aux_ref["z_loss"])
@@ -189,8 +189,8 @@ def test_moe_layer_runs_under_bf16_autocast_like_a_dense_layer():
     """Under autocast the experts compute in bf16; the combine must follow
     (it used to add bf16 outputs into an fp32 buffer and fail)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=50, seq_len=16, d_model=32, n_layers=1, n_heads=2, d_ff=64,
-                      moe=MoEConfig(n_experts=4, top_k=2))
+    cfg = ModelConfig.from_dict(dict(vocab_size=50, seq_len=16, d_model=32, n_layers=1, n_heads=2, d_ff=64,
+                      moe=dict(n_experts=4, top_k=2)))
     layer = MoE(cfg)
     x = torch.randn(2, 16, 32, requires_grad=True)
     y32, _ = layer(x)

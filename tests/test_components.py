@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from rlrs.components import COMPONENTS, component_of_parameters, named_components
-from rlrs.model import GPT, ModelConfig, MoEConfig, param_counts
+from rlrs.model import GPT, ModelConfig, param_counts
 
 
 def _models():
-    yield "dense", ModelConfig(vocab_size=97, seq_len=16, d_model=32, n_layers=3, n_heads=2, d_ff=64)
-    yield "moe", ModelConfig(vocab_size=97, seq_len=16, d_model=32, n_layers=2, n_heads=2, d_ff=64,
-                             moe=MoEConfig(n_experts=4, top_k=2, granularity=2))
+    yield "dense", ModelConfig.from_dict(dict(vocab_size=97, seq_len=16, d_model=32, n_layers=3, n_heads=2, d_ff=64))
+    yield "moe", ModelConfig.from_dict(dict(vocab_size=97, seq_len=16, d_model=32, n_layers=2, n_heads=2, d_ff=64,
+                             moe=dict(n_experts=4, top_k=2, granularity=2)))
 
 
 @pytest.mark.parametrize("name, cfg", list(_models()))
@@ -53,8 +53,8 @@ def test_parameter_counts():
 
 def test_moe_capacity_drops_and_aux_losses():
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=50, seq_len=8, d_model=16, n_layers=1, n_heads=2, d_ff=32,
-                      moe=MoEConfig(n_experts=4, top_k=1, capacity_factor=0.5))
+    cfg = ModelConfig.from_dict(dict(vocab_size=50, seq_len=8, d_model=16, n_layers=1, n_heads=2, d_ff=32,
+                      moe=dict(n_experts=4, top_k=1, capacity_factor=0.5)))
     model = GPT(cfg)
     x = torch.randint(0, 50, (4, 8))
     _, (loss, ce), aux = model(x, x)

@@ -1,0 +1,25 @@
+"""Run ids are stable: every committed run of the CPU study re-resolves to
+the id it was trained under, with the same resolved config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlrs.config import resolve, run_id
+
+RUNS = sorted((Path(__file__).resolve().parent.parent / "results" / "study-cpu" / "runs").glob("*/config.json"))
+
+
+def test_the_committed_study_is_there():
+    assert len(RUNS) >= 400
+
+
+@pytest.mark.parametrize("path", RUNS, ids=[p.parent.name for p in RUNS])
+def test_committed_config_resolves_to_its_own_run_id(path):
+    doc = json.loads(path.read_text())
+    resolved = resolve(doc)
+    assert run_id(resolved) == doc["run_id"] == path.parent.name
+    assert resolved == {k: v for k, v in doc.items() if k != "run_id"}  # resolving is the identity on a resolved config
