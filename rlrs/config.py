@@ -15,7 +15,9 @@ import hashlib
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -24,161 +26,155 @@ from rlrs.data import validate_data_config, vocab_size_for
 from rlrs.errors import ConfigError, check_schema
 from rlrs.schedule import SHAPES
 
-MOE_DEFAULTS = {
-    "n_experts": 8,
-    "top_k": 1,
-    "granularity": 1,
-    "capacity_factor": 1.0,
-    "load_balance_weight": 0.01,
-    "z_loss_weight": 0.001,
-}
-
-DEFAULTS = {
-    "meta": {"study": None, "size": None, "arm": None, "sweep": None, "tags": {}},
-    "seed": 0,
-    "model": {
-        "vocab_size": None,  # from the tokenizer
-        "seq_len": 128,
-        "d_model": 128,
-        "n_layers": 2,
-        "n_heads": 4,
-        "d_ff": None,  # 4 * d_model
-        "init_scale": 0.15,
-        "moe": None,
-    },
-    "optim": {"lr": 3e-3, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "grad_clip": 1.0},
-    "schedule": {
-        "shape": "cosine",
-        "warmup_steps": None,  # ceil(warmup_fraction * steps)
-        "warmup_fraction": 0.01,
-        "final_lr_fraction": 0.0444,
-        "decay_fraction": 0.2,
-        "multipliers": {},
-    },
-    "data": {
-        "corpus": "austen",
-        "tokenizer": "bytes",
-        "bpe_vocab_size": 4096,
-        "val_fraction": 0.05,
-        "eval_tokens": 65536,
-    },
-    "train": {
-        "steps": 200,
-        "batch_size": 16,
-        "eval_interval": 50,
-        "checkpoint_interval": 50,
-        "log_interval": 10,
-        "device": "cpu",
-        "precision": "fp32",
-        "threads": 1,
-        "keep_checkpoint": False,
-    },
-}
-
-# Settings that change how a run is executed but not what it computes: left
-# out of the run id so that, say, checkpointing more often reuses finished runs.
-OPERATIONAL = {"train": ("checkpoint_interval", "log_interval", "keep_checkpoint", "threads")}
-
 _pos_int = {"type": "integer", "minimum": 1}
 _nonneg_int = {"type": "integer", "minimum": 0}
 _pos_num = {"type": "number", "exclusiveMinimum": 0}
 _nonneg_num = {"type": "number", "minimum": 0}
 _fraction = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+_label = {"type": ["string", "null"]}
 
 
 def _obj(props: dict, required: tuple = ()) -> dict:
     return {"type": "object", "properties": props, "additionalProperties": False, "required": list(required)}
 
 
+def _nullable(schema: dict) -> dict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
 _multiplier = _obj({"start": _pos_num, "end": _pos_num}, ("start", "end"))
 
-SCHEMA = _obj(
-    {
-        "meta": _obj(
-            {
-                "study": {"type": ["string", "null"]},
-                "size": {"type": ["string", "null"]},
-                "arm": {"type": ["string", "null"]},
-                "sweep": {"type": ["string", "null"]},
-                "tags": {"type": "object"},
-            }
-        ),
-        "seed": _nonneg_int,
-        "model": _obj(
-            {
-                "vocab_size": {"anyOf": [_pos_int, {"type": "null"}]},
-                "seq_len": _pos_int,
-                "d_model": _pos_int,
-                "n_layers": _pos_int,
-                "n_heads": _pos_int,
-                "d_ff": {"anyOf": [_pos_int, {"type": "null"}]},
-                "init_scale": _pos_num,
-                "moe": {
-                    "anyOf": [
-                        {"type": "null"},
-                        _obj(
-                            {
-                                "n_experts": _pos_int,
-                                "top_k": _pos_int,
-                                "granularity": _pos_int,
-                                "capacity_factor": _pos_num,
-                                "load_balance_weight": _nonneg_num,
-                                "z_loss_weight": _nonneg_num,
-                            }
-                        ),
-                    ]
-                },
-            }
-        ),
-        "optim": _obj(
-            {
-                "lr": _pos_num,
-                "weight_decay": _nonneg_num,
-                "beta1": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-                "beta2": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-                "eps": _pos_num,
-                "grad_clip": {"anyOf": [_pos_num, {"type": "null"}]},
-            }
-        ),
-        "schedule": _obj(
-            {
-                "shape": {"enum": list(SHAPES)},
-                "warmup_steps": {"anyOf": [_nonneg_int, {"type": "null"}]},
-                "warmup_fraction": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-                "final_lr_fraction": {"type": "number", "minimum": 0},
-                "decay_fraction": _fraction,
-                "multipliers": {
-                    "type": "object",
-                    "propertyNames": {"enum": list(COMPONENTS)},
-                    "additionalProperties": _multiplier,
-                },
-            }
-        ),
-        "data": _obj(
-            {
-                "corpus": {"type": "string", "minLength": 1},
-                "tokenizer": {"enum": ["bytes", "bpe"]},
-                "bpe_vocab_size": {"type": "integer", "minimum": 257},
-                "val_fraction": _fraction,
-                "eval_tokens": _pos_int,
-            }
-        ),
-        "train": _obj(
-            {
-                "steps": _pos_int,
-                "batch_size": _pos_int,
-                "eval_interval": _pos_int,
-                "checkpoint_interval": _pos_int,
-                "log_interval": _pos_int,
-                "device": {"enum": ["cpu", "cuda", "auto"]},
-                "precision": {"enum": ["fp32", "bf16"]},
-                "threads": _pos_int,
-                "keep_checkpoint": {"type": "boolean"},
-            }
-        ),
-        "run_id": {"type": "string"},  # present in a config.json read back
-    }
-)
+
+@dataclass(frozen=True)
+class Field:
+    """One run-config setting: its default, what is allowed (JSON Schema), what it means."""
+
+    default: Any
+    schema: dict
+    doc: str
+    operational: bool = False  # changes how a run executes, not what it computes: not part of the run id
+
+
+# Every run-config field, declared once. DEFAULTS, MOE_DEFAULTS, SCHEMA,
+# OPERATIONAL and the docs table (fields_table) are derived from these.
+MOE_FIELDS = {
+    "n_experts": Field(8, _pos_int, "experts before granularity"),
+    "top_k": Field(1, _pos_int, "experts chosen per token, before granularity"),
+    "granularity": Field(1, _pos_int, "G: G*n_experts experts of width d_ff/G, top_k*G chosen"),
+    "capacity_factor": Field(1.0, _pos_num, "expert capacity as a multiple of the even share of tokens"),
+    "load_balance_weight": Field(0.01, _nonneg_num, "weight of the load-balancing loss"),
+    "z_loss_weight": Field(0.001, _nonneg_num, "weight of the router z-loss"),
+}
+
+FIELDS: dict[str, dict[str, Field] | Field] = {
+    "meta": {  # labels only, not part of the run id
+        "study": Field(None, _label, "study name (null for a standalone run)"),
+        "size": Field(None, _label, "size name from the study"),
+        "arm": Field(None, _label, "arm name"),
+        "sweep": Field(None, _label, "the part of the study that asked for the run (rlrs.tags)"),
+        "tags": Field({}, {"type": "object"}, "the sweep's tags (rlrs.tags)"),
+    },
+    "seed": Field(0, _nonneg_int, "seed of the initialisation and of the batch order"),
+    "model": {
+        "vocab_size": Field(None, _nullable(_pos_int), "filled from the tokenizer"),
+        "seq_len": Field(128, _pos_int, "tokens per training sequence"),
+        "d_model": Field(128, _pos_int, "width"),
+        "n_layers": Field(2, _pos_int, "Transformer blocks"),
+        "n_heads": Field(4, _pos_int, "attention heads; must divide d_model"),
+        "d_ff": Field(None, _nullable(_pos_int), "dense SwiGLU hidden width (MoE: one expert's, before granularity); default 4 * d_model"),
+        "init_scale": Field(0.15, _pos_num, "truncated normal std sqrt(init_scale / fan_in)"),
+        "moe": Field(None, {"anyOf": [{"type": "null"}, _obj({k: f.schema for k, f in MOE_FIELDS.items()})]},
+                     "null for a dense model, or the MoE block (model.moe.*)"),
+    },
+    "optim": {
+        "lr": Field(3e-3, _pos_num, "base learning rate"),
+        "weight_decay": Field(0.1, _nonneg_num, "AdamW weight decay"),
+        "beta1": Field(0.9, {"type": "number", "minimum": 0, "exclusiveMaximum": 1}, "AdamW beta1"),
+        "beta2": Field(0.999, {"type": "number", "minimum": 0, "exclusiveMaximum": 1}, "AdamW beta2"),
+        "eps": Field(1e-8, _pos_num, "AdamW epsilon"),
+        "grad_clip": Field(1.0, _nullable(_pos_num), "gradient norm clip (null: none)"),
+    },
+    "schedule": {
+        "shape": Field("cosine", {"enum": list(SHAPES)}, "base schedule: " + " | ".join(SHAPES)),
+        "warmup_steps": Field(None, _nullable(_nonneg_int), "resolved integer; default ceil(warmup_fraction * steps)"),
+        "warmup_fraction": Field(0.01, {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                                 "warmup as a fraction of steps when warmup_steps is not given (not kept in the resolved config)"),
+        "final_lr_fraction": Field(0.0444, {"type": "number", "minimum": 0}, "f: the schedule ends at lr * f * end"),
+        "decay_fraction": Field(0.2, _fraction, "wsd only: the last fraction of steps decays linearly"),
+        "multipliers": Field({}, {"type": "object", "propertyNames": {"enum": list(COMPONENTS)},
+                                  "additionalProperties": _multiplier},
+                             "component -> {start, end}; resolved for every component with parameters, (1, 1) where missing"),
+    },
+    "data": {
+        "corpus": Field("austen", {"type": "string", "minLength": 1}, "austen | text:PATH | tokens:PATH"),
+        "tokenizer": Field("bytes", {"enum": ["bytes", "bpe"]}, "bytes | bpe"),
+        "bpe_vocab_size": Field(4096, {"type": "integer", "minimum": 257}, "vocabulary of the trained BPE"),
+        "val_fraction": Field(0.05, _fraction, "the contiguous validation hold-out at the end of the corpus"),
+        "eval_tokens": Field(65536, _pos_int, "the fixed evaluation budget: the same validation tokens for every run"),
+    },
+    "train": {
+        "steps": Field(200, _pos_int, "training steps"),
+        "batch_size": Field(16, _pos_int, "sequences per step"),
+        "eval_interval": Field(50, _pos_int, "steps between evaluations (and at the last step)"),
+        "checkpoint_interval": Field(50, _pos_int, "steps between checkpoints", operational=True),
+        "log_interval": Field(10, _pos_int, "steps between progress lines", operational=True),
+        "device": Field("cpu", {"enum": ["cpu", "cuda", "auto"]}, "cpu | cuda | auto"),
+        "precision": Field("fp32", {"enum": ["fp32", "bf16"]}, "fp32 | bf16 (autocast)"),
+        "threads": Field(1, _pos_int, "torch CPU threads", operational=True),
+        "keep_checkpoint": Field(False, {"type": "boolean"}, "keep checkpoint.pt after the run", operational=True),
+    },
+}
+
+
+def _each(fields=FIELDS, prefix: str = ""):
+    """(dotted name, Field) for every field, in declaration order."""
+    for key, f in fields.items():
+        if isinstance(f, Field):
+            yield prefix + key, f
+        else:
+            yield from _each(f, f"{prefix}{key}.")
+
+
+def _defaults(fields: dict) -> dict:
+    return {k: copy.deepcopy(f.default) if isinstance(f, Field) else _defaults(f) for k, f in fields.items()}
+
+
+def _schema(fields: dict) -> dict:
+    return _obj({k: f.schema if isinstance(f, Field) else _schema(f) for k, f in fields.items()})
+
+
+DEFAULTS = _defaults(FIELDS)
+MOE_DEFAULTS = _defaults(MOE_FIELDS)
+SCHEMA = _schema(FIELDS)
+SCHEMA["properties"]["run_id"] = {"type": "string"}  # present in a config.json read back
+# Settings that change how a run is executed but not what it computes: left
+# out of the run id so that, say, checkpointing more often reuses finished runs.
+OPERATIONAL: dict[str, tuple[str, ...]] = {}
+for _name, _field in _each():
+    if _field.operational:
+        _block, _key = _name.split(".")
+        OPERATIONAL[_block] = (*OPERATIONAL.get(_block, ()), _key)
+
+
+def fields_table() -> str:
+    """The run-config fields as a Markdown table (docs/design.md)."""
+    rows = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
+    for name, f in [*_each(), *_each(MOE_FIELDS, "model.moe.")]:
+        rows.append(f"| `{name}` | `{json.dumps(f.default)}` | {_allowed(f.schema)} | {f.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def _allowed(schema: dict) -> str:
+    if "enum" in schema:
+        return ", ".join(f"`{v}`" for v in schema["enum"])
+    if "anyOf" in schema:
+        parts = [_allowed(s) for s in schema["anyOf"]]
+        return " or ".join(p for p in parts if p)
+    kind = schema.get("type")
+    bounds = [f"{sym} {schema[k]}" for k, sym in (("minimum", ">="), ("exclusiveMinimum", ">"),
+                                                  ("maximum", "<="), ("exclusiveMaximum", "<")) if k in schema]
+    kind = " or ".join(kind) if isinstance(kind, list) else kind
+    return f"{kind or ''}{' ' + ' and '.join(bounds) if bounds else ''}".strip()
 
 
 def _merge(base: dict, over: dict) -> dict:
