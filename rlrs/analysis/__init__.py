@@ -96,13 +96,13 @@ VIEWS: dict[str, View] = {
         "one row per (size, arm, lr): final loss against base lr; is_best marks the compared lr"),
     "usweep": View(
         lambda x: sweeps.usweep(x.members, x.study), sweeps.USWEEP_SCHEMA,
-        "one row per (size, base arm, component, start|end, factor): the U-plots"),
+        "one row per (size, base arm, component, start or end, factor): the U-plots"),
     "regret": View(
         lambda x: sweeps.regret(x.frames["lr_sweep"], x.frames["usweep"], x.members, x.study), sweeps.REGRET_SCHEMA,
         "one row per (swept parameter, larger size): loss at the small size's best factor minus the best loss"),
     "ablation": View(
         lambda x: sweeps.ablation(x.members, x.study), sweeps.ABLATION_SCHEMA,
-        "one row per (size, removal|contribution, component): loss against the reference arm"),
+        "one row per (size, removal or contribution, component): loss against the reference arm"),
     "compared_runs": View(
         lambda x: curves.compared_runs(x.members, x.study, x.baseline), curves.COMPARED_SCHEMA,
         "one row per run a size's comparison used, with its role"),

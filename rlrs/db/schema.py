@@ -1,110 +1,12 @@
 """The database schema: tables, columns and views of `results/<study>/rlrs.duckdb`.
 
-Exactly one writer, `rlrs collect` (`ingest`), fills it from finished run
-directories (docs/design.md) and the study's plan.json, in ONE transaction.
-Everything else (`rlrs query`, the analysis, the report) opens it read-only.
+Every table, view and column is documented once, below (TABLE_DOCS,
+COLUMN_DOCS), and stored in the database itself with COMMENT ON: read it
+with `rlrs query "SELECT table_name, column_name, comment FROM duckdb_columns()"`.
+The README's table of tables is checked against duckdb_columns() by the tests.
 
-Schema (version 1)
-==================
-
-Table `runs`: one row per run (primary key run_id).
-    run_id                      12-hex run id (config.json `run_id`)
-    study                       the `--study` given to collect, else the plan's study, else meta.study
-    size, arm, sweep            labels from config.json `meta` (the run's first requester; a run
-                                shared by several parts of a study has all its labels in `plan`)
-    tags                        JSON, meta.tags (e.g. {"component": "experts", "factor": 2.0})
-    d_model, n_layers, n_heads, seq_len, d_ff, vocab_size, init_scale
-                                model shape (config.json `model`)
-    moe                         BOOLEAN, true for a mixture-of-experts model
-    n_experts, top_k, granularity, capacity_factor
-                                the MoE block; NULL for dense models
-    lr, weight_decay            optim.lr (base rate) and optim.weight_decay
-    final_lr_fraction, warmup_steps, schedule_shape
-                                schedule.final_lr_fraction, .warmup_steps, .shape
-    multipliers                 JSON, schedule.multipliers ({component: {start, end}})
-    mult_<c>_start, mult_<c>_end
-                                the same flat, for c in embedding, attention, ffn, router,
-                                experts, head; NULL where the model lacks the component
-    batch_size, steps           train.batch_size, train.steps (planned length)
-    seed                        config seed
-    corpus, tokenizer           data.corpus, data.tokenizer
-    steps_done, tokens          from summary.json: steps trained, tokens seen
-    params_total, params_active, params_nonembedding, params_active_nonembedding
-                                parameter counts from summary.json
-    params_by_component         JSON, summary.json params_by_component
-    status                      completed | diverged | failed
-    final_eval_loss             nats/token on the fixed eval set; NULL unless completed
-    final_eval_bpb              bits per byte
-    train_loss_last100          mean train loss over the last 100 steps (the tuning score)
-    wall_time_s, step_time_s    run wall time (summed over resumes), mean train step time
-    executor, job_id, host, git_commit
-                                where and from what code it ran
-    versions                    JSON, {python, torch, rlrs, numpy}
-    config                      JSON, the whole resolved config.json
-    error                       message of a failed or diverged run, else NULL
-    started_at, finished_at     TIMESTAMP in UTC, without time zone (TIMESTAMPTZ would need pytz
-                                to fetch in Python); from the ISO strings in summary.json
-    run_dir                     absolute path of the ingested run directory
-    source_sha256               SHA-256 of the run's files, path and study label: a run whose
-                                files did not change is not rewritten by the next collect
-    ingested_at                 TIMESTAMP (UTC), when this row was written
-
-Table `metrics`: one row per (run_id, step) (primary key), from metrics.parquet.
-    run_id, step                step is 0-based
-    tokens                      tokens seen after this step
-    train_loss                  nats/token
-    eval_loss                   NULL except at evaluation steps
-    lb_loss, z_loss, dropped_frac
-                                MoE load-balancing loss, router z-loss, dropped-token share;
-                                NULL for dense models
-    grad_norm                   gradient norm before clipping
-    lr_<c>, update_<c>          learning rate and relative update size ||dW||/||W|| of each
-                                component c in embedding, attention, ffn, router, experts, head,
-                                norm; NULL where the model lacks c
-
-Table `plan`: the study's requested (run, labels) pairs from plan.json; many rows
-can name one run_id (the baseline at its best lr is in main, lr and ladder).
-    study, run_id, size, arm, sweep
-    tags                        JSON
-
-Table `studies`: one row per study whose plan was collected (primary key name).
-    name, file, sha256          study name, study file path, SHA-256 of that file
-    config                      JSON, the resolved study dict
-    collected_at                TIMESTAMP (UTC)
-
-Table `tune_trajectory`: one row per candidate run of the study's searches
-(rlrs.tune; from results/<study>/tune/<size>.<arm>.json), in search order.
-    study, size, family, arm    the search: tuning size, its family (dense | moe), the arm
-    space                       global | relative
-    step                        0-based row number within the search (0 = the start run)
-    pass                        1-based pass (0 for the start run)
-    parameter                   lr, init_scale, final_lr_fraction, weight_decay or
-                                <component>.start / .end; NULL for the start run
-    value, previous, factor     the candidate value, the value it was tried against, the factor
-    run_id, score, status       the candidate run, its score (NULL when diverged), its status
-    accepted                    the candidate became the current value (the start run: true)
-    best_score                  the best score after this parameter's batch
-    runs_spent                  distinct runs the search had asked for after this batch
-
-Table `tuned`: one row per (study, size, arm, parameter): the search's result.
-    study, size, family, arm, space, parameter
-    start_value, value, ratio   the arm's own value, the tuned one, value / start_value
-    best_score, best_run_id, runs_spent, passes, stop_reason
-                                the search's outcome (stop_reason: converged | max_passes | max_runs)
-
-Table `schema_version`: version INTEGER, created_at TIMESTAMP (UTC). A database
-of another version than this code writes is refused (no migrations: the
-database is derived data, rebuilt from the run directories).
-
-View `final_losses`: one row per planned (run_id, size, arm, sweep); labels from
-    `plan` where the run is planned, else from `runs`. Columns: study, run_id,
-    size, arm, sweep, tags, status ('missing' for a planned run not ingested),
-    final_eval_loss, final_eval_bpb, train_loss_last100, lr, seed, steps,
-    tokens, d_model, n_layers, moe, params_total, params_active,
-    params_nonembedding, params_active_nonembedding.
-View `component_metrics`: long format of the per-component columns: run_id,
-    step, component, lr, update_size (rows where both are NULL are left out).
-View `eval_curves`: run_id, step, tokens, eval_loss for the steps with an eval.
+A database of another schema version than this code writes is refused (no
+migrations: the database is derived data, rebuilt from the run directories).
 
 `ingest(..., after_ingest=fn)` runs `fn(con)` inside the same transaction, so
 derived tables and views commit or roll back with the runs: `rlrs collect`
@@ -224,6 +126,136 @@ TUNED_COLUMNS: dict[str, str] = {
 }
 
 
+TABLE_DOCS = {
+    "runs": "one row per run (primary key run_id), from its config.json and summary.json",
+    "metrics": "one row per (run_id, step) (primary key), from metrics.parquet",
+    "plan": "the study's requested (run, labels) pairs from plan.json; many rows can name one run_id",
+    "studies": "one row per study whose plan was collected (primary key name)",
+    "tune_trajectory": "one row per candidate run of the study's searches (rlrs.tune), in search order",
+    "tuned": "one row per (study, size, arm, parameter): a search's result",
+    "schema_version": "the schema version this database was written with",
+    "final_losses": "one row per planned (run_id, size, arm, sweep); labels from plan, else from runs",
+    "component_metrics": "long format of the per-component metrics (rows where both are NULL left out)",
+    "eval_curves": "the steps with an evaluation",
+}
+
+_LABELS = {
+    "study": "study name",
+    "size": "size label (a run shared by several parts of a study: its first requester's; all labels are in plan)",
+    "arm": "arm label",
+    "sweep": "which part of the study asked for the run: main, lr, ladder, usweep, removal, contribution, tune",
+    "tags": "JSON, the sweep's tags (rlrs.tags), e.g. {\"component\": \"experts\", \"factor\": 2.0}",
+}
+_SEARCH = {
+    "study": "study name", "size": "the search's tuning size", "family": "dense | moe", "arm": "the searched arm",
+    "space": "global | relative",
+}
+_SUMMARY_COUNTS = {
+    "params_total": "parameters", "params_active": "parameters active per token",
+    "params_nonembedding": "parameters outside the embedding and head",
+    "params_active_nonembedding": "non-embedding parameters active per token",
+}
+COLUMN_DOCS: dict[str, dict[str, str]] = {
+    "runs": {
+        "run_id": "12-hex run id (config.json run_id)",
+        **_LABELS,
+        "study": "the --study given to collect, else the plan's study, else meta.study",
+        "d_model": "model.d_model", "n_layers": "model.n_layers", "n_heads": "model.n_heads",
+        "seq_len": "model.seq_len", "d_ff": "model.d_ff", "vocab_size": "model.vocab_size",
+        "init_scale": "model.init_scale",
+        "moe": "true for a mixture-of-experts model",
+        "n_experts": "model.moe.n_experts; NULL for dense models", "top_k": "model.moe.top_k; NULL for dense models",
+        "granularity": "model.moe.granularity; NULL for dense models",
+        "capacity_factor": "model.moe.capacity_factor; NULL for dense models",
+        "lr": "optim.lr (base rate)", "weight_decay": "optim.weight_decay",
+        "final_lr_fraction": "schedule.final_lr_fraction", "warmup_steps": "schedule.warmup_steps",
+        "schedule_shape": "schedule.shape",
+        "multipliers": "JSON, schedule.multipliers ({component: {start, end}})",
+        **{f"mult_{c}_{end}": f"schedule.multipliers.{c}.{end}; NULL where the model lacks {c}"
+           for c in SCHEDULED for end in ("start", "end")},
+        "batch_size": "train.batch_size", "steps": "train.steps (planned length)", "seed": "config seed",
+        "corpus": "data.corpus", "tokenizer": "data.tokenizer",
+        "steps_done": "steps trained (summary.json)", "tokens": "tokens seen (summary.json)",
+        **_SUMMARY_COUNTS,
+        "params_by_component": "JSON, parameters per component",
+        "status": "completed | diverged | failed",
+        "final_eval_loss": "nats/token on the fixed eval set; NULL unless completed",
+        "final_eval_bpb": "bits per byte (bits per token for a tokens: corpus)",
+        "train_loss_last100": "mean train loss over the last 100 steps (the tuning score)",
+        "wall_time_s": "run wall time, summed over resumes", "step_time_s": "mean train step time",
+        "executor": "local | slurm | debug", "job_id": "Slurm or submitit job id",
+        "host": "host the run trained on", "git_commit": "the code's git commit",
+        "versions": "JSON, {python, torch, rlrs, numpy}",
+        "config": "JSON, the whole resolved config.json",
+        "error": "message of a failed or diverged run, else NULL",
+        "started_at": "UTC, without time zone (TIMESTAMPTZ would need pytz to fetch in Python)",
+        "finished_at": "UTC, without time zone",
+        "run_dir": "absolute path of the ingested run directory",
+        "source_sha256": "SHA-256 of the run's files, path and study label: an unchanged run is not rewritten",
+        "ingested_at": "UTC, when this row was written",
+    },
+    "metrics": {
+        "run_id": "the run", "step": "0-based step",
+        "tokens": "tokens seen after this step", "train_loss": "nats/token",
+        "eval_loss": "NULL except at evaluation steps",
+        "lb_loss": "MoE load-balancing loss; NULL for dense models", "z_loss": "router z-loss; NULL for dense models",
+        "dropped_frac": "share of token slots dropped by expert capacity; NULL for dense models",
+        "grad_norm": "gradient norm before clipping",
+        **{f"lr_{c}": f"learning rate of {c} at this step; NULL where the model lacks it" for c in COMPONENTS},
+        **{f"update_{c}": f"relative update size ||dW||/||W|| of {c}; NULL where the model lacks it" for c in COMPONENTS},
+    },
+    "plan": {"run_id": "the requested run", **_LABELS},
+    "studies": {
+        "name": "study name", "file": "study file path", "sha256": "SHA-256 of the study file",
+        "config": "JSON, the resolved study dict", "collected_at": "UTC, when the plan was collected",
+    },
+    "tune_trajectory": {
+        **_SEARCH,
+        "step": "0-based row number within the search (0 = the start run)",
+        "pass": "1-based pass (0 for the start run)",
+        "parameter": "lr, init_scale, final_lr_fraction, weight_decay or <component>.start / .end; NULL for the start run",
+        "value": "the candidate value", "previous": "the value it was tried against", "factor": "the factor",
+        "run_id": "the candidate run", "score": "its score (NULL when diverged)", "status": "its status",
+        "accepted": "the candidate became the current value (the start run: true)",
+        "best_score": "the best score after this parameter's batch",
+        "runs_spent": "distinct runs the search had asked for after this batch",
+    },
+    "tuned": {
+        **_SEARCH, "parameter": "the tuned parameter",
+        "start_value": "the arm's own value", "value": "the tuned value", "ratio": "value / start_value",
+        "best_score": "the search's best score", "best_run_id": "the run that scored it",
+        "runs_spent": "distinct runs the search asked for", "passes": "passes made",
+        "stop_reason": "converged | max_passes | max_runs",
+    },
+    "schema_version": {"version": "the schema version", "created_at": "UTC, when the database was created"},
+    "final_losses": {
+        **{k: f"{v} (from plan where the run is planned, else runs)" for k, v in _LABELS.items()},
+        "run_id": "the planned run", "status": "completed | diverged | failed | missing (planned, not ingested)",
+        **{k: f"runs.{k}" for k in ("final_eval_loss", "final_eval_bpb", "train_loss_last100", "lr", "seed",
+                                    "steps", "tokens", "d_model", "n_layers", "moe", *_SUMMARY_COUNTS)},
+    },
+    "component_metrics": {
+        "run_id": "the run", "step": "0-based step", "component": "the component",
+        "lr": "its learning rate at this step", "update_size": "its relative update size ||dW||/||W||",
+    },
+    "eval_curves": {"run_id": "the run", "step": "0-based step", "tokens": "tokens seen", "eval_loss": "nats/token"},
+}
+VIEWS = ("final_losses", "component_metrics", "eval_curves")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _comments() -> str:
+    """COMMENT ON every table, view and column above."""
+    out = []
+    for table, doc in TABLE_DOCS.items():
+        out.append(f"COMMENT ON {'VIEW' if table in VIEWS else 'TABLE'} {table} IS {_quote(doc)};")
+        out += [f'COMMENT ON COLUMN {table}."{c}" IS {_quote(d)};' for c, d in COLUMN_DOCS[table].items()]
+    return "\n".join(out)
+
+
 _TABLES = f"""
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, created_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS runs ({", ".join(f"{k} {v}" for k, v in RUN_COLUMNS.items())});
@@ -285,3 +317,4 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     if con.execute("SELECT count(*) FROM schema_version").fetchall()[0][0] == 0:
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, utc_now()])
     con.execute(_VIEWS)
+    con.execute(_comments())

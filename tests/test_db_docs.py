@@ -1,0 +1,86 @@
+"""Column documentation is stored once, in the database (COMMENT ON), and
+the README's tables of tables and views agree with duckdb_columns() and the
+analysis registry."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rlrs import analysis, db
+from rlrs.components import COMPONENTS, SCHEDULED
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def con(tmp_path_factory):
+    """A fresh study database with its analysis views, as collect leaves it."""
+    path = tmp_path_factory.mktemp("docs") / "rlrs.duckdb"
+    con = db.connect(path, read_only=False)
+    con.execute("BEGIN")
+    analysis.materialize(con)
+    con.execute("COMMIT")
+    yield con
+    con.close()
+
+
+def columns(con) -> dict[str, dict[str, str | None]]:
+    out: dict[str, dict[str, str | None]] = {}
+    for table, column, comment in con.execute(
+            "SELECT table_name, column_name, comment FROM duckdb_columns() "
+            "WHERE NOT internal AND schema_name = 'main' AND table_name NOT LIKE 'analysis%'").fetchall():
+        out.setdefault(table, {})[column] = comment
+    return out
+
+
+def readme_rows(header: str) -> dict[str, str]:
+    """First cell (a `name`) -> the rest of the row, for the Markdown table under `header`."""
+    text = README.read_text()
+    block = text[text.index(header):].split("\n\n")[0]
+    rows = {}
+    for line in block.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_every_table_view_and_column_is_documented_in_the_database(con):
+    cols = columns(con)
+    assert {"runs", "metrics", "plan", "studies", "tune_trajectory", "tuned", "schema_version",
+            "final_losses", "component_metrics", "eval_curves", *analysis.VIEWS} <= set(cols)
+    undocumented = [f"{t}.{c}" for t, cs in cols.items() if t not in analysis.VIEWS for c, doc in cs.items() if not doc]
+    assert undocumented == []
+    comments = dict(con.execute("SELECT table_name, comment FROM duckdb_tables() WHERE NOT internal "
+                                "AND table_name NOT LIKE 'analysis%' UNION ALL "
+                                "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal").fetchall())
+    assert [name for name, doc in comments.items() if not doc] == []
+
+
+def _expand(name: str) -> list[str]:
+    """README shorthand for the per-component columns."""
+    if name == "mult_<component>_start/end":
+        return [f"mult_{c}_{e}" for c in SCHEDULED for e in ("start", "end")]
+    if name in ("lr_<component>", "update_<component>"):
+        return [name.replace("<component>", c) for c in COMPONENTS]
+    return [name]
+
+
+def test_readme_table_of_tables_matches_duckdb_columns(con):
+    cols = columns(con)
+    rows = readme_rows("| table | one row per | main columns |")
+    tables = {t for t in cols if t not in analysis.VIEWS and t not in ("final_losses", "component_metrics", "eval_curves")}
+    assert set(rows) == tables
+    for table, (_, main) in rows.items():
+        named = [n for raw in re.findall(r"`([^`]+)`", main) for n in _expand(raw)]
+        assert named and [n for n in named if n not in cols[table]] == [], table
+
+
+def test_readme_table_of_views_matches_the_registry_and_the_database(con):
+    rows = readme_rows("| view | one row per |")
+    comments = dict(con.execute("SELECT view_name, comment FROM duckdb_views() WHERE NOT internal").fetchall())
+    assert set(rows) == set(comments)
+    assert {name: cells[0] for name, cells in rows.items()} == comments
+    assert {name: v.doc for name, v in analysis.VIEWS.items()} == {n: comments[n] for n in analysis.VIEWS}
