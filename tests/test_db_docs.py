@@ -84,3 +84,12 @@ def test_readme_table_of_views_matches_the_registry_and_the_database(con):
     assert set(rows) == set(comments)
     assert {name: cells[0] for name, cells in rows.items()} == comments
     assert {name: v.doc for name, v in analysis.VIEWS.items()} == {n: comments[n] for n in analysis.VIEWS}
+
+
+def test_design_doc_holds_the_run_config_fields_table():
+    """docs/design.md's table of run-config fields is the one rlrs.config derives."""
+    from rlrs.config import fields_table
+
+    design = (README.parent / "docs" / "design.md").read_text()
+    block = design.split("<!-- fields-table -->\n")[1].split("<!-- /fields-table -->")[0]
+    assert block == fields_table()
