@@ -14,10 +14,10 @@ import polars as pl
 
 WIDTH, HEIGHT = 230, 170
 FACET_COLUMNS = 3
-_LOSS = alt.Scale(zero=False)
+LOSS_SCALE = alt.Scale(zero=False)
 
 
-def _legend_highlight(field: str) -> tuple[alt.Parameter, alt.OpacityValue]:
+def legend_highlight(field: str) -> tuple[alt.Parameter, alt.OpacityValue]:
     """A legend-bound selection and the opacity that fades the unselected."""
     sel = alt.selection_point(fields=[field], bind="legend")
     return sel, alt.condition(sel, alt.value(1.0), alt.value(0.15))
@@ -26,7 +26,7 @@ def _legend_highlight(field: str) -> tuple[alt.Parameter, alt.OpacityValue]:
 def lr_schedules(frame: pl.DataFrame) -> alt.Chart:
     """Figure 1: lr_g(t) per component, one line per arm (dash per size
     when the study has dense and MoE sizes)."""
-    sel, opacity = _legend_highlight("arm")
+    sel, opacity = legend_highlight("arm")
     sizes = frame["size"].unique(maintain_order=True).to_list()
     enc = dict(
         x=alt.X("step:Q", title="step"),
@@ -53,7 +53,7 @@ def loss_curves(curves: pl.DataFrame, speedup: pl.DataFrame) -> alt.Chart:
     """Figure 2: train loss (lines) and eval loss (points) per size, with the
     step where the baseline's eval curve reaches each arm's final loss."""
     # One legend (shared colour scale) drives one selection across all panels.
-    sel, opacity = _legend_highlight("label")
+    sel, opacity = legend_highlight("label")
     panels = []
     for size in curves["size"].unique(maintain_order=True).to_list():
         part = curves.filter(pl.col("size") == size)
@@ -71,7 +71,7 @@ def _loss_panel(size: str, part: pl.DataFrame, speedup: pl.DataFrame, opacity) -
     losses = pl.concat([late["train_loss"], late["eval_loss"]]).drop_nulls()
     lo, hi = (float(losses.min()), float(losses.max())) if len(losses) else (None, None)
     y = alt.Y("loss:Q", title="loss (nats/token)",
-              scale=alt.Scale(zero=False, domain=[lo - 0.02 * (hi - lo), hi]) if lo is not None and hi > lo else _LOSS)
+              scale=alt.Scale(zero=False, domain=[lo - 0.02 * (hi - lo), hi]) if lo is not None and hi > lo else LOSS_SCALE)
     base = alt.Chart(part.select("label", "step", "train_loss", "eval_loss", "n_runs", "run_ids"))
     color = alt.Color("label:N", title="run group")
     train = (
@@ -129,7 +129,7 @@ def speedup_vs_size(frame: pl.DataFrame) -> alt.Chart:
         pl.format("{} ({})", "arm", "family").alias("line"),
     ).select("size", "arm", "family", "line", "definition", "params_nonembedding", "y", "ci_low", "ci_high",
              "kind", "value", "n_seeds")
-    sel, opacity = _legend_highlight("arm")
+    sel, opacity = legend_highlight("arm")
     x = alt.X("params_nonembedding:Q", title="non-embedding parameters", scale=alt.Scale(type="log"),
               axis=alt.Axis(format="~s"))
     base = alt.Chart(data)
@@ -166,7 +166,7 @@ def loss_gap_vs_size(frame: pl.DataFrame) -> alt.Chart:
         pl.format("{} ({})", "arm", "family").alias("line"),
     ).select("size", "arm", "family", "line", "params_nonembedding", "loss_gap", "loss_gap_ci_low", "loss_gap_ci_high",
              "arm_loss", "baseline_loss", "n_seeds", "steps")
-    sel, opacity = _legend_highlight("arm")
+    sel, opacity = legend_highlight("arm")
     x = alt.X("params_nonembedding:Q", title="non-embedding parameters", scale=alt.Scale(type="log"),
               axis=alt.Axis(format="~s"))
     base = alt.Chart(data)
@@ -190,82 +190,10 @@ def loss_gap_vs_size(frame: pl.DataFrame) -> alt.Chart:
     )
 
 
-def lr_sweep(frame: pl.DataFrame) -> alt.Chart:
-    """Figure 4: final loss against base lr per arm, one line per size; the
-    lr each arm is compared at drawn larger."""
-    sel, opacity = _legend_highlight("size")
-    data = frame.select("size", "arm", "lr", "lr_factor", "mean_loss", "std_loss", "n", "n_excluded", "is_best", "run_ids")
-    base = alt.Chart(data.filter(pl.col("mean_loss").is_not_null()))
-    enc = dict(x=alt.X("lr:Q", title="base learning rate", scale=alt.Scale(type="log")),
-               y=alt.Y("mean_loss:Q", title="final eval loss (mean over seeds)", scale=_LOSS),
-               color=alt.Color("size:N", sort=frame["size"].unique(maintain_order=True).to_list()), opacity=opacity)
-    line = base.mark_line().encode(**enc)
-    pts = base.mark_point(filled=True).encode(
-        **enc, size=alt.condition("datum.is_best", alt.value(160), alt.value(40)),
-        tooltip=["size:N", "arm:N", alt.Tooltip("lr:Q", format=".2e"), "lr_factor:Q",
-                 alt.Tooltip("mean_loss:Q", format=".4f"), alt.Tooltip("std_loss:Q", format=".4f"),
-                 "n:Q", "n_excluded:Q", "is_best:N", "run_ids:N"])
-    return (
-        alt.layer(line, pts).add_params(sel).properties(width=WIDTH, height=HEIGHT)
-        .facet(column=alt.Column("arm:N", title="arm"))
-        .resolve_scale(y="independent")
-        .properties(title="Base learning-rate sweep")
-    )
-
-
-def usweep(frame: pl.DataFrame) -> alt.Chart:
-    """Figure 5: U-plots, final loss against one multiplier's factor (log x),
-    one line per size, panels per component and start/end."""
-    sel, opacity = _legend_highlight("size")
-    data = frame.filter(pl.col("mean_loss").is_not_null()).with_columns(
-        pl.format("{}.{}", "component", "which").alias("parameter")
-    ).select("size", "parameter", "base_arm", "factor", "mean_loss", "std_loss", "n", "is_best", "run_ids")
-    base = alt.Chart(data)
-    enc = dict(x=alt.X("factor:Q", title="multiplier factor", scale=alt.Scale(type="log")),
-               y=alt.Y("mean_loss:Q", title="final eval loss", scale=_LOSS),
-               color=alt.Color("size:N", sort=frame["size"].unique(maintain_order=True).to_list()), opacity=opacity)
-    line = base.mark_line().encode(**enc)
-    pts = base.mark_point(filled=True).encode(
-        **enc, size=alt.condition("datum.is_best", alt.value(150), alt.value(35)),
-        tooltip=["size:N", "parameter:N", "base_arm:N", "factor:Q", alt.Tooltip("mean_loss:Q", format=".4f"),
-                 alt.Tooltip("std_loss:Q", format=".4f"), "n:Q", "is_best:N", "run_ids:N"])
-    return (
-        alt.layer(line, pts).add_params(sel).properties(width=WIDTH - 40, height=HEIGHT - 20)
-        .facet(facet=alt.Facet("parameter:N", title=None), columns=4)
-        .resolve_scale(y="independent")
-        .properties(title="Sensitivity of each multiplier (U-plots)")
-    )
-
-
-def ablation(frame: pl.DataFrame) -> alt.Chart:
-    """Figure 6: loss change per component, removal and contribution."""
-    sel, opacity = _legend_highlight("size")
-    data = frame.filter(pl.col("delta").is_not_null()).select(
-        "size", "kind", "component", "reference_arm", "delta", "loss", "reference_loss", "n", "n_reference")
-    return (
-        alt.Chart(data).mark_bar()
-        .encode(
-            x=alt.X("component:N", title=None),
-            xOffset=alt.XOffset("size:N", sort=frame["size"].unique(maintain_order=True).to_list()),
-            y=alt.Y("delta:Q", title="loss change (nats/token)"),
-            color=alt.Color("size:N", sort=frame["size"].unique(maintain_order=True).to_list()),
-            opacity=opacity,
-            tooltip=["size:N", "kind:N", "component:N", "reference_arm:N", alt.Tooltip("delta:Q", format="+.4f"),
-                     alt.Tooltip("loss:Q", format=".4f"), alt.Tooltip("reference_loss:Q", format=".4f"),
-                     "n:Q", "n_reference:Q"],
-        )
-        .add_params(sel)
-        .properties(width=WIDTH + 40, height=HEIGHT)
-        .facet(column=alt.Column("kind:N", title=None, sort=["removal", "contribution"]))
-        .resolve_scale(y="independent")
-        .properties(title="Ablations: one component at a time")
-    )
-
-
 def update_sizes(frame: pl.DataFrame) -> alt.Chart:
     """Figure 7 (the paper's Figure 1): relative update size per component
     over training, log y, one line per arm (dash per size)."""
-    sel, opacity = _legend_highlight("arm")
+    sel, opacity = legend_highlight("arm")
     multi_size = frame["size"].n_unique() > 1
     enc = dict(
         x=alt.X("step:Q", title="step"),
@@ -281,29 +209,4 @@ def update_sizes(frame: pl.DataFrame) -> alt.Chart:
         .properties(width=WIDTH, height=HEIGHT)
         .facet(facet=alt.Facet("component:N", title=None), columns=FACET_COLUMNS)
         .properties(title="Relative update size per component")
-    )
-
-
-def tune_progress(frame: pl.DataFrame) -> alt.Chart:
-    """The searches: best score so far against runs spent, one line per arm,
-    one panel per tuning size; every candidate's score as a faint point."""
-    sel, opacity = _legend_highlight("arm")
-    data = frame.select("size", "arm", "step", "pass", "parameter", "factor", "run_id", "score", "accepted",
-                        "best_score", "runs_spent")
-    base = alt.Chart(data)
-    x = alt.X("runs_spent:Q", title="runs spent")
-    y_scale = alt.Scale(zero=False)
-    best = base.mark_line(interpolate="step-after", point=True).encode(
-        x=x, y=alt.Y("best_score:Q", title="score (lower is better)", scale=y_scale),
-        color=alt.Color("arm:N"), opacity=opacity,
-        tooltip=["arm:N", "pass:Q", "parameter:N", "runs_spent:Q", alt.Tooltip("best_score:Q", format=".4f")])
-    tried = base.transform_filter("isValid(datum.score)").mark_point(size=18, opacity=0.35).encode(
-        x=x, y=alt.Y("score:Q", scale=y_scale), color="arm:N",
-        tooltip=["arm:N", "pass:Q", "parameter:N", alt.Tooltip("factor:Q", format=".3g"), "run_id:N",
-                 alt.Tooltip("score:Q", format=".4f"), "accepted:N"])
-    return (
-        alt.layer(tried, best).add_params(sel).properties(width=WIDTH + 60, height=HEIGHT + 30)
-        .facet(column=alt.Column("size:N", title="tuning size"))
-        .resolve_scale(y="independent")
-        .properties(title="Greedy local search: best score against runs spent")
     )

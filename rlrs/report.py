@@ -29,7 +29,7 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from rlrs import analysis, atomic, db, plots
+from rlrs import analysis, atomic, db, plots, sweep_plots
 from rlrs.analysis import members, tables
 from rlrs.report_text import (
     FINAL_COLUMNS,
@@ -109,7 +109,7 @@ FIGURES = (
         "out); hover them for the parameter and factor. The tuned settings then replace the arms' settings at the "
         "larger sizes (the transfer above).",
         "the study has no tune block, or its searches have not been collected",
-        _if_rows("tune_progress", plots.tune_progress),
+        _if_rows("tune_progress", sweep_plots.tune_progress),
         part="tune",
     ),
     Figure(
@@ -137,7 +137,7 @@ FIGURES = (
         "seed diverged is chosen only if every lr has a diverged seed. Hover a point for its run ids and seed "
         "count.",
         "the study has no `lr` sweep",
-        _if_rows("lr_sweep", plots.lr_sweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
+        _if_rows("lr_sweep", sweep_plots.lr_sweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
     ),
     Figure(
         "usweep", "Sensitivity of each multiplier (U-plots)",
@@ -145,7 +145,7 @@ FIGURES = (
         "the tuned value), the others held at their tuned values; one line per size. The large dot is the best "
         "factor at that size. A minimum at 1 that stays at 1 for the larger size means the tuned value transfers.",
         "the study has no `usweep` sweep",
-        _if_rows("usweep", plots.usweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
+        _if_rows("usweep", sweep_plots.usweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
     ),
     Figure(
         "ablation", "Ablations",
@@ -154,7 +154,7 @@ FIGURES = (
         "Contribution: the baseline plus only that component's relative values; a negative bar means it helps "
         "on its own. References are matched on size, learning rate and length.",
         "the study has no completed `removal` or `contribution` runs with a matching reference",
-        _if_rows("ablation", plots.ablation, lambda f: f.filter(pl.col("delta").is_not_null())),
+        _if_rows("ablation", sweep_plots.ablation, lambda f: f.filter(pl.col("delta").is_not_null())),
     ),
     Figure(
         "update_sizes", "Relative update size per component",

@@ -25,7 +25,7 @@ LAYERS = {
     # L4 the numbers
     "rlrs.analysis": 4,
     # L5 presentation and the command
-    "rlrs.plots": 5, "rlrs.report": 5, "rlrs.cli": 5,
+    "rlrs.plots": 5, "rlrs.sweep_plots": 5, "rlrs.report": 5, "rlrs.report_text": 5, "rlrs.cli": 5,
 }
 
 # Third-party packages slow enough to import that a light command must not
@@ -48,6 +48,7 @@ def layer_of(name: str) -> int:
     """A module's layer: its own entry, else its package's (rlrs.db.schema -> rlrs.db)."""
     while name not in LAYERS:
         name = name.rpartition(".")[0]
+        assert name not in ("", "rlrs"), "module without a layer"
     return LAYERS[name]
 
 
@@ -98,7 +99,10 @@ def heavy_modules() -> set[str]:
 
 
 def test_every_module_has_a_layer():
-    assert [m for m in modules() if not any(m == k or m.startswith(k + ".") for k in LAYERS)] == []
+    def has_layer(m: str) -> bool:
+        return m in LAYERS or any(m.startswith(k + ".") for k in LAYERS if k != "rlrs")
+
+    assert [m for m in modules() if not has_layer(m)] == []
 
 
 def test_imports_point_down():
