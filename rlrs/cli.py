@@ -59,8 +59,10 @@ def cmd_train(a) -> int:
         print(f"rlrs train: {e}", file=sys.stderr)
         return train.EXIT_FAILED
     if s["status"] == "completed":
-        print(f"[{s['run_id']}] completed: final eval loss {s['final_eval_loss']:.4f} nats/token "
-              f"({s['final_eval_bpb']:.4f} bits/byte), {s['wall_time_s']:.1f} s")
+        print(
+            f"[{s['run_id']}] completed: final eval loss {s['final_eval_loss']:.4f} nats/token "
+            f"({s['final_eval_bpb']:.4f} bits/byte), {s['wall_time_s']:.1f} s"
+        )
     else:
         print(f"[{s['run_id']}] {s['status']}: {s.get('error')}", file=sys.stderr)
     return train.exit_code(s)
@@ -77,8 +79,10 @@ def cmd_corpus(a) -> int:
         except RuntimeError as e:
             print(f"rlrs corpus fetch: {e}", file=sys.stderr)
             return EXIT_FAILED
-        print(f"austen: {meta['bytes']:,} bytes, {len(meta['books'])} books, {data.AUSTEN_PACKAGE} "
-              f"{meta['version']} -> {paths.data_dir() / 'austen'}")
+        print(
+            f"austen: {meta['bytes']:,} bytes, {len(meta['books'])} books, {data.AUSTEN_PACKAGE} "
+            f"{meta['version']} -> {paths.data_dir() / 'austen'}"
+        )
         return EXIT_OK
     try:
         c = data.load_corpus({**run_config.DEFAULTS["data"], "corpus": a.corpus, "eval_tokens": 1})
@@ -177,11 +181,14 @@ def cmd_status(a) -> int:
         meta = cfg["meta"]
         sweeps = ",".join(dict.fromkeys(labels[rid]))
         print(f"{rid:<14}{state:<10}{meta['size']:<12}{meta['arm']:<14}{cfg['seed']:>5}  {sweeps}")
-    print(f"{plan.name}: {len(plan.configs)} runs in {runs_dir}: "
-          + ", ".join(f"{counts[s]} {s}" for s in rundir.STATES))
+    print(
+        f"{plan.name}: {len(plan.configs)} runs in {runs_dir}: " + ", ".join(f"{counts[s]} {s}" for s in rundir.STATES)
+    )
     if waiting:
-        print(f"{plan.name}: not planned until their family's tuning search is done (`rlrs tune {a.study}`): "
-              + ", ".join(waiting))
+        print(
+            f"{plan.name}: not planned until their family's tuning search is done (`rlrs tune {a.study}`): "
+            + ", ".join(waiting)
+        )
     return EXIT_OK
 
 
@@ -227,8 +234,9 @@ def cmd_collect(a) -> int:
             raise db.DatabaseError("nothing to collect: give run directories, --runs-root or --plan")
         dirs = list(dict.fromkeys(dirs))  # a directory named twice is read once
         tune = db.tune_results(a.plan) if a.plan is not None else None
-        result = db.ingest(a.db, dirs, study=a.study, plan=a.plan, after_ingest=analysis.materialize,
-                           progress=True, tune=tune)
+        result = db.ingest(
+            a.db, dirs, study=a.study, plan=a.plan, after_ingest=analysis.materialize, progress=True, tune=tune
+        )
     except (db.DatabaseError, ConfigError) as e:
         return _error("collect", e)
     for s in result.skipped:
@@ -295,7 +303,9 @@ def cmd_report(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlrs", description="rlrs: scaling studies of decoupled relative learning-rate schedules")
+    parser = argparse.ArgumentParser(
+        prog="rlrs", description="rlrs: scaling studies of decoupled relative learning-rate schedules"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train (or resume, or skip) one run")
@@ -312,8 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="run one run directory's config through submitit and wait")
     p.add_argument("run_dirs", type=Path, nargs="+")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--plan", type=Path, default=None,
-                     help="plan.json holding the run's config (default: results/<study>/plan.json above RUN_DIR)")
+    src.add_argument(
+        "--plan",
+        type=Path,
+        default=None,
+        help="plan.json holding the run's config (default: results/<study>/plan.json above RUN_DIR)",
+    )
     src.add_argument("--study", type=Path, default=None, help="study file to expand instead of a plan")
     p.add_argument("--executor", choices=KINDS, default=None, help="override the study's executor.kind")
     p.set_defaults(func=cmd_submit)
@@ -331,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default=None, help="study name recorded with the runs")
     p.add_argument("run_dirs", type=Path, nargs="*")
     p.add_argument("--runs-root", type=Path, default=None, help="ingest every run directory below this folder")
-    p.add_argument("--plan", type=Path, default=None,
-                   help="the study's plan.json (which part of the study asked for each run)")
+    p.add_argument(
+        "--plan", type=Path, default=None, help="the study's plan.json (which part of the study asked for each run)"
+    )
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("query", help="run a read-only SQL query on a study's DuckDB")

@@ -81,10 +81,17 @@ FIELDS: dict[str, dict[str, Field] | Field] = {
         "d_model": Field(128, _pos_int, "width"),
         "n_layers": Field(2, _pos_int, "Transformer blocks"),
         "n_heads": Field(4, _pos_int, "attention heads; must divide d_model"),
-        "d_ff": Field(None, _nullable(_pos_int), "dense SwiGLU hidden width (MoE: one expert's, before granularity); default 4 * d_model"),
+        "d_ff": Field(
+            None,
+            _nullable(_pos_int),
+            "dense SwiGLU hidden width (MoE: one expert's, before granularity); default 4 * d_model",
+        ),
         "init_scale": Field(0.15, _pos_num, "truncated normal std sqrt(init_scale / fan_in)"),
-        "moe": Field(None, {"anyOf": [{"type": "null"}, _obj({k: f.schema for k, f in MOE_FIELDS.items()})]},
-                     "null for a dense model, or the MoE block (model.moe.*)"),
+        "moe": Field(
+            None,
+            {"anyOf": [{"type": "null"}, _obj({k: f.schema for k, f in MOE_FIELDS.items()})]},
+            "null for a dense model, or the MoE block (model.moe.*)",
+        ),
     },
     "optim": {
         "lr": Field(3e-3, _pos_num, "base learning rate"),
@@ -97,13 +104,18 @@ FIELDS: dict[str, dict[str, Field] | Field] = {
     "schedule": {
         "shape": Field("cosine", {"enum": list(SHAPES)}, "base schedule: " + " | ".join(SHAPES)),
         "warmup_steps": Field(None, _nullable(_nonneg_int), "resolved integer; default ceil(warmup_fraction * steps)"),
-        "warmup_fraction": Field(0.01, {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-                                 "warmup as a fraction of steps when warmup_steps is not given (not kept in the resolved config)"),
+        "warmup_fraction": Field(
+            0.01,
+            {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+            "warmup as a fraction of steps when warmup_steps is not given (not kept in the resolved config)",
+        ),
         "final_lr_fraction": Field(0.0444, {"type": "number", "minimum": 0}, "f: the schedule ends at lr * f * end"),
         "decay_fraction": Field(0.2, _fraction, "wsd only: the last fraction of steps decays linearly"),
-        "multipliers": Field({}, {"type": "object", "propertyNames": {"enum": list(COMPONENTS)},
-                                  "additionalProperties": _multiplier},
-                             "component -> {start, end}; resolved for every component with parameters, (1, 1) where missing"),
+        "multipliers": Field(
+            {},
+            {"type": "object", "propertyNames": {"enum": list(COMPONENTS)}, "additionalProperties": _multiplier},
+            "component -> {start, end}; resolved for every component with parameters, (1, 1) where missing",
+        ),
     },
     "data": {
         "corpus": Field("austen", {"type": "string", "minLength": 1}, "austen | text:PATH | tokens:PATH"),
@@ -171,8 +183,11 @@ def _allowed(schema: dict) -> str:
         parts = [_allowed(s) for s in schema["anyOf"]]
         return " or ".join(p for p in parts if p)
     kind = schema.get("type")
-    bounds = [f"{sym} {schema[k]}" for k, sym in (("minimum", ">="), ("exclusiveMinimum", ">"),
-                                                  ("maximum", "<="), ("exclusiveMaximum", "<")) if k in schema]
+    bounds = [
+        f"{sym} {schema[k]}"
+        for k, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+        if k in schema
+    ]
     kind = " or ".join(kind) if isinstance(kind, list) else kind
     return f"{kind or ''}{' ' + ' and '.join(bounds) if bounds else ''}".strip()
 
@@ -205,7 +220,9 @@ def resolve(raw: dict) -> dict:
     validate_data_config(cfg["data"])
     vocab = vocab_size_for(cfg["data"])
     if model["vocab_size"] not in (None, vocab):
-        raise ConfigError("model.vocab_size", f"{model['vocab_size']} does not match the tokenizer's {vocab}; leave it out")
+        raise ConfigError(
+            "model.vocab_size", f"{model['vocab_size']} does not match the tokenizer's {vocab}; leave it out"
+        )
     model["vocab_size"] = vocab
     if model["d_ff"] is None:
         model["d_ff"] = 4 * model["d_model"]
@@ -214,7 +231,10 @@ def resolve(raw: dict) -> dict:
     moe = model["moe"]
     if moe:
         if moe["top_k"] > moe["n_experts"]:
-            raise ConfigError("model.moe.top_k", f"{moe['top_k']} is larger than n_experts={moe['n_experts']}; allowed: 1..{moe['n_experts']}")
+            raise ConfigError(
+                "model.moe.top_k",
+                f"{moe['top_k']} is larger than n_experts={moe['n_experts']}; allowed: 1..{moe['n_experts']}",
+            )
         if model["d_ff"] % moe["granularity"]:
             divisors = [g for g in range(1, model["d_ff"] + 1) if model["d_ff"] % g == 0 and g <= 64]
             raise ConfigError(
@@ -226,7 +246,9 @@ def resolve(raw: dict) -> dict:
         sched["warmup_steps"] = math.ceil(sched["warmup_fraction"] * steps)
     del sched["warmup_fraction"]
     if sched["warmup_steps"] >= steps:
-        raise ConfigError("schedule.warmup_steps", f"{sched['warmup_steps']} must be shorter than training (train.steps={steps})")
+        raise ConfigError(
+            "schedule.warmup_steps", f"{sched['warmup_steps']} must be shorter than training (train.steps={steps})"
+        )
 
     sched["multipliers"] = _resolve_multipliers(sched["multipliers"], moe is not None)
     return cfg
@@ -246,7 +268,10 @@ def _resolve_multipliers(table: dict, is_moe: bool) -> dict:
     """
     norm = table.get("norm")
     if norm and (norm["start"], norm["end"]) != (1, 1):
-        raise ConfigError("schedule.multipliers.norm", "norm always runs at the base rate; allowed: {start: 1, end: 1} or leave it out")
+        raise ConfigError(
+            "schedule.multipliers.norm",
+            "norm always runs at the base rate; allowed: {start: 1, end: 1} or leave it out",
+        )
     out = {}
     for comp in present_components(is_moe):
         m = table.get(comp, {"start": 1.0, "end": 1.0})

@@ -104,17 +104,23 @@ def _is_int(value) -> bool:
 def validate_data_config(data_cfg: dict) -> None:
     """Raise ConfigError naming the field for any bad `data:` setting. Cheap: reads no corpus."""
     if not isinstance(data_cfg, dict):
-        raise ConfigError("data", f"expected a mapping of settings ({', '.join(DATA_KEYS)}), got {type(data_cfg).__name__}")
+        raise ConfigError(
+            "data", f"expected a mapping of settings ({', '.join(DATA_KEYS)}), got {type(data_cfg).__name__}"
+        )
     unknown = sorted(set(data_cfg) - set(DATA_KEYS))
     if unknown:
         raise ConfigError(f"data.{unknown[0]}", f"unknown key; allowed keys here: {', '.join(DATA_KEYS)}")
     cfg = data_cfg
     scheme, path = _parse_corpus(cfg["corpus"])
     if cfg["tokenizer"] not in TOKENIZERS:
-        raise ConfigError("data.tokenizer", f"{cfg['tokenizer']!r} is not a tokenizer; allowed: {', '.join(TOKENIZERS)}")
+        raise ConfigError(
+            "data.tokenizer", f"{cfg['tokenizer']!r} is not a tokenizer; allowed: {', '.join(TOKENIZERS)}"
+        )
     vocab = cfg["bpe_vocab_size"]
     if not _is_int(vocab) or vocab < 257:
-        raise ConfigError("data.bpe_vocab_size", f"{vocab!r} is not valid; allowed: an integer >= 257 (256 bytes + merges)")
+        raise ConfigError(
+            "data.bpe_vocab_size", f"{vocab!r} is not valid; allowed: an integer >= 257 (256 bytes + merges)"
+        )
     frac = cfg["val_fraction"]
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
         raise ConfigError("data.val_fraction", f"{frac!r} is out of range; allowed: a number with 0 < val_fraction < 1")
@@ -122,12 +128,21 @@ def validate_data_config(data_cfg: dict) -> None:
     if not _is_int(eval_tokens) or eval_tokens < 1:
         raise ConfigError("data.eval_tokens", f"{eval_tokens!r} is not valid; allowed: a positive integer")
     if scheme == "text" and not (path.is_file() or path.is_dir()):
-        raise ConfigError("data.corpus", f"{path} does not exist; allowed: a UTF-8 text file or a directory of {'/'.join(TEXT_SUFFIXES)} files")
+        raise ConfigError(
+            "data.corpus",
+            f"{path} does not exist; allowed: a UTF-8 text file or a directory of {'/'.join(TEXT_SUFFIXES)} files",
+        )
     if scheme == "tokens":
         if path.suffix not in (".npy", ".bin") or not path.is_file():
-            raise ConfigError("data.corpus", f"{path} is not an existing .npy or .bin file; allowed: tokens:FILE.npy (integers) or tokens:FILE.bin (raw uint16)")
+            raise ConfigError(
+                "data.corpus",
+                f"{path} is not an existing .npy or .bin file; allowed: tokens:FILE.npy (integers) or tokens:FILE.bin (raw uint16)",
+            )
         if cfg["tokenizer"] != "bytes":
-            raise ConfigError("data.tokenizer", f"{cfg['tokenizer']!r} cannot apply to pre-tokenized ids; allowed with a tokens: corpus: bytes (the default; it is ignored)")
+            raise ConfigError(
+                "data.tokenizer",
+                f"{cfg['tokenizer']!r} cannot apply to pre-tokenized ids; allowed with a tokens: corpus: bytes (the default; it is ignored)",
+            )
 
 
 def vocab_size_for(data_cfg: dict) -> int:
@@ -146,7 +161,9 @@ def _austen_text() -> tuple[bytes, str]:
     folder = data_dir() / "austen"
     text_path, meta_path = folder / "austen.txt", folder / "meta.json"
     if not (text_path.is_file() and meta_path.is_file()):
-        raise CorpusNotFoundError(f"the austen corpus is not in {folder}; run `rlrs corpus fetch` once (setup step) or set data.corpus")
+        raise CorpusNotFoundError(
+            f"the austen corpus is not in {folder}; run `rlrs corpus fetch` once (setup step) or set data.corpus"
+        )
     raw, meta = text_path.read_bytes(), json.loads(meta_path.read_text())
     if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
         raise CorpusNotFoundError(f"{text_path} does not match its meta.json checksum; run `rlrs corpus fetch` again")
@@ -172,7 +189,9 @@ def _text_source(path: Path) -> bytes:
 def _read_token_file(path: Path) -> np.ndarray:
     ids = np.load(path, mmap_mode="r") if path.suffix == ".npy" else np.memmap(path, dtype="<u2", mode="r")
     if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.size == 0:
-        raise ConfigError("data.corpus", f"{path} must hold a non-empty 1-D array of integers (got {ids.dtype}, shape {ids.shape})")
+        raise ConfigError(
+            "data.corpus", f"{path} must hold a non-empty 1-D array of integers (got {ids.dtype}, shape {ids.shape})"
+        )
     if ids.dtype.kind == "i" and ids.min() < 0:
         raise ConfigError("data.corpus", f"{path} holds negative token ids")
     return ids
@@ -199,7 +218,9 @@ def _train_bpe(train_text: str, vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     # Train on lines so that no single sequence holds the whole corpus.
     tok.train_from_iterator(train_text.splitlines(keepends=True), trainer=trainer)
     return tok
@@ -220,12 +241,15 @@ def bpe_tokenizer(train_raw: bytes, vocab_size: int):
         if not path.is_file():
             tok = _train_bpe(train_raw.decode("utf-8"), vocab_size)
             atomic.write_bytes(path, tok.to_str().encode())
-            print(f"rlrs: trained a {vocab_size}-token BPE (tokenizers {tokenizers_version}) -> {path}", file=sys.stderr)
+            print(
+                f"rlrs: trained a {vocab_size}-token BPE (tokenizers {tokenizers_version}) -> {path}", file=sys.stderr
+            )
     return Tokenizer.from_file(str(path)), path
 
 
 def _bpe_ids(tok, text: str) -> torch.Tensor:
     import torch
+
     lines = text.splitlines(keepends=True)
     ids = [i for enc in tok.encode_batch(lines, add_special_tokens=False) for i in enc.ids]
     return torch.tensor(ids, dtype=torch.int32)
@@ -244,13 +268,17 @@ def load_corpus(data_cfg: dict) -> Corpus:
     corpus = _load_corpus(cfg["corpus"], cfg["tokenizer"], bpe_vocab, cfg["val_fraction"], str(data_dir()))
     n_val = len(corpus.val)
     if cfg["eval_tokens"] > n_val:
-        raise ConfigError("data.eval_tokens", f"{cfg['eval_tokens']} is more than the {n_val} validation tokens of {corpus.name}; allowed: at most {n_val} (or raise data.val_fraction)")
+        raise ConfigError(
+            "data.eval_tokens",
+            f"{cfg['eval_tokens']} is more than the {n_val} validation tokens of {corpus.name}; allowed: at most {n_val} (or raise data.val_fraction)",
+        )
     return corpus
 
 
 @functools.lru_cache(maxsize=4)
 def _load_corpus(spec: str, tokenizer: str, bpe_vocab: int | None, val_fraction: float, _data_dir: str) -> Corpus:
     import torch
+
     scheme, path = _parse_corpus(spec)
     if scheme == "tokens":
         ids = torch.from_numpy(np.asarray(_read_token_file(path), dtype=np.int32))
@@ -277,8 +305,13 @@ def _load_corpus(spec: str, tokenizer: str, bpe_vocab: int | None, val_fraction:
     counts = torch.bincount(val.long(), minlength=vocab).double()
     p = counts[counts > 0] / len(val)
     description = {
-        "source": source, "sha256": sha, "bytes": n_bytes, "tokenizer": tokenizer,
-        "val_fraction": val_fraction, "n_train_tokens": len(train), "n_val_tokens": len(val),
+        "source": source,
+        "sha256": sha,
+        "bytes": n_bytes,
+        "tokenizer": tokenizer,
+        "val_fraction": val_fraction,
+        "n_train_tokens": len(train),
+        "n_val_tokens": len(val),
         # Entropy of the validation unigram distribution: the loss of a model
         # that ignores context, a reference level for training curves.
         "val_unigram_entropy_nats": float(-(p * p.log()).sum()),
@@ -293,18 +326,25 @@ def _windows(tokens: torch.Tensor, starts: torch.Tensor, seq_len: int, device) -
     """Gather windows of seq_len + 1 tokens at `starts` in one indexing op; x is
     the first seq_len, y the same shifted by one."""
     import torch
+
     idx = starts[:, None] + torch.arange(seq_len + 1)
     w = tokens[idx].long().to(device)
     return w[:, :-1], w[:, 1:]
 
 
-def train_batch(corpus: Corpus, batch_size: int, seq_len: int, seed: int, step: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def train_batch(
+    corpus: Corpus, batch_size: int, seq_len: int, seed: int, step: int, device="cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch `step` of a run with `seed`: random windows of the training split.
     A pure function of (seed, step): resuming needs no data state."""
     import torch
+
     n_starts = len(corpus.train) - seq_len
     if n_starts < 1:
-        raise ConfigError("model.seq_len", f"{seq_len} needs at least {seq_len + 1} training tokens; {corpus.name} has {len(corpus.train)}")
+        raise ConfigError(
+            "model.seq_len",
+            f"{seq_len} needs at least {seq_len + 1} training tokens; {corpus.name} has {len(corpus.train)}",
+        )
     # SeedSequence mixes (seed, step) into a well-spread 64-bit seed; nearby
     # pairs give unrelated streams, and no global RNG state is touched.
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1))
@@ -312,14 +352,20 @@ def train_batch(corpus: Corpus, batch_size: int, seq_len: int, seed: int, step: 
     return _windows(corpus.train, starts, seq_len, device)
 
 
-def eval_batches(corpus: Corpus, seq_len: int, eval_tokens: int, batch_size: int, device="cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    corpus: Corpus, seq_len: int, eval_tokens: int, batch_size: int, device="cpu"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed evaluation set: the first eval_tokens validation tokens as
     eval_tokens // (seq_len + 1) non-overlapping windows, in batches of
     batch_size (the last may be smaller: weight batch means by their size)."""
     import torch
+
     n_windows = min(eval_tokens, len(corpus.val)) // (seq_len + 1)
     if eval_tokens > len(corpus.val) or n_windows < 1:
-        raise ConfigError("data.eval_tokens", f"{eval_tokens} must be between seq_len + 1 = {seq_len + 1} and the {len(corpus.val)} validation tokens of {corpus.name}")
+        raise ConfigError(
+            "data.eval_tokens",
+            f"{eval_tokens} must be between seq_len + 1 = {seq_len + 1} and the {len(corpus.val)} validation tokens of {corpus.name}",
+        )
     starts = torch.arange(n_windows) * (seq_len + 1)
     return [_windows(corpus.val, chunk, seq_len, device) for chunk in starts.split(batch_size)]
 
@@ -331,7 +377,9 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise RuntimeError(f"`{cmd[0]}` is not available: fetching the austen corpus needs Debian's apt-get and dpkg-deb") from None
+        raise RuntimeError(
+            f"`{cmd[0]}` is not available: fetching the austen corpus needs Debian's apt-get and dpkg-deb"
+        ) from None
 
 
 def decode_austen(root: Path) -> tuple[str, list[dict]]:
@@ -374,8 +422,12 @@ def fetch_austen() -> dict:
             atomic.write_bytes(folder / "package" / rel, (lib / rel).read_bytes())
     raw = text.encode("utf-8")
     meta = {
-        "package": AUSTEN_PACKAGE, "version": version, "sha256": hashlib.sha256(raw).hexdigest(),
-        "bytes": len(raw), "books": books, "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "package": AUSTEN_PACKAGE,
+        "version": version,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "bytes": len(raw),
+        "books": books,
+        "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic.write_bytes(folder / "austen.txt", raw)  # text first: meta.json marks a complete fetch
     atomic.write_bytes(folder / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())

@@ -32,7 +32,10 @@ def _translate(err, root: str) -> ConfigError:
     at = lambda p: _field(p, root)  # noqa: E731
     if err.validator == "required":
         missing = err.message.split("'")[1] if "'" in err.message else err.message
-        return ConfigError(at(path + [missing]), f"required key is missing (keys here: {', '.join(sorted(schema.get('properties', {})))})")
+        return ConfigError(
+            at(path + [missing]),
+            f"required key is missing (keys here: {', '.join(sorted(schema.get('properties', {})))})",
+        )
     if err.validator == "additionalProperties":
         known = sorted(schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(known))
@@ -41,7 +44,9 @@ def _translate(err, root: str) -> ConfigError:
         # jsonschema reports a bad key against its mapping: name the key itself.
         bad = err.instance
         if err.validator == "enum":
-            return ConfigError(at(path + [bad]), f"unknown name {bad!r}; allowed: {', '.join(map(str, schema['enum']))}")
+            return ConfigError(
+                at(path + [bad]), f"unknown name {bad!r}; allowed: {', '.join(map(str, schema['enum']))}"
+            )
         return ConfigError(at(path + [bad]), f"bad name {bad!r}; allowed: letters, digits, '_', '.', '-'")
     if err.validator == "enum":
         return ConfigError(at(path), f"{err.instance!r} is not allowed; allowed: {', '.join(map(str, schema['enum']))}")
@@ -65,8 +70,11 @@ def _translate(err, root: str) -> ConfigError:
 def _describe(schema: dict) -> str:
     """'number > 0', 'integer >= 1', ...: what a schema node accepts."""
     kind = schema.get("type")
-    bounds = [f"{sym} {schema[key]}" for key, sym in
-              (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")) if key in schema]
+    bounds = [
+        f"{sym} {schema[key]}"
+        for key, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+        if key in schema
+    ]
     if kind == "object" and "properties" in schema:
         return "a mapping with keys " + ", ".join(sorted(schema["properties"]))
     if kind is None and not bounds:

@@ -196,8 +196,9 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_
     missing = [d.name for d in run_dirs if d.name not in configs]
     if missing:
         raise ConfigError(
-            "run_dirs", f"run id(s) {', '.join(missing)} are not in the plan; the directory name must be a planned run id "
-            "(re-run snakemake to rewrite plan.json after editing the study)"
+            "run_dirs",
+            f"run id(s) {', '.join(missing)} are not in the plan; the directory name must be a planned run id "
+            "(re-run snakemake to rewrite plan.json after editing the study)",
         )
     todo = []
     for d in run_dirs:
@@ -216,10 +217,19 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_
         ex = make_executor(kind, group[0] / SUBMITIT_DIR, settings)
         job = ex.submit(TrainJob(), [(configs[d.name], str(d.resolve())) for d in group], kind)
         for d in group:
-            atomic.write_json(d / rundir.SUBMITTED, {
-                "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "submitted_at": _now(),
-                "host": socket.gethostname(), "pid": os.getpid(), "job_runs": [g.name for g in group], **_log_paths(job),
-            })
+            atomic.write_json(
+                d / rundir.SUBMITTED,
+                {
+                    "run_id": d.name,
+                    "job_id": str(job.job_id),
+                    "executor": kind,
+                    "submitted_at": _now(),
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "job_runs": [g.name for g in group],
+                    **_log_paths(job),
+                },
+            )
         jobs.append((group, job))
 
     def cancel(signum, _frame):
@@ -243,21 +253,36 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_
         try:
             outcomes = _result(job, kind)
         except Exception as e:  # the job itself failed: every run of it without a result did
-            outcomes = [{"run_dir": str(d.resolve()), "summary": s} if (s := rundir.finished_summary(d)) is not None
-                        else {"run_dir": str(d.resolve()), "error": f"{type(e).__name__}: {str(e)[-2000:]}", "exc": e}
-                        for d in group]
+            outcomes = [
+                {"run_dir": str(d.resolve()), "summary": s}
+                if (s := rundir.finished_summary(d)) is not None
+                else {"run_dir": str(d.resolve()), "error": f"{type(e).__name__}: {str(e)[-2000:]}", "exc": e}
+                for d in group
+            ]
         for d, outcome in zip(group, outcomes):
             (d / rundir.SUBMITTED).unlink(missing_ok=True)
             if "summary" in outcome:
                 summary = outcome["summary"]
-                print(f"[{d.name}] {summary['status']}: final eval loss {summary.get('final_eval_loss')} (job {job.job_id}, {kind})")
+                print(
+                    f"[{d.name}] {summary['status']}: final eval loss {summary.get('final_eval_loss')} (job {job.job_id}, {kind})"
+                )
                 continue
             failed += 1
             error = outcome["error"]
-            atomic.write_json(d / rundir.FAILURE, {
-                "run_id": d.name, "job_id": str(job.job_id), "executor": kind, "failed_at": _now(),
-                "error": error[-2000:], **logs,
-            })
-            print(f"[{d.name}] FAILED (job {job.job_id}, {kind}): {_last_error(outcome.get('exc') or RuntimeError(error), logs['stderr'])}\n"
-                  f"  job log: {logs['stderr']}\n  job stdout: {logs['stdout']}", file=sys.stderr)
+            atomic.write_json(
+                d / rundir.FAILURE,
+                {
+                    "run_id": d.name,
+                    "job_id": str(job.job_id),
+                    "executor": kind,
+                    "failed_at": _now(),
+                    "error": error[-2000:],
+                    **logs,
+                },
+            )
+            print(
+                f"[{d.name}] FAILED (job {job.job_id}, {kind}): {_last_error(outcome.get('exc') or RuntimeError(error), logs['stderr'])}\n"
+                f"  job log: {logs['stderr']}\n  job stdout: {logs['stdout']}",
+                file=sys.stderr,
+            )
     return 1 if failed else 0

@@ -220,7 +220,9 @@ class MoE(nn.Module):
         kept = pos < capacity
         assignment = order[kept]
         slot = expert_sorted[kept] * capacity + pos[kept]
-        slot_token = torch.zeros(E * capacity, dtype=torch.long, device=choice.device).index_put_((slot,), assignment % N)
+        slot_token = torch.zeros(E * capacity, dtype=torch.long, device=choice.device).index_put_(
+            (slot,), assignment % N
+        )
         slot_weight = weight.new_zeros(E * capacity).index_put((slot,), weight[assignment])
         return slot_token, slot_weight, counts, kept
 

@@ -34,8 +34,15 @@ BASEENV_SXP, EMPTYENV_SXP, BCREPREF, BCREPDEF = 241, 242, 243, 244
 GENERICREFSXP, CLASSREFSXP, PERSISTSXP, PACKAGESXP, NAMESPACESXP = 245, 246, 247, 248, 249
 BASENAMESPACE_SXP, MISSINGARG_SXP, UNBOUNDVALUE_SXP, GLOBALENV_SXP = 250, 251, 252, 253
 NILVALUE_SXP, REFSXP = 254, 255
-_SINGLETONS = {NILVALUE_SXP, EMPTYENV_SXP, BASEENV_SXP, GLOBALENV_SXP, UNBOUNDVALUE_SXP,
-               MISSINGARG_SXP, BASENAMESPACE_SXP}
+_SINGLETONS = {
+    NILVALUE_SXP,
+    EMPTYENV_SXP,
+    BASEENV_SXP,
+    GLOBALENV_SXP,
+    UNBOUNDVALUE_SXP,
+    MISSINGARG_SXP,
+    BASENAMESPACE_SXP,
+}
 _LATIN1, _UTF8, _BYTES = 1 << 2, 1 << 3, 1 << 1  # CHARSXP encoding bits in `levels`
 NA_INTEGER = -(2**31)
 
@@ -70,7 +77,7 @@ class _Reader:
     def take(self, n: int) -> memoryview:
         if self.pos + n > len(self.buf):
             raise RDataError("truncated R serialization")
-        out = self.buf[self.pos:self.pos + n]
+        out = self.buf[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -116,8 +123,7 @@ class _Reader:
             if kind == PERSISTSXP and self.persistent:
                 value = self.persistent(names)
             else:
-                value = ({PERSISTSXP: "persistent", PACKAGESXP: "package",
-                          NAMESPACESXP: "namespace"}[kind], names)
+                value = ({PERSISTSXP: "persistent", PACKAGESXP: "package", NAMESPACESXP: "namespace"}[kind], names)
             self.refs.append(value)
             return value
         if kind == SYMSXP:
@@ -178,8 +184,10 @@ class _Reader:
                 value = list(value)
         elif kind in (INTSXP, LGLSXP):
             n = self.length()
-            value = [None if v == NA_INTEGER else (bool(v) if kind == LGLSXP else v)
-                     for v in struct.unpack(f">{n}i", self.take(4 * n))]
+            value = [
+                None if v == NA_INTEGER else (bool(v) if kind == LGLSXP else v)
+                for v in struct.unpack(f">{n}i", self.take(4 * n))
+            ]
         elif kind == REALSXP:
             n = self.length()
             value = list(struct.unpack(f">{n}d", self.take(8 * n)))
@@ -263,8 +271,7 @@ def _decompress_record(record: bytes) -> bytes:
     body = record[4:]
     if body[:1] in (b"Z", b"2", b"X", b"0"):  # a zlib stream starts with b"x", never these
         method, body = body[:1], body[1:]
-        body = {b"Z": zlib.decompress, b"2": bz2.decompress, b"X": lzma.decompress,
-                b"0": bytes}[method](body)
+        body = {b"Z": zlib.decompress, b"2": bz2.decompress, b"X": lzma.decompress, b"0": bytes}[method](body)
     else:
         body = zlib.decompress(body)
     if len(body) != size:

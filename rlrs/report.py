@@ -67,7 +67,11 @@ class Figure:
     part: str | None = None
 
 
-def _if_rows(name: str, make: Callable[[pl.DataFrame], alt.TopLevelMixin], keep: Callable[[pl.DataFrame], pl.DataFrame] = lambda f: f):
+def _if_rows(
+    name: str,
+    make: Callable[[pl.DataFrame], alt.TopLevelMixin],
+    keep: Callable[[pl.DataFrame], pl.DataFrame] = lambda f: f,
+):
     """A builder that draws frames[name] when it has rows (after `keep`)."""
 
     def build(frames):
@@ -79,7 +83,8 @@ def _if_rows(name: str, make: Callable[[pl.DataFrame], alt.TopLevelMixin], keep:
 
 FIGURES = (
     Figure(
-        "speedup_vs_size", "Speedup against model size",
+        "speedup_vs_size",
+        "Speedup against model size",
         "Each point is one arm at one model size: how many more steps (in %) the baseline needs to reach that "
         "arm's final eval loss (T*/T - 1; 0 = no gain). The x axis is the number of non-embedding parameters "
         "(log). Bars are 95% bootstrap intervals over seeds; no bar means a single seed. Triangles mark bounds: "
@@ -89,19 +94,29 @@ FIGURES = (
         "tuned at the small size keeps its advantage at larger sizes.",
         "no speedup could be computed: that needs baseline runs at two or more lengths (a `ladder` sweep) or a "
         "baseline eval curve, and a completed non-baseline arm at the same size",
-        _if_rows("speedup", plots.speedup_vs_size, lambda f: f.filter(pl.col("speedup").is_not_null() | pl.col("bound").is_not_null())),
+        _if_rows(
+            "speedup",
+            plots.speedup_vs_size,
+            lambda f: f.filter(pl.col("speedup").is_not_null() | pl.col("bound").is_not_null()),
+        ),
     ),
     Figure(
-        "loss_gap_vs_size", "Final-loss gap against model size",
+        "loss_gap_vs_size",
+        "Final-loss gap against model size",
         "Each point is one arm at one model size: the baseline's final eval loss minus the arm's, both after the "
         "same number of steps and each at its own best learning rate (positive: the arm is ahead). Bars are 95% "
         "bootstrap intervals over both arms' seeds; no bar means a single seed on either side. Unlike the speedup, "
         "this is defined even where the arm beats every baseline run, so the speedup is only a bound.",
         "no size has completed runs of both the baseline and another arm at the same length",
-        _if_rows("speedup", plots.loss_gap_vs_size, lambda f: f.filter((pl.col("definition") == "ladder") & pl.col("loss_gap").is_not_null())),
+        _if_rows(
+            "speedup",
+            plots.loss_gap_vs_size,
+            lambda f: f.filter((pl.col("definition") == "ladder") & pl.col("loss_gap").is_not_null()),
+        ),
     ),
     Figure(
-        "tune_progress", "Tuning: greedy local search",
+        "tune_progress",
+        "Tuning: greedy local search",
         "The search at each tuning size (spec section 4): the line is the best score so far (mean train loss of "
         "the last 100 steps unless the study says otherwise) against the number of distinct runs the search has "
         "spent, one line per arm (the baseline searches the global settings only; the relative arm also every "
@@ -113,16 +128,20 @@ FIGURES = (
         part="tune",
     ),
     Figure(
-        "loss_curves", "Loss curves",
+        "loss_curves",
+        "Loss curves",
         "Per model size, the compared runs (mean over seeds): lines are training loss averaged over bins of "
         "steps, dots are eval losses. Each arm is shown at the learning rate it is compared at. The black cross "
         "marks the step at which the baseline's eval curve first reaches that arm's final eval loss (the target "
         "definition); the subtitle gives both speedups. Click a legend entry to highlight it.",
         "no completed main runs with metrics",
-        lambda frames: plots.loss_curves(frames["loss_curves"], frames["speedup"]) if frames["loss_curves"].height else None,
+        lambda frames: (
+            plots.loss_curves(frames["loss_curves"], frames["speedup"]) if frames["loss_curves"].height else None
+        ),
     ),
     Figure(
-        "lr_schedules", "Per-component learning-rate schedules",
+        "lr_schedules",
+        "Per-component learning-rate schedules",
         "The learning rate each component actually trained with (read from the run's metrics), per arm, at the "
         "smallest size of each model family (dense, MoE; one dash pattern each): the baseline gives every "
         "component the same cosine; the relative schedule gives each "
@@ -131,7 +150,8 @@ FIGURES = (
         _if_rows("lr_schedules", plots.lr_schedules),
     ),
     Figure(
-        "lr_sweep", "Base learning-rate sweeps",
+        "lr_sweep",
+        "Base learning-rate sweeps",
         "Final eval loss (mean over seeds) against the base learning rate, one line per size, one panel per arm. "
         "The large dot is the lr the speedup compares that arm at: the lowest mean loss, where an lr on which a "
         "seed diverged is chosen only if every lr has a diverged seed. Hover a point for its run ids and seed "
@@ -140,7 +160,8 @@ FIGURES = (
         _if_rows("lr_sweep", sweep_plots.lr_sweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
     ),
     Figure(
-        "usweep", "Sensitivity of each multiplier (U-plots)",
+        "usweep",
+        "Sensitivity of each multiplier (U-plots)",
         "Final eval loss when one component's start or end multiplier is scaled by a factor (log x; factor 1 is "
         "the tuned value), the others held at their tuned values; one line per size. The large dot is the best "
         "factor at that size. A minimum at 1 that stays at 1 for the larger size means the tuned value transfers.",
@@ -148,7 +169,8 @@ FIGURES = (
         _if_rows("usweep", sweep_plots.usweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
     ),
     Figure(
-        "ablation", "Ablations",
+        "ablation",
+        "Ablations",
         "Change in final eval loss when one component is changed. Removal: the full relative schedule with that "
         "component reset to the baseline's (1, 1); a positive bar means the component's schedule helps. "
         "Contribution: the baseline plus only that component's relative values; a negative bar means it helps "
@@ -157,7 +179,8 @@ FIGURES = (
         _if_rows("ablation", sweep_plots.ablation, lambda f: f.filter(pl.col("delta").is_not_null())),
     ),
     Figure(
-        "update_sizes", "Relative update size per component",
+        "update_sizes",
+        "Relative update size per component",
         "How far each step moves each component's weights, ||ΔW|| / ||W|| (log y), over training, mean over "
         "seeds of the main runs; one colour per arm, one dash pattern per size. Compare the arms within a panel "
         "to see how the relative schedule changes each component's pace (the paper's Figure 1).",
@@ -248,21 +271,31 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
     sp = frames["speedup"]
     heads = headline_rows(sp) if sp.height else []
     headline_html = (
-        "<ul class='headline'>" + "".join(f"<li>{esc(headline(r) + gap_sentence(r))}{caveat(r)}</li>" for r in heads) + "</ul>"
-        if heads else '<p class="missing">No speedup: the study has no completed non-baseline arm next to a completed baseline.</p>'
+        "<ul class='headline'>"
+        + "".join(f"<li>{esc(headline(r) + gap_sentence(r))}{caveat(r)}</li>" for r in heads)
+        + "</ul>"
+        if heads
+        else '<p class="missing">No speedup: the study has no completed non-baseline arm next to a completed baseline.</p>'
     )
     problems = extra["problems"]
     problems_html = (
         f"<p>{problems.height} run(s) did not complete; their losses are excluded from every number above.</p>"
         + table(problems, PROBLEM_COLUMNS)
-        if problems.height else "<p>Every planned run completed.</p>"
+        if problems.height
+        else "<p>Every planned run completed.</p>"
     )
     mult = multipliers_table(extra["multipliers"])
     prov = extra["provenance"]
     prov_html = "".join(
-        f"<h3>{esc(title)}</h3>{table(prov[key])}" for key, title in
-        (("study", "Study file"), ("commits", "Code (git commits)"), ("corpus", "Data"),
-         ("versions", "Package versions"), ("executors", "Executors and hosts")) if key in prov and prov[key].height
+        f"<h3>{esc(title)}</h3>{table(prov[key])}"
+        for key, title in (
+            ("study", "Study file"),
+            ("commits", "Code (git commits)"),
+            ("corpus", "Data"),
+            ("versions", "Package versions"),
+            ("executors", "Executors and hosts"),
+        )
+        if key in prov and prov[key].height
     )
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -274,23 +307,34 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         f"<p class='meta'>Generated {esc(dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} from "
         f"{esc(extra['db_path'])}. Speedup = T*/T - 1: how many more steps the baseline needs to match an arm's "
         "final eval loss; steps saved = 1 - T/T*. Intervals: 95% percentile bootstrap over seeds.</p>",
-        "<h2>Headline</h2>", headline_html,
+        "<h2>Headline</h2>",
+        headline_html,
         *sections,
         "<h2>Tables</h2>",
-        "<h3>Model sizes</h3>", table(extra["sizes"], {k: v for k, v in SIZES_COLUMNS.items() if k in extra["sizes"].columns}),
+        "<h3>Model sizes</h3>",
+        table(extra["sizes"], {k: v for k, v in SIZES_COLUMNS.items() if k in extra["sizes"].columns}),
         "<h3>Multipliers per arm (start / end)</h3>",
         table(mult) if mult.height else "<p>No main runs.</p>",
-        "<h3>Final losses (main runs)</h3>", table(frames["final_losses_by_arm"], FINAL_COLUMNS),
-        "<h3>Speedups</h3>", table(sp, SPEEDUP_COLUMNS) if sp.height else "<p>None computed.</p>",
+        "<h3>Final losses (main runs)</h3>",
+        table(frames["final_losses_by_arm"], FINAL_COLUMNS),
+        "<h3>Speedups</h3>",
+        table(sp, SPEEDUP_COLUMNS) if sp.height else "<p>None computed.</p>",
         *(_tuned_section(frames["tuned_settings"]) if "tune" in extra.get("parts", ()) else []),
         "<h3>Transfer regret</h3>",
         "<p>For each swept parameter: the factor that was best at the smallest size, used at a larger size, "
         "minus the best loss at that larger size (0 = the small-scale choice is still optimal).</p>",
-        table(frames["regret"], REGRET_COLUMNS) if frames["regret"].height else "<p>No parameter was swept at two or more sizes.</p>",
-        "<h2>Failed, diverged and missing runs</h2>", problems_html,
-        "<h2>Provenance</h2>", prov_html or "<p>No provenance recorded.</p>",
+        table(frames["regret"], REGRET_COLUMNS)
+        if frames["regret"].height
+        else "<p>No parameter was swept at two or more sizes.</p>",
+        "<h2>Failed, diverged and missing runs</h2>",
+        problems_html,
+        "<h2>Provenance</h2>",
+        prov_html or "<p>No provenance recorded.</p>",
         '<p id="render-status" data-done="no">rendering charts…</p>',
-        *(f'<script type="application/json" id="spec-{name}">{script_json(spec)}</script>' for name, spec in specs.items()),
+        *(
+            f'<script type="application/json" id="spec-{name}">{script_json(spec)}</script>'
+            for name, spec in specs.items()
+        ),
         f"<script>{_RENDER_SCRIPT}</script>",
         "</body></html>",
     ]

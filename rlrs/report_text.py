@@ -64,8 +64,11 @@ def headline(r: dict) -> str:
         if lo is not None and hi is not None:
             ci = f"95% CI {_signed_saved(lo)} to {_signed_saved(hi)}"
         elif lo is not None or hi is not None:
-            ci = "95% CI " + (f"from {_signed_saved(lo)} to beyond the baseline runs" if lo is not None
-                              else f"from below the baseline runs to {_signed_saved(hi)}")
+            ci = "95% CI " + (
+                f"from {_signed_saved(lo)} to beyond the baseline runs"
+                if lo is not None
+                else f"from below the baseline runs to {_signed_saved(hi)}"
+            )
         else:
             ci = "no interval"
         return f"{where} {main} ({'; '.join(details + [f'{ci}, {seeds}', defn])})."
@@ -73,10 +76,14 @@ def headline(r: dict) -> str:
         edge, steps = r["bound_value"], r["steps"]
         edge_run = f"{steps * (1 + edge):.0f} steps, {1 + edge:.2f}x its {steps}"
         if r["bound"].startswith(">"):
-            return (f"{where} {r['arm']} ends below even the baseline's longest run ({edge_run}): the baseline "
-                    f"would need more than {pct(edge)} more steps; not extrapolated ({seeds}; {defn}).")
-        return (f"{where} {r['arm']} ends above even the baseline's shortest run ({edge_run}): speedup below "
-                f"{edge:+.0%}; not extrapolated ({seeds}; {defn}).")
+            return (
+                f"{where} {r['arm']} ends below even the baseline's longest run ({edge_run}): the baseline "
+                f"would need more than {pct(edge)} more steps; not extrapolated ({seeds}; {defn})."
+            )
+        return (
+            f"{where} {r['arm']} ends above even the baseline's shortest run ({edge_run}): speedup below "
+            f"{edge:+.0%}; not extrapolated ({seeds}; {defn})."
+        )
     return f"{where} no {defn} speedup for {r['arm']}: {r['note'] or 'no data'}."
 
 
@@ -87,8 +94,10 @@ def gap_sentence(r: dict) -> str:
     lo, hi = r.get("loss_gap_ci_low"), r.get("loss_gap_ci_high")
     ci = f", 95% CI {lo:.3f} to {hi:.3f}" if lo is not None and hi is not None else ", no interval"
     word = "lower" if r["loss_gap"] >= 0 else "higher"
-    return (f" At {r['steps']} steps its final eval loss is {abs(r['loss_gap']):.3f} nats {word} than the "
-            f"baseline's ({r['arm_loss']:.3f} vs {r['baseline_loss']:.3f}{ci}).")
+    return (
+        f" At {r['steps']} steps its final eval loss is {abs(r['loss_gap']):.3f} nats {word} than the "
+        f"baseline's ({r['arm_loss']:.3f} vs {r['baseline_loss']:.3f}{ci})."
+    )
 
 
 def caveat(r: dict) -> str:
@@ -107,8 +116,11 @@ def headline_rows(speedup: pl.DataFrame) -> list[dict]:
     rows = []
     for _, part in speedup.group_by(["size", "arm"], maintain_order=True):
         by_def = {r["definition"]: r for r in part.iter_rows(named=True)}
-        usable = [by_def[d] for d in ("ladder", "target") if d in by_def
-                  and (by_def[d]["speedup"] is not None or by_def[d]["bound"] is not None)]
+        usable = [
+            by_def[d]
+            for d in ("ladder", "target")
+            if d in by_def and (by_def[d]["speedup"] is not None or by_def[d]["bound"] is not None)
+        ]
         rows.append(usable[0] if usable else by_def.get("ladder") or next(iter(by_def.values())))
     return rows
 
@@ -138,49 +150,94 @@ def table(frame: pl.DataFrame, columns: dict[str, tuple[str, str]] | None = None
 
 
 SPEEDUP_COLUMNS = {
-    "size": ("size", ""), "params_nonembedding": ("non-emb. params", "params"), "arm": ("arm", ""),
-    "definition": ("definition", ""), "speedup": ("speedup T*/T-1", "pct"), "ci_low": ("CI low", "pct"),
-    "ci_high": ("CI high", "pct"), "bound": ("bound", ""), "saved": ("steps saved", "pct"),
-    "n_seeds": ("seeds", ""), "arm_lr": ("arm lr", ""), "steps": ("steps T", ""), "t_star": ("T*", ""),
-    "arm_loss": ("arm loss", "loss"), "baseline_loss": ("baseline loss", "loss"),
-    "loss_gap": ("loss gap", "loss"), "loss_gap_ci_low": ("gap CI low", "loss"), "loss_gap_ci_high": ("gap CI high", "loss"),
+    "size": ("size", ""),
+    "params_nonembedding": ("non-emb. params", "params"),
+    "arm": ("arm", ""),
+    "definition": ("definition", ""),
+    "speedup": ("speedup T*/T-1", "pct"),
+    "ci_low": ("CI low", "pct"),
+    "ci_high": ("CI high", "pct"),
+    "bound": ("bound", ""),
+    "saved": ("steps saved", "pct"),
+    "n_seeds": ("seeds", ""),
+    "arm_lr": ("arm lr", ""),
+    "steps": ("steps T", ""),
+    "t_star": ("T*", ""),
+    "arm_loss": ("arm loss", "loss"),
+    "baseline_loss": ("baseline loss", "loss"),
+    "loss_gap": ("loss gap", "loss"),
+    "loss_gap_ci_low": ("gap CI low", "loss"),
+    "loss_gap_ci_high": ("gap CI high", "loss"),
     "note": ("note", ""),
 }
 
 
 SIZES_COLUMNS = {
-    "size": ("size", ""), "d_model": ("d_model", ""), "n_layers": ("layers", ""), "moe": ("MoE", ""),
-    "n_experts": ("experts", ""), "top_k": ("top-k", ""), "granularity": ("granularity", ""),
-    "params_total": ("total params", "params"), "params_active": ("active", "params"),
-    "params_nonembedding": ("non-embedding", "params"), "params_active_nonembedding": ("active non-emb.", "params"),
+    "size": ("size", ""),
+    "d_model": ("d_model", ""),
+    "n_layers": ("layers", ""),
+    "moe": ("MoE", ""),
+    "n_experts": ("experts", ""),
+    "top_k": ("top-k", ""),
+    "granularity": ("granularity", ""),
+    "params_total": ("total params", "params"),
+    "params_active": ("active", "params"),
+    "params_nonembedding": ("non-embedding", "params"),
+    "params_active_nonembedding": ("active non-emb.", "params"),
 }
 
 
 FINAL_COLUMNS = {
-    "size": ("size", ""), "arm": ("arm", ""), "lr": ("lr", ""), "steps": ("steps", ""),
-    "mean_loss": ("mean loss", "loss"), "std_loss": ("std", "loss"), "min_loss": ("min", "loss"),
-    "max_loss": ("max", "loss"), "n": ("completed", ""), "n_excluded": ("excluded", ""),
+    "size": ("size", ""),
+    "arm": ("arm", ""),
+    "lr": ("lr", ""),
+    "steps": ("steps", ""),
+    "mean_loss": ("mean loss", "loss"),
+    "std_loss": ("std", "loss"),
+    "min_loss": ("min", "loss"),
+    "max_loss": ("max", "loss"),
+    "n": ("completed", ""),
+    "n_excluded": ("excluded", ""),
 }
 
 
 REGRET_COLUMNS = {
-    "parameter": ("parameter", ""), "size": ("size", ""), "reference_size": ("chosen at", ""),
-    "chosen_factor": ("chosen factor", ""), "best_factor": ("best factor here", ""),
-    "loss_at_chosen": ("loss at chosen", "loss"), "best_loss": ("best loss", "loss"),
-    "regret": ("regret (nats)", "loss"), "note": ("note", ""),
+    "parameter": ("parameter", ""),
+    "size": ("size", ""),
+    "reference_size": ("chosen at", ""),
+    "chosen_factor": ("chosen factor", ""),
+    "best_factor": ("best factor here", ""),
+    "loss_at_chosen": ("loss at chosen", "loss"),
+    "best_loss": ("best loss", "loss"),
+    "regret": ("regret (nats)", "loss"),
+    "note": ("note", ""),
 }
 
 
 TUNED_COLUMNS = {
-    "size": ("tuning size", ""), "arm": ("arm", ""), "space": ("space", ""), "parameter": ("parameter", ""),
-    "start_value": ("start", ""), "value": ("tuned", ""), "paper_value": ("paper", ""),
-    "best_score": ("best score", "loss"), "runs_spent": ("runs", ""), "stop_reason": ("stopped", ""),
+    "size": ("tuning size", ""),
+    "arm": ("arm", ""),
+    "space": ("space", ""),
+    "parameter": ("parameter", ""),
+    "start_value": ("start", ""),
+    "value": ("tuned", ""),
+    "paper_value": ("paper", ""),
+    "best_score": ("best score", "loss"),
+    "runs_spent": ("runs", ""),
+    "stop_reason": ("stopped", ""),
 }
 
 
 PROBLEM_COLUMNS = {
-    "run_id": ("run", ""), "status": ("status", ""), "size": ("size", ""), "arm": ("arm", ""),
-    "sweeps": ("sweeps", ""), "seed": ("seed", ""), "lr": ("lr", ""), "steps": ("steps", ""), "error": ("error", ""),
+    "run_id": ("run", ""),
+    "status": ("status", ""),
+    "size": ("size", ""),
+    "arm": ("arm", ""),
+    "sweeps": ("sweeps", ""),
+    "seed": ("seed", ""),
+    "lr": ("lr", ""),
+    "steps": ("steps", ""),
+    "error": ("error", ""),
 }
 
 
@@ -188,7 +245,6 @@ def multipliers_table(mult: pl.DataFrame) -> pl.DataFrame:
     """component x arm, cells 'start / end'."""
     if mult.is_empty():
         return mult
-    return (
-        mult.with_columns(pl.format("{} / {}", pl.col("start").round(4), pl.col("end").round(4)).alias("cell"))
-        .pivot(on="arm", index="component", values="cell")
-    )
+    return mult.with_columns(
+        pl.format("{} / {}", pl.col("start").round(4), pl.col("end").round(4)).alias("cell")
+    ).pivot(on="arm", index="component", values="cell")

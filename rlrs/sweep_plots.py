@@ -14,19 +14,37 @@ def lr_sweep(frame: pl.DataFrame) -> alt.Chart:
     """Figure 4: final loss against base lr per arm, one line per size; the
     lr each arm is compared at drawn larger."""
     sel, opacity = legend_highlight("size")
-    data = frame.select("size", "arm", "lr", "lr_factor", "mean_loss", "std_loss", "n", "n_excluded", "is_best", "run_ids")
+    data = frame.select(
+        "size", "arm", "lr", "lr_factor", "mean_loss", "std_loss", "n", "n_excluded", "is_best", "run_ids"
+    )
     base = alt.Chart(data.filter(pl.col("mean_loss").is_not_null()))
-    enc = dict(x=alt.X("lr:Q", title="base learning rate", scale=alt.Scale(type="log")),
-               y=alt.Y("mean_loss:Q", title="final eval loss (mean over seeds)", scale=LOSS_SCALE),
-               color=alt.Color("size:N", sort=frame["size"].unique(maintain_order=True).to_list()), opacity=opacity)
+    enc = dict(
+        x=alt.X("lr:Q", title="base learning rate", scale=alt.Scale(type="log")),
+        y=alt.Y("mean_loss:Q", title="final eval loss (mean over seeds)", scale=LOSS_SCALE),
+        color=alt.Color("size:N", sort=frame["size"].unique(maintain_order=True).to_list()),
+        opacity=opacity,
+    )
     line = base.mark_line().encode(**enc)
     pts = base.mark_point(filled=True).encode(
-        **enc, size=alt.condition("datum.is_best", alt.value(160), alt.value(40)),
-        tooltip=["size:N", "arm:N", alt.Tooltip("lr:Q", format=".2e"), "lr_factor:Q",
-                 alt.Tooltip("mean_loss:Q", format=".4f"), alt.Tooltip("std_loss:Q", format=".4f"),
-                 "n:Q", "n_excluded:Q", "is_best:N", "run_ids:N"])
+        **enc,
+        size=alt.condition("datum.is_best", alt.value(160), alt.value(40)),
+        tooltip=[
+            "size:N",
+            "arm:N",
+            alt.Tooltip("lr:Q", format=".2e"),
+            "lr_factor:Q",
+            alt.Tooltip("mean_loss:Q", format=".4f"),
+            alt.Tooltip("std_loss:Q", format=".4f"),
+            "n:Q",
+            "n_excluded:Q",
+            "is_best:N",
+            "run_ids:N",
+        ],
+    )
     return (
-        alt.layer(line, pts).add_params(sel).properties(width=WIDTH, height=HEIGHT)
+        alt.layer(line, pts)
+        .add_params(sel)
+        .properties(width=WIDTH, height=HEIGHT)
         .facet(column=alt.Column("arm:N", title="arm"))
         .resolve_scale(y="independent")
         .properties(title="Base learning-rate sweep")
@@ -37,20 +55,38 @@ def usweep(frame: pl.DataFrame) -> alt.Chart:
     """Figure 5: U-plots, final loss against one multiplier's factor (log x),
     one line per size, panels per component and start/end."""
     sel, opacity = legend_highlight("size")
-    data = frame.filter(pl.col("mean_loss").is_not_null()).with_columns(
-        pl.format("{}.{}", "component", "which").alias("parameter")
-    ).select("size", "parameter", "base_arm", "factor", "mean_loss", "std_loss", "n", "is_best", "run_ids")
+    data = (
+        frame.filter(pl.col("mean_loss").is_not_null())
+        .with_columns(pl.format("{}.{}", "component", "which").alias("parameter"))
+        .select("size", "parameter", "base_arm", "factor", "mean_loss", "std_loss", "n", "is_best", "run_ids")
+    )
     base = alt.Chart(data)
-    enc = dict(x=alt.X("factor:Q", title="multiplier factor", scale=alt.Scale(type="log")),
-               y=alt.Y("mean_loss:Q", title="final eval loss", scale=LOSS_SCALE),
-               color=alt.Color("size:N", sort=frame["size"].unique(maintain_order=True).to_list()), opacity=opacity)
+    enc = dict(
+        x=alt.X("factor:Q", title="multiplier factor", scale=alt.Scale(type="log")),
+        y=alt.Y("mean_loss:Q", title="final eval loss", scale=LOSS_SCALE),
+        color=alt.Color("size:N", sort=frame["size"].unique(maintain_order=True).to_list()),
+        opacity=opacity,
+    )
     line = base.mark_line().encode(**enc)
     pts = base.mark_point(filled=True).encode(
-        **enc, size=alt.condition("datum.is_best", alt.value(150), alt.value(35)),
-        tooltip=["size:N", "parameter:N", "base_arm:N", "factor:Q", alt.Tooltip("mean_loss:Q", format=".4f"),
-                 alt.Tooltip("std_loss:Q", format=".4f"), "n:Q", "is_best:N", "run_ids:N"])
+        **enc,
+        size=alt.condition("datum.is_best", alt.value(150), alt.value(35)),
+        tooltip=[
+            "size:N",
+            "parameter:N",
+            "base_arm:N",
+            "factor:Q",
+            alt.Tooltip("mean_loss:Q", format=".4f"),
+            alt.Tooltip("std_loss:Q", format=".4f"),
+            "n:Q",
+            "is_best:N",
+            "run_ids:N",
+        ],
+    )
     return (
-        alt.layer(line, pts).add_params(sel).properties(width=WIDTH - 40, height=HEIGHT - 20)
+        alt.layer(line, pts)
+        .add_params(sel)
+        .properties(width=WIDTH - 40, height=HEIGHT - 20)
         .facet(facet=alt.Facet("parameter:N", title=None), columns=4)
         .resolve_scale(y="independent")
         .properties(title="Sensitivity of each multiplier (U-plots)")
@@ -61,18 +97,28 @@ def ablation(frame: pl.DataFrame) -> alt.Chart:
     """Figure 6: loss change per component, removal and contribution."""
     sel, opacity = legend_highlight("size")
     data = frame.filter(pl.col("delta").is_not_null()).select(
-        "size", "kind", "component", "reference_arm", "delta", "loss", "reference_loss", "n", "n_reference")
+        "size", "kind", "component", "reference_arm", "delta", "loss", "reference_loss", "n", "n_reference"
+    )
     return (
-        alt.Chart(data).mark_bar()
+        alt.Chart(data)
+        .mark_bar()
         .encode(
             x=alt.X("component:N", title=None),
             xOffset=alt.XOffset("size:N", sort=frame["size"].unique(maintain_order=True).to_list()),
             y=alt.Y("delta:Q", title="loss change (nats/token)"),
             color=alt.Color("size:N", sort=frame["size"].unique(maintain_order=True).to_list()),
             opacity=opacity,
-            tooltip=["size:N", "kind:N", "component:N", "reference_arm:N", alt.Tooltip("delta:Q", format="+.4f"),
-                     alt.Tooltip("loss:Q", format=".4f"), alt.Tooltip("reference_loss:Q", format=".4f"),
-                     "n:Q", "n_reference:Q"],
+            tooltip=[
+                "size:N",
+                "kind:N",
+                "component:N",
+                "reference_arm:N",
+                alt.Tooltip("delta:Q", format="+.4f"),
+                alt.Tooltip("loss:Q", format=".4f"),
+                alt.Tooltip("reference_loss:Q", format=".4f"),
+                "n:Q",
+                "n_reference:Q",
+            ],
         )
         .add_params(sel)
         .properties(width=WIDTH + 40, height=HEIGHT)
@@ -86,21 +132,41 @@ def tune_progress(frame: pl.DataFrame) -> alt.Chart:
     """The searches: best score so far against runs spent, one line per arm,
     one panel per tuning size; every candidate's score as a faint point."""
     sel, opacity = legend_highlight("arm")
-    data = frame.select("size", "arm", "step", "pass", "parameter", "factor", "run_id", "score", "accepted",
-                        "best_score", "runs_spent")
+    data = frame.select(
+        "size", "arm", "step", "pass", "parameter", "factor", "run_id", "score", "accepted", "best_score", "runs_spent"
+    )
     base = alt.Chart(data)
     x = alt.X("runs_spent:Q", title="runs spent")
     y_scale = alt.Scale(zero=False)
     best = base.mark_line(interpolate="step-after", point=True).encode(
-        x=x, y=alt.Y("best_score:Q", title="score (lower is better)", scale=y_scale),
-        color=alt.Color("arm:N"), opacity=opacity,
-        tooltip=["arm:N", "pass:Q", "parameter:N", "runs_spent:Q", alt.Tooltip("best_score:Q", format=".4f")])
-    tried = base.transform_filter("isValid(datum.score)").mark_point(size=18, opacity=0.35).encode(
-        x=x, y=alt.Y("score:Q", scale=y_scale), color="arm:N",
-        tooltip=["arm:N", "pass:Q", "parameter:N", alt.Tooltip("factor:Q", format=".3g"), "run_id:N",
-                 alt.Tooltip("score:Q", format=".4f"), "accepted:N"])
+        x=x,
+        y=alt.Y("best_score:Q", title="score (lower is better)", scale=y_scale),
+        color=alt.Color("arm:N"),
+        opacity=opacity,
+        tooltip=["arm:N", "pass:Q", "parameter:N", "runs_spent:Q", alt.Tooltip("best_score:Q", format=".4f")],
+    )
+    tried = (
+        base.transform_filter("isValid(datum.score)")
+        .mark_point(size=18, opacity=0.35)
+        .encode(
+            x=x,
+            y=alt.Y("score:Q", scale=y_scale),
+            color="arm:N",
+            tooltip=[
+                "arm:N",
+                "pass:Q",
+                "parameter:N",
+                alt.Tooltip("factor:Q", format=".3g"),
+                "run_id:N",
+                alt.Tooltip("score:Q", format=".4f"),
+                "accepted:N",
+            ],
+        )
+    )
     return (
-        alt.layer(tried, best).add_params(sel).properties(width=WIDTH + 60, height=HEIGHT + 30)
+        alt.layer(tried, best)
+        .add_params(sel)
+        .properties(width=WIDTH + 60, height=HEIGHT + 30)
         .facet(column=alt.Column("size:N", title="tuning size"))
         .resolve_scale(y="independent")
         .properties(title="Greedy local search: best score against runs spent")

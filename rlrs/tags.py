@@ -26,7 +26,14 @@ says whose values were added, so two relative arms never mix.
 from __future__ import annotations
 
 MAIN, LR, LADDER, USWEEP, REMOVAL, CONTRIBUTION, TUNE = (
-    "main", "lr", "ladder", "usweep", "removal", "contribution", "tune")
+    "main",
+    "lr",
+    "ladder",
+    "usweep",
+    "removal",
+    "contribution",
+    "tune",
+)
 SWEEPS = (TUNE, MAIN, LR, LADDER, USWEEP, REMOVAL, CONTRIBUTION)  # the order `rlrs plan` lists them in
 LR_SWEEPS = (MAIN, LR)  # sweeps whose runs compete for an arm's best lr at its main length
 LENGTH_SWEEPS = (MAIN, LR, LADDER)  # sweeps that give the baseline's L(T) points
@@ -66,4 +73,3 @@ def contribution(component: str, source_arm: str) -> dict:
 def tune(pass_: int, parameter: str | None, factor: float | None, step: int | None = None) -> dict:
     tags = {"pass": pass_, "parameter": parameter, "factor": factor}
     return tags if step is None else tags | {"step": step}
-

@@ -55,7 +55,9 @@ def git_commit() -> str | None:
     if _GIT_COMMIT is False:
         try:
             here = Path(rlrs.__file__).resolve().parent
-            out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            )
             _GIT_COMMIT = out.stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
             _GIT_COMMIT = None
@@ -63,7 +65,12 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "rlrs": rlrs.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "rlrs": rlrs.__version__,
+    }
 
 
 def _now() -> str:
@@ -111,13 +118,15 @@ class Trainer:
         self.lr_table = component_table(s, o["lr"], self.steps, self.components)
         self.params = [p for ps in groups.values() for p in ps]
         # Which component each parameter tensor belongs to, for per-component update norms.
-        self.param_comp = torch.tensor(
-            [j for j, ps in enumerate(groups.values()) for _ in ps], device=self.device
-        )
+        self.param_comp = torch.tensor([j for j, ps in enumerate(groups.values()) for _ in ps], device=self.device)
         # W_before lives here between copy and step: allocated once, not per step.
         self.before = [torch.empty_like(p) for p in self.params]
         self.counts = param_counts(cfg["model"])
-        self.meta = {"executor": executor, "job_id": job_id or os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname()}
+        self.meta = {
+            "executor": executor,
+            "job_id": job_id or os.environ.get("SLURM_JOB_ID"),
+            "host": socket.gethostname(),
+        }
 
         self.step = 0
         self.wall = 0.0  # seconds spent in earlier attempts (resume)
@@ -180,7 +189,9 @@ class Trainer:
         cfg = self.cfg
         for group, lr in zip(self.optimizer.param_groups, self.lr_table[step].tolist()):
             group["lr"] = lr
-        x, y = train_batch(self.corpus, cfg["train"]["batch_size"], cfg["model"]["seq_len"], cfg["seed"], step, self.device)
+        x, y = train_batch(
+            self.corpus, cfg["train"]["batch_size"], cfg["model"]["seq_len"], cfg["seed"], step, self.device
+        )
         with self.autocast:
             _, (loss, ce), aux = self.model(x, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -194,14 +205,23 @@ class Trainer:
         self.optimizer.step()
         torch._foreach_sub_(before, self.params)
         n = len(self.components)
-        delta_sq = torch.zeros(n, device=self.device).index_add_(0, self.param_comp, torch.stack(torch._foreach_norm(before)).float() ** 2)
-        weight_sq = torch.zeros(n, device=self.device).index_add_(0, self.param_comp, torch.stack(torch._foreach_norm(self.params)).float() ** 2)
-        update = (delta_sq.sqrt() / weight_sq.sqrt().clamp_min(1e-30))
+        delta_sq = torch.zeros(n, device=self.device).index_add_(
+            0, self.param_comp, torch.stack(torch._foreach_norm(before)).float() ** 2
+        )
+        weight_sq = torch.zeros(n, device=self.device).index_add_(
+            0, self.param_comp, torch.stack(torch._foreach_norm(self.params)).float() ** 2
+        )
+        update = delta_sq.sqrt() / weight_sq.sqrt().clamp_min(1e-30)
 
         nan = torch.tensor(float("nan"), device=self.device)
         scalars = torch.stack(
-            [ce.detach().float(), aux.get("lb_loss", nan).detach().float(), aux.get("z_loss", nan).detach().float(),
-             aux.get("dropped_frac", nan).detach().float(), grad_norm.detach().float()]
+            [
+                ce.detach().float(),
+                aux.get("lb_loss", nan).detach().float(),
+                aux.get("z_loss", nan).detach().float(),
+                aux.get("dropped_frac", nan).detach().float(),
+                grad_norm.detach().float(),
+            ]
         )
         return scalars.tolist(), update
 
@@ -311,7 +331,11 @@ class _Progress:
         elif step % self.every == 0 or step == self.total or eval_loss is not None:
             rate = (step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
             ev = f" eval {eval_loss:.4f}" if eval_loss is not None else ""
-            print(f"[{self.rid}] step {step}/{self.total} loss {loss:.4f}{ev} {rate:.1f} steps/s", file=sys.stderr, flush=True)
+            print(
+                f"[{self.rid}] step {step}/{self.total} loss {loss:.4f}{ev} {rate:.1f} steps/s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -342,8 +366,18 @@ def train(config: dict, out_dir: Path, *, executor: str | None = None, job_id: s
         return trainer.run()
     except Exception as e:
         # Record the failure (the checkpoint stays for a retry), then re-raise.
-        atomic.write_json(out / SUMMARY, {"run_id": rid, "status": "failed", "final_eval_loss": None, "error": f"{type(e).__name__}: {e}",
-                                          "steps_done": trainer.step, "finished_at": _now(), **trainer.meta})
+        atomic.write_json(
+            out / SUMMARY,
+            {
+                "run_id": rid,
+                "status": "failed",
+                "final_eval_loss": None,
+                "error": f"{type(e).__name__}: {e}",
+                "steps_done": trainer.step,
+                "finished_at": _now(),
+                **trainer.meta,
+            },
+        )
         raise
 
 

@@ -35,7 +35,6 @@ definition, results and the state the plan needs) are rlrs.study.searches;
 what a search may change is rlrs.tunables.
 """
 
-
 from __future__ import annotations
 
 import fcntl
@@ -74,8 +73,10 @@ class Runner:
         code = submit(dirs, configs, self.settings, self.kind, runs_per_job=1)
         if code != 0:
             failed = [d.name for d in dirs if rundir.finished_summary(d) is None]
-            raise TuneError(f"candidate run(s) failed: {', '.join(failed) or '?'} (see failure.json in their "
-                            f"run directories under {self.runs_dir}); rerun `rlrs tune` to retry them")
+            raise TuneError(
+                f"candidate run(s) failed: {', '.join(failed) or '?'} (see failure.json in their "
+                f"run directories under {self.runs_dir}); rerun `rlrs tune` to retry them"
+            )
 
 
 def run_search(search: Search, runner: Runner, runs_dir: Path, log=print) -> dict:
@@ -90,10 +91,23 @@ def run_search(search: Search, runner: Runner, runs_dir: Path, log=print) -> dic
         value = rounded(current[name] * factor) if name is not None else None
         settings = {**current, name: value} if name is not None else dict(current)
         rid, resolved = search.candidate(settings)
-        resolved["meta"] = {"study": search.study, "size": search.size, "arm": search.arm, "sweep": tags.TUNE,
-                            "tags": tags.tune(p, name, factor)}
-        return {"pass": p, "parameter": name, "value": value, "previous": current.get(name), "factor": factor,
-                "settings": settings, "run_id": rid, "config": resolved}
+        resolved["meta"] = {
+            "study": search.study,
+            "size": search.size,
+            "arm": search.arm,
+            "sweep": tags.TUNE,
+            "tags": tags.tune(p, name, factor),
+        }
+        return {
+            "pass": p,
+            "parameter": name,
+            "value": value,
+            "previous": current.get(name),
+            "factor": factor,
+            "settings": settings,
+            "run_id": rid,
+            "config": resolved,
+        }
 
     def evaluate(batch: list[dict]) -> None:
         """Train the batch's new run ids (in parallel), then read every score."""
@@ -111,20 +125,45 @@ def run_search(search: Search, runner: Runner, runs_dir: Path, log=print) -> dic
 
     def record(batch: list[dict], accepted: dict | None, best: float | None) -> None:
         for c in batch:
-            trajectory.append({
-                "step": len(trajectory), "pass": c["pass"], "parameter": c["parameter"], "value": c["value"],
-                "previous": c["previous"], "factor": c["factor"], "run_id": c["run_id"], "score": c["score"],
-                "status": c["status"], "accepted": c is accepted, "best_score": best, "runs_spent": len(runs),
-            })
+            trajectory.append(
+                {
+                    "step": len(trajectory),
+                    "pass": c["pass"],
+                    "parameter": c["parameter"],
+                    "value": c["value"],
+                    "previous": c["previous"],
+                    "factor": c["factor"],
+                    "run_id": c["run_id"],
+                    "score": c["score"],
+                    "status": c["status"],
+                    "accepted": c is accepted,
+                    "best_score": best,
+                    "runs_spent": len(runs),
+                }
+            )
 
     def write(status: str, stop: str | None, best: float | None, best_run: str | None, passes: int) -> dict:
         doc = {
-            "version": RESULT_VERSION, "status": status, "stop_reason": stop, "study": search.study,
-            "size": search.size, "family": search.family, "arm": search.arm, "space": search.space,
+            "version": RESULT_VERSION,
+            "status": status,
+            "stop_reason": stop,
+            "study": search.study,
+            "size": search.size,
+            "family": search.family,
+            "arm": search.arm,
+            "space": search.space,
             "digest": search.digest(),
-            "search": {k: getattr(search, k) for k in ("parameters", "factors", "max_passes", "max_runs", "score", "seed")},
-            "passes": passes, "runs_spent": len(runs), "best_score": best, "best_run_id": best_run,
-            "start": search.start, "final": current, "runs": runs, "trajectory": trajectory,
+            "search": {
+                k: getattr(search, k) for k in ("parameters", "factors", "max_passes", "max_runs", "score", "seed")
+            },
+            "passes": passes,
+            "runs_spent": len(runs),
+            "best_score": best,
+            "best_run_id": best_run,
+            "start": search.start,
+            "final": current,
+            "runs": runs,
+            "trajectory": trajectory,
         }
         atomic.write_json(search.result_path(runs_dir.parent), doc)
         return doc
@@ -156,9 +195,14 @@ def run_search(search: Search, runner: Runner, runs_dir: Path, log=print) -> dic
                 current[name] = accepted["value"]
                 best, best_run, improved = accepted["score"], accepted["run_id"], True
             record(batch, accepted, best)
-            log(f"[tune {search.key}] pass {p} {name}: "
-                + ", ".join(f"x{c['factor']:.3g} {c['score'] if c['score'] is None else round(c['score'], 4)}" for c in batch)
-                + (f" -> {name} = {current[name]:g}" if accepted else " (kept)") + f"; {len(runs)} runs")
+            log(
+                f"[tune {search.key}] pass {p} {name}: "
+                + ", ".join(
+                    f"x{c['factor']:.3g} {c['score'] if c['score'] is None else round(c['score'], 4)}" for c in batch
+                )
+                + (f" -> {name} = {current[name]:g}" if accepted else " (kept)")
+                + f"; {len(runs)} runs"
+            )
             write("running", None, best, best_run, p)
         if out_of_budget:
             stop = "max_runs"
@@ -221,5 +265,16 @@ def transfer_command(study_path: Path, cores: int | None = None) -> list[str]:
     share one path. The snakemake of the Python that runs us, never
     whatever PATH holds."""
     cores = cores or os.cpu_count() or 1
-    return [sys.executable, "-m", "snakemake", "-s", str(paths.SNAKEFILE), "-d", os.getcwd(), "-c", str(cores),
-            "--configfile", str(Path(study_path).resolve())]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(paths.SNAKEFILE),
+        "-d",
+        os.getcwd(),
+        "-c",
+        str(cores),
+        "--configfile",
+        str(Path(study_path).resolve()),
+    ]

@@ -27,6 +27,7 @@ MOE = ("embedding", "attention", "router", "experts", "head", "norm")
 RLRS_DENSE = {"embedding": (5.0, 0.667), "head": (1.0, 0.444), "ffn": (1.0, 0.667), "attention": (1.0, 0.2)}
 FINAL_FRACTION = 0.0444
 
+
 def power_law(a: float, b: float, c: float) -> Callable[[float], float]:
     """L(T) = a + b * T^-c: the shape a baseline's final loss takes over its length."""
     return lambda t: a + b * t ** (-c)
@@ -50,10 +51,22 @@ class StudyDB:
         return int(1e5 * 4 ** (int(digits) - 1)) if digits.isdigit() else 123456
 
     def run(
-        self, *, size: str = "s1", arm: str = "baseline", sweep: str = "main", seed: int = 0,
-        lr: float = 1e-3, steps: int = 1000, loss: float | None = None, status: str = "completed",
-        tags: dict | None = None, also: tuple = (), curve: Callable[[float], float] | None = None,
-        multipliers: dict | None = None, error: str | None = None, eval_interval: int | None = None,
+        self,
+        *,
+        size: str = "s1",
+        arm: str = "baseline",
+        sweep: str = "main",
+        seed: int = 0,
+        lr: float = 1e-3,
+        steps: int = 1000,
+        loss: float | None = None,
+        status: str = "completed",
+        tags: dict | None = None,
+        also: tuple = (),
+        curve: Callable[[float], float] | None = None,
+        multipliers: dict | None = None,
+        error: str | None = None,
+        eval_interval: int | None = None,
         moe: bool = False,
     ) -> str:
         """Add one run. Its final eval loss is `loss` (or curve(steps)); its
@@ -69,19 +82,40 @@ class StudyDB:
         final = curve(steps) if loss is None else loss
         shift = final - curve(steps)
         mult = multipliers if multipliers is not None else (RLRS_DENSE if arm == "rlrs" else {})
-        mult_full = {c: {"start": mult.get(c, (1.0, 1.0))[0], "end": mult.get(c, (1.0, 1.0))[1]}
-                     for c in comps if c != "norm"}
+        mult_full = {
+            c: {"start": mult.get(c, (1.0, 1.0))[0], "end": mult.get(c, (1.0, 1.0))[1]} for c in comps if c != "norm"
+        }
         completed = status == "completed"
         p = self.params(size)
         row = {
-            "run_id": rid, "study": self.study, "size": size, "arm": arm, "sweep": sweep, "tags": json.dumps(tags),
-            "d_model": 64, "n_layers": 2, "moe": moe, "n_experts": 8 if moe else None, "top_k": 1 if moe else None, "granularity": 1 if moe else None,
-            "lr": lr, "steps": steps, "seed": seed, "multipliers": json.dumps(mult_full),
-            "params_total": p + 50000, "params_active": p + 50000, "params_nonembedding": p,
-            "params_active_nonembedding": p, "status": status,
+            "run_id": rid,
+            "study": self.study,
+            "size": size,
+            "arm": arm,
+            "sweep": sweep,
+            "tags": json.dumps(tags),
+            "d_model": 64,
+            "n_layers": 2,
+            "moe": moe,
+            "n_experts": 8 if moe else None,
+            "top_k": 1 if moe else None,
+            "granularity": 1 if moe else None,
+            "lr": lr,
+            "steps": steps,
+            "seed": seed,
+            "multipliers": json.dumps(mult_full),
+            "params_total": p + 50000,
+            "params_active": p + 50000,
+            "params_nonembedding": p,
+            "params_active_nonembedding": p,
+            "status": status,
             "final_eval_loss": final if completed else None,
-            "train_loss_last100": final + 0.05 if completed else None, "wall_time_s": steps / 100.0,
-            "executor": "local", "job_id": None, "host": "testhost", "git_commit": "abc1234",
+            "train_loss_last100": final + 0.05 if completed else None,
+            "wall_time_s": steps / 100.0,
+            "executor": "local",
+            "job_id": None,
+            "host": "testhost",
+            "git_commit": "abc1234",
             "versions": json.dumps({"python": "3.11", "torch": "2.13.0"}),
             "config": json.dumps({"data": {"corpus": "austen", "tokenizer": "bytes"}}),
             "error": error if error is not None else (None if completed else f"{status} at step 10"),
@@ -99,9 +133,14 @@ class StudyDB:
             is_eval = (t + 1) % interval == 0 or t == steps - 1
             if t % self.log_every and not is_eval:
                 continue
-            rec = {"run_id": rid, "step": t, "tokens": (t + 1) * 2048,
-                   "train_loss": curve(t + 1) + shift + 0.02, "grad_norm": 1.0,
-                   "eval_loss": curve(t + 1) + shift if is_eval and completed else None}
+            rec = {
+                "run_id": rid,
+                "step": t,
+                "tokens": (t + 1) * 2048,
+                "train_loss": curve(t + 1) + shift + 0.02,
+                "grad_norm": 1.0,
+                "eval_loss": curve(t + 1) + shift if is_eval and completed else None,
+            }
             for c in comps:
                 s, e = (1.0, 1.0) if c == "norm" else (mult_full[c]["start"], mult_full[c]["end"])
                 rec[f"lr_{c}"] = lr_at("cosine", lr, FINAL_FRACTION, warm, steps, s, e, t)
@@ -119,8 +158,15 @@ class StudyDB:
         try:
             con.execute("BEGIN")
             plan = [dict(zip(("study", "run_id", "size", "arm", "sweep", "tags"), p)) for p in self.plan]
-            studies = [{"name": self.study, "file": f"workflow/configs/{self.study}.yaml", "sha256": "0" * 64,
-                        "config": json.dumps(self.config or {"study": self.study}), "collected_at": dt.datetime.now(dt.timezone.utc)}]
+            studies = [
+                {
+                    "name": self.study,
+                    "file": f"workflow/configs/{self.study}.yaml",
+                    "sha256": "0" * 64,
+                    "config": json.dumps(self.config or {"study": self.study}),
+                    "collected_at": dt.datetime.now(dt.timezone.utc),
+                }
+            ]
             # Bulk inserts through Arrow (row-by-row executemany is slow in DuckDB).
             now = dt.datetime.now(dt.timezone.utc)
             runs = [r | {"ingested_at": now} for r in self.runs]
@@ -151,27 +197,57 @@ def large_study(seeds: int = 5, sizes: int = 4) -> StudyDB:
             for f in (0.5, 0.75, 1.0, 1.5, 2.0):
                 steps = int(t * f)
                 if f == 1.0:
-                    db.run(size=size, seed=seed, steps=steps, loss=law(steps) + eps,
-                           also=(("ladder", {"length_factor": f}), ("lr", {"lr_factor": 1.0})))
+                    db.run(
+                        size=size,
+                        seed=seed,
+                        steps=steps,
+                        loss=law(steps) + eps,
+                        also=(("ladder", {"length_factor": f}), ("lr", {"lr_factor": 1.0})),
+                    )
                 else:
-                    db.run(size=size, sweep="ladder", seed=seed, steps=steps, loss=law(steps) + eps,
-                           tags={"length_factor": f})
+                    db.run(
+                        size=size,
+                        sweep="ladder",
+                        seed=seed,
+                        steps=steps,
+                        loss=law(steps) + eps,
+                        tags={"length_factor": f},
+                    )
             for arm, gain in (("rlrs", 1.2), ("rlrs2", 1.1)):
                 db.run(size=size, arm=arm, seed=seed, loss=law(gain * t) + eps, also=(("lr", {"lr_factor": 1.0}),))
             for arm in ("baseline", "rlrs", "rlrs2"):
                 for f in (0.5, 2.0):
-                    db.run(size=size, arm=arm, sweep="lr", lr=1e-3 * f, seed=seed, loss=2.7 + abs(f - 1) * 0.01 + eps,
-                           tags={"lr": 1e-3 * f, "lr_factor": f})
+                    db.run(
+                        size=size,
+                        arm=arm,
+                        sweep="lr",
+                        lr=1e-3 * f,
+                        seed=seed,
+                        loss=2.7 + abs(f - 1) * 0.01 + eps,
+                        tags={"lr": 1e-3 * f, "lr_factor": f},
+                    )
             for c in comps:
                 db.run(size=size, arm="rlrs", sweep="removal", seed=seed, loss=2.65 + eps, tags={"component": c})
-                db.run(size=size, arm="baseline", sweep="contribution", seed=seed, loss=2.66 + eps,
-                       tags={"component": c, "source_arm": "rlrs"})
+                db.run(
+                    size=size,
+                    arm="baseline",
+                    sweep="contribution",
+                    seed=seed,
+                    loss=2.66 + eps,
+                    tags={"component": c, "source_arm": "rlrs"},
+                )
             if si < 2:
                 for c in comps:
                     for which in ("start", "end"):
                         for f in (0.125, 0.25, 0.5, 2.0, 4.0, 8.0):
-                            db.run(size=size, arm="rlrs", sweep="usweep", seed=seed, loss=2.6 + 0.01 * abs(f - 1) + eps,
-                                   tags={"component": c, "which": which, "factor": f})
+                            db.run(
+                                size=size,
+                                arm="rlrs",
+                                sweep="usweep",
+                                seed=seed,
+                                loss=2.6 + 0.01 * abs(f - 1) + eps,
+                                tags={"component": c, "which": which, "factor": f},
+                            )
     return db
 
 
@@ -188,8 +264,14 @@ def add_ladder(db: StudyDB, size: str = "s1", seeds=(0,), noise=(0.0,), curve=No
     for f in LADDER:
         for seed, eps in zip(seeds, noise):
             steps = int(T * f)
-            kw = dict(size=size, arm="baseline", seed=seed, steps=steps, loss=L(steps) + eps,
-                      tags={"length_factor": f, "steps": steps})
+            kw = dict(
+                size=size,
+                arm="baseline",
+                seed=seed,
+                steps=steps,
+                loss=L(steps) + eps,
+                tags={"length_factor": f, "steps": steps},
+            )
             if curve is not None:
                 kw["curve"] = curve
                 kw.pop("loss")

@@ -13,8 +13,17 @@ def _opt(flag: str, value) -> list[str]:
 
 
 def cli_collect(db: Path, run_dirs=(), runs_root=None, study=None, plan=None) -> int:
-    return main(["collect", "--db", str(db), *map(str, run_dirs), *_opt("--runs-root", runs_root),
-                 *_opt("--study", study), *_opt("--plan", plan)])
+    return main(
+        [
+            "collect",
+            "--db",
+            str(db),
+            *map(str, run_dirs),
+            *_opt("--runs-root", runs_root),
+            *_opt("--study", study),
+            *_opt("--plan", plan),
+        ]
+    )
 
 
 def cli_query(sql: str, db=None, fmt: str = "table") -> int:
@@ -30,8 +39,9 @@ def cli_status(study: Path) -> int:
 
 
 def cli_submit(run_dirs, study=None, executor=None, plan=None) -> int:
-    return main(["submit", *map(str, run_dirs), *_opt("--study", study), *_opt("--executor", executor),
-                 *_opt("--plan", plan)])
+    return main(
+        ["submit", *map(str, run_dirs), *_opt("--study", study), *_opt("--executor", executor), *_opt("--plan", plan)]
+    )
 
 
 def cli_report(study: str, db=None, out=None) -> int:

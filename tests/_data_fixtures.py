@@ -1,6 +1,6 @@
 """Shared data fixtures. Import the fixture into a test module to use it:
 
-    from _data_fixtures import austen_corpus  # noqa: F401
+from _data_fixtures import austen_corpus  # noqa: F401
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ def austen_corpus():
     folder = data.data_dir() / "austen"
     if not (folder / "meta.json").is_file() or not (folder / "package").is_dir():
         if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-            pytest.skip(f"the austen corpus is not in {folder} and apt-get/dpkg-deb are missing: run `rlrs corpus fetch` on a Debian machine")
+            pytest.skip(
+                f"the austen corpus is not in {folder} and apt-get/dpkg-deb are missing: run `rlrs corpus fetch` on a Debian machine"
+            )
         data.fetch_austen()
     assert json.loads((folder / "meta.json").read_text())["bytes"] > 3_000_000
     return folder

@@ -33,30 +33,76 @@ def loss_at(step: int, offset: float = 0.0) -> float:
     return 2.0 + offset + 3.5 * math.exp(-step / 50)
 
 
-def make_config(run_id: str, steps: int, *, moe: bool = False, lr: float = 3e-3, seed: int = 0,
-                meta: dict | None = None, eval_interval: int = 50) -> dict:
+def make_config(
+    run_id: str,
+    steps: int,
+    *,
+    moe: bool = False,
+    lr: float = 3e-3,
+    seed: int = 0,
+    meta: dict | None = None,
+    eval_interval: int = 50,
+) -> dict:
     """A resolved run config (docs/design.md) plus its run_id."""
     comps = MOE_COMPONENTS if moe else DENSE_COMPONENTS
     # the MoE runs are the rlrs arm (the paper's MoE table), the dense ones the baseline
     mults = {c: dict(RLRS_MOE[c]) if moe else {"start": 1.0, "end": 1.0} for c in comps}
     return {
         "run_id": run_id,
-        "meta": {"study": "demo", "size": "s1", "arm": "rlrs" if moe else "baseline", "sweep": "main", "tags": {},
-                 **(meta or {})},
+        "meta": {
+            "study": "demo",
+            "size": "s1",
+            "arm": "rlrs" if moe else "baseline",
+            "sweep": "main",
+            "tags": {},
+            **(meta or {}),
+        },
         "seed": seed,
         "model": {
-            "vocab_size": 256, "seq_len": 128, "d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 256,
+            "vocab_size": 256,
+            "seq_len": 128,
+            "d_model": 64,
+            "n_layers": 2,
+            "n_heads": 4,
+            "d_ff": 256,
             "init_scale": 0.15,
-            "moe": {"n_experts": 8, "top_k": 1, "granularity": 1, "capacity_factor": 1.0,
-                    "load_balance_weight": 0.01, "z_loss_weight": 0.001} if moe else None,
+            "moe": {
+                "n_experts": 8,
+                "top_k": 1,
+                "granularity": 1,
+                "capacity_factor": 1.0,
+                "load_balance_weight": 0.01,
+                "z_loss_weight": 0.001,
+            }
+            if moe
+            else None,
         },
         "optim": {"lr": lr, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "grad_clip": 1.0},
-        "schedule": {"shape": "cosine", "warmup_steps": max(1, math.ceil(0.01 * steps)),
-                     "final_lr_fraction": 0.0444, "decay_fraction": 0.2, "multipliers": mults},
-        "data": {"corpus": "austen", "tokenizer": "bytes", "bpe_vocab_size": 4096, "val_fraction": 0.05,
-                 "eval_tokens": 65536},
-        "train": {"steps": steps, "batch_size": 16, "eval_interval": eval_interval, "checkpoint_interval": 50,
-                  "log_interval": 10, "device": "cpu", "precision": "fp32", "threads": 1, "keep_checkpoint": False},
+        "schedule": {
+            "shape": "cosine",
+            "warmup_steps": max(1, math.ceil(0.01 * steps)),
+            "final_lr_fraction": 0.0444,
+            "decay_fraction": 0.2,
+            "multipliers": mults,
+        },
+        "data": {
+            "corpus": "austen",
+            "tokenizer": "bytes",
+            "bpe_vocab_size": 4096,
+            "val_fraction": 0.05,
+            "eval_tokens": 65536,
+        },
+        "train": {
+            "steps": steps,
+            "batch_size": 16,
+            "eval_interval": eval_interval,
+            "checkpoint_interval": 50,
+            "log_interval": 10,
+            "device": "cpu",
+            "precision": "fp32",
+            "threads": 1,
+            "keep_checkpoint": False,
+        },
     }
 
 
@@ -80,16 +126,37 @@ def metrics_table(config: dict, steps_done: int, offset: float = 0.0) -> pa.Tabl
     }
     for comp, m in sched["multipliers"].items():
         cols[f"lr_{comp}"] = [
-            lr_at(sched["shape"], config["optim"]["lr"], sched["final_lr_fraction"], sched["warmup_steps"], steps,
-                  m["start"], m["end"], s) for s in t
+            lr_at(
+                sched["shape"],
+                config["optim"]["lr"],
+                sched["final_lr_fraction"],
+                sched["warmup_steps"],
+                steps,
+                m["start"],
+                m["end"],
+                s,
+            )
+            for s in t
         ]
         cols[f"update_{comp}"] = [1e-3 * m["start"] / (s + 1) for s in t]
     return pa.table(cols)
 
 
-def make_run_dir(path: Path, run_id: str, steps: int = 100, status: str = "completed", *, steps_done: int | None = None,
-                 moe: bool = False, lr: float = 3e-3, seed: int = 0, meta: dict | None = None, offset: float = 0.0,
-                 write_metrics: bool = True, write_summary: bool = True) -> Path:
+def make_run_dir(
+    path: Path,
+    run_id: str,
+    steps: int = 100,
+    status: str = "completed",
+    *,
+    steps_done: int | None = None,
+    moe: bool = False,
+    lr: float = 3e-3,
+    seed: int = 0,
+    meta: dict | None = None,
+    offset: float = 0.0,
+    write_metrics: bool = True,
+    write_summary: bool = True,
+) -> Path:
     """Write RUN_DIR/{config.json, metrics.parquet, summary.json}.
 
     A completed run trains `steps` steps; diverged and failed ones stop at
@@ -156,7 +223,7 @@ def corrupt_data_page(parquet: Path, column: str) -> None:
     meta = pq.ParquetFile(parquet).metadata.row_group(0)
     chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == column)
     data = bytearray(Path(parquet).read_bytes())
-    data[chunk.data_page_offset:chunk.data_page_offset + 40] = b"\xff" * 40
+    data[chunk.data_page_offset : chunk.data_page_offset + 40] = b"\xff" * 40
     Path(parquet).write_bytes(bytes(data))
 
 

@@ -209,7 +209,9 @@ def test_lr_regret_is_zero_when_the_small_choice_stays_best(tmp_path):
     for size, losses in (("s1", {0.5: 2.5, 1.0: 2.4, 2.0: 2.45}), ("s2", {0.5: 2.2, 1.0: 2.1, 2.0: 2.3})):
         for f, loss in losses.items():
             tags = {"lr": 1e-3 * f, "lr_factor": f}
-            extra = {"sweep": "main", "tags": {}, "also": (("lr", tags),)} if f == 1.0 else {"sweep": "lr", "tags": tags}
+            extra = (
+                {"sweep": "main", "tags": {}, "also": (("lr", tags),)} if f == 1.0 else {"sweep": "lr", "tags": tags}
+            )
             db.run(size=size, arm="baseline", lr=1e-3 * f, loss=loss, **extra)
     con = materialized(db, tmp_path)
     reg = row(view(con, "regret"), parameter="lr (baseline)")
@@ -237,12 +239,18 @@ def test_regret_refers_each_family_to_its_own_smallest_size(tmp_path):
     # dense s1 < s2 and MoE m1 < m2 (params grow with the size's order): the
     # MoE sizes must not be judged against the dense sweep's choice.
     db = StudyDB()
-    curves = {("s1", False): {0.5: 2.5, 1.0: 2.4, 2.0: 2.45}, ("s2", False): {0.5: 2.2, 1.0: 2.1, 2.0: 2.3},
-              ("m1", True): {0.5: 2.5, 1.0: 2.6, 2.0: 2.7}, ("m2", True): {0.5: 2.15, 1.0: 2.1, 2.0: 2.3}}
+    curves = {
+        ("s1", False): {0.5: 2.5, 1.0: 2.4, 2.0: 2.45},
+        ("s2", False): {0.5: 2.2, 1.0: 2.1, 2.0: 2.3},
+        ("m1", True): {0.5: 2.5, 1.0: 2.6, 2.0: 2.7},
+        ("m2", True): {0.5: 2.15, 1.0: 2.1, 2.0: 2.3},
+    }
     for (size, moe), losses in curves.items():
         for f, loss in losses.items():
             tags = {"lr": 1e-3 * f, "lr_factor": f}
-            extra = {"sweep": "main", "tags": {}, "also": (("lr", tags),)} if f == 1.0 else {"sweep": "lr", "tags": tags}
+            extra = (
+                {"sweep": "main", "tags": {}, "also": (("lr", tags),)} if f == 1.0 else {"sweep": "lr", "tags": tags}
+            )
             db.run(size=size, arm="baseline", lr=1e-3 * f, loss=loss, moe=moe, **extra)
     reg = view(materialized(db, tmp_path), "regret").sort("size")
     assert reg.select("size", "reference_size").rows() == [("m2", "m1"), ("s2", "s1")]
@@ -332,11 +340,15 @@ def test_schedules_show_the_smallest_size_of_each_model_family(tmp_path):
     db = StudyDB()
     for size, moe in (("s1", False), ("s2", False), ("m1", True)):
         db.run(size=size, arm="baseline", loss=2.5, moe=moe)
-        db.run(size=size, arm="rlrs", loss=2.4, moe=moe, multipliers={"experts": (0.3, 1.125), "embedding": (5.0, 0.666)})
+        db.run(
+            size=size, arm="rlrs", loss=2.4, moe=moe, multipliers={"experts": (0.3, 1.125), "embedding": (5.0, 0.666)}
+        )
     sched = view(materialized(db, tmp_path), "lr_schedules")
     comps = {s: set(sched.filter(pl.col("size") == s)["component"]) for s in sched["size"].unique()}
-    assert comps == {"s1": {"embedding", "attention", "ffn", "head", "norm"},
-                     "m1": {"embedding", "attention", "router", "experts", "head", "norm"}}
+    assert comps == {
+        "s1": {"embedding", "attention", "ffn", "head", "norm"},
+        "m1": {"embedding", "attention", "router", "experts", "head", "norm"},
+    }
     # RLRS experts peak at 0.3x the base lr of 1e-3.
     peak = sched.filter((pl.col("arm") == "rlrs") & (pl.col("component") == "experts"))["lr"].max()
     assert peak == pytest.approx(0.3e-3, rel=1e-3)
@@ -355,8 +367,22 @@ def test_materialize_runs_inside_the_callers_transaction(tmp_path):
     analysis.materialize(con)
     con.execute("COMMIT")
     cols = [r[0] for r in con.execute("DESCRIBE speedup").fetchall()]
-    for c in ("size", "arm", "definition", "speedup", "ci_low", "ci_high", "bound", "saved", "n_seeds",
-              "steps", "t_star", "params_nonembedding", "arm_loss", "note"):
+    for c in (
+        "size",
+        "arm",
+        "definition",
+        "speedup",
+        "ci_low",
+        "ci_high",
+        "bound",
+        "saved",
+        "n_seeds",
+        "steps",
+        "t_star",
+        "params_nonembedding",
+        "arm_loss",
+        "note",
+    ):
         assert c in cols
     for v in ("final_losses_by_arm", "transfer", "lr_sweep", "usweep", "regret", "ablation"):
         con.execute(f"SELECT * FROM {v}").fetchall()  # exists, even when empty
@@ -387,8 +413,13 @@ def test_views_go_stale_when_runs_are_ingested_after_them(tmp_path):
 def test_the_baseline_is_the_arm_the_study_ladders(tmp_path):
     db = StudyDB(config={"study": "t", "sweeps": {"ladder": {"arm": "cosine", "factors": [0.5, 2.0]}}})
     for f in (0.5, 1.0, 2.0):
-        db.run(arm="cosine", sweep="main" if f == 1.0 else "ladder", steps=int(T * f), loss=L(T * f),
-               tags={} if f == 1.0 else {"length_factor": f})
+        db.run(
+            arm="cosine",
+            sweep="main" if f == 1.0 else "ladder",
+            steps=int(T * f),
+            loss=L(T * f),
+            tags={} if f == 1.0 else {"length_factor": f},
+        )
     db.run(arm="rlrs", loss=L(1.2 * T))
     sp = view(materialized(db, tmp_path), "speedup", "definition = 'ladder'")
     assert sp["arm"].to_list() == ["rlrs"]

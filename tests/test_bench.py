@@ -65,8 +65,16 @@ def _check_pipeline_overhead(r):
     assert r["wall_s"] > r["train_s_sum"] > 0
     assert _number(r["batched_overhead_per_run_s"]) and r["batched_wall_s"] > r["batched_train_s_sum"] > 0
     assert r["runs_per_job"] == 2 and r["executor"] == "local"
-    assert set(r["parts"]) >= {"fixed_s", "plan_job_s", "rlrs_train_s", "torch_import_s", "dynamo_import_s", "submitit_job_s", "submit_noop_s",
-                              "snakemake_trivial_job_s"}
+    assert set(r["parts"]) >= {
+        "fixed_s",
+        "plan_job_s",
+        "rlrs_train_s",
+        "torch_import_s",
+        "dynamo_import_s",
+        "submitit_job_s",
+        "submit_noop_s",
+        "snakemake_trivial_job_s",
+    }
 
 
 def _check_demo_e2e(r):
@@ -93,8 +101,14 @@ def test_every_benchmark_has_a_check():
 @pytest.mark.slow  # real training, DuckDB files, Snakemake
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_quick_mode_prints_its_result_last(name):
-    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--quick"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = last_json(proc.stdout)
     assert result["benchmark"] == name
@@ -104,8 +118,14 @@ def test_benchmark_quick_mode_prints_its_result_last(name):
 
 
 def test_runner_refuses_an_unknown_benchmark():
-    proc = subprocess.run([sys.executable, "-m", "bench", "trainer_overhead", "nope"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "trainer_overhead", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "unknown benchmark(s) nope; allowed: trainer_overhead, hardware_efficiency" in proc.stderr
 
@@ -155,12 +175,16 @@ def reference_moe(layer: MoE, x: torch.Tensor):
     return y.view_as(x), {"lb_loss": lb, "z_loss": z, "dropped_frac": 1 - kept / (N * k)}
 
 
-@pytest.mark.parametrize("moe", [
-    dict(n_experts=8, top_k=1),                         # the paper's top-1
-    dict(n_experts=4, top_k=1, granularity=4),          # fine-grained: 16 experts, top-4
-    dict(n_experts=4, top_k=2, capacity_factor=0.5),    # heavy dropping
-    dict(n_experts=4, top_k=2, capacity_factor=2.0),    # spare capacity: empty slots
-], ids=["top1", "granularity4", "drops", "spare"])
+@pytest.mark.parametrize(
+    "moe",
+    [
+        dict(n_experts=8, top_k=1),  # the paper's top-1
+        dict(n_experts=4, top_k=1, granularity=4),  # fine-grained: 16 experts, top-4
+        dict(n_experts=4, top_k=2, capacity_factor=0.5),  # heavy dropping
+        dict(n_experts=4, top_k=2, capacity_factor=2.0),  # spare capacity: empty slots
+    ],
+    ids=["top1", "granularity4", "drops", "spare"],
+)
 def test_moe_dispatch_matches_the_per_expert_definition(moe):
     torch.manual_seed(0)
     cfg = ModelConfig.from_dict(dict(vocab_size=50, seq_len=16, d_model=32, n_layers=1, n_heads=2, d_ff=64, moe=moe))
@@ -189,8 +213,9 @@ def test_moe_layer_runs_under_bf16_autocast_like_a_dense_layer():
     """Under autocast the experts compute in bf16; the combine must follow
     (it used to add bf16 outputs into an fp32 buffer and fail)."""
     torch.manual_seed(0)
-    cfg = ModelConfig.from_dict(dict(vocab_size=50, seq_len=16, d_model=32, n_layers=1, n_heads=2, d_ff=64,
-                      moe=dict(n_experts=4, top_k=2)))
+    cfg = ModelConfig.from_dict(
+        dict(vocab_size=50, seq_len=16, d_model=32, n_layers=1, n_heads=2, d_ff=64, moe=dict(n_experts=4, top_k=2))
+    )
     layer = MoE(cfg)
     x = torch.randn(2, 16, 32, requires_grad=True)
     y32, _ = layer(x)

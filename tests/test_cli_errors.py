@@ -19,8 +19,10 @@ def rlrs(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("command", ["plan", "status", "tune"])
 def test_a_refused_study_prints_only_the_error_line(tmp_path, command):
     study = tmp_path / "bad.yaml"
-    study.write_text(SMOKE.read_text().replace("optim: {lr: 0.003}", "optim: {lr: -0.003}")
-                     + "tune: {sizes: [tiny], arms: {baseline: global}}\n")
+    study.write_text(
+        SMOKE.read_text().replace("optim: {lr: 0.003}", "optim: {lr: -0.003}")
+        + "tune: {sizes: [tiny], arms: {baseline: global}}\n"
+    )
     done = rlrs(command, str(study), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
@@ -32,5 +34,8 @@ def test_a_refused_run_config_prints_only_the_error_line(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("optim: {lr: -1}\n")
     done = rlrs("train", str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
-    assert (done.returncode, done.stderr) == (2, "rlrs train: bad config: optim.lr: -1 is not valid: expected number > 0\n")
+    assert (done.returncode, done.stderr) == (
+        2,
+        "rlrs train: bad config: optim.lr: -1 is not valid: expected number > 0\n",
+    )
     assert not (tmp_path / "run").exists()

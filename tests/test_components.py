@@ -9,8 +9,20 @@ from rlrs.model import GPT, ModelConfig, param_counts
 
 def _models():
     yield "dense", ModelConfig.from_dict(dict(vocab_size=97, seq_len=16, d_model=32, n_layers=3, n_heads=2, d_ff=64))
-    yield "moe", ModelConfig.from_dict(dict(vocab_size=97, seq_len=16, d_model=32, n_layers=2, n_heads=2, d_ff=64,
-                             moe=dict(n_experts=4, top_k=2, granularity=2)))
+    yield (
+        "moe",
+        ModelConfig.from_dict(
+            dict(
+                vocab_size=97,
+                seq_len=16,
+                d_model=32,
+                n_layers=2,
+                n_heads=2,
+                d_ff=64,
+                moe=dict(n_experts=4, top_k=2, granularity=2),
+            )
+        ),
+    )
 
 
 @pytest.mark.parametrize("name, cfg", list(_models()))
@@ -53,14 +65,25 @@ def test_parameter_counts():
 
 def test_moe_capacity_drops_and_aux_losses():
     torch.manual_seed(0)
-    cfg = ModelConfig.from_dict(dict(vocab_size=50, seq_len=8, d_model=16, n_layers=1, n_heads=2, d_ff=32,
-                      moe=dict(n_experts=4, top_k=1, capacity_factor=0.5)))
+    cfg = ModelConfig.from_dict(
+        dict(
+            vocab_size=50,
+            seq_len=8,
+            d_model=16,
+            n_layers=1,
+            n_heads=2,
+            d_ff=32,
+            moe=dict(n_experts=4, top_k=1, capacity_factor=0.5),
+        )
+    )
     model = GPT(cfg)
     x = torch.randint(0, 50, (4, 8))
     _, (loss, ce), aux = model(x, x)
     # capacity 0.5 * 32 / 4 = 4 slots per expert: at least half of the 32 tokens are dropped.
     assert aux["dropped_frac"].item() >= 0.5
     assert 0 < aux["lb_loss"].item() < 4  # E * sum_e share_e * meanprob_e lies in (0, E]
-    assert loss.item() == pytest.approx(ce.item() + 0.01 * aux["lb_loss"].item() + 0.001 * aux["z_loss"].item(), rel=1e-6)
+    assert loss.item() == pytest.approx(
+        ce.item() + 0.01 * aux["lb_loss"].item() + 0.001 * aux["z_loss"].item(), rel=1e-6
+    )
     loss.backward()
     assert model.blocks[0].ffn.router.weight.grad.abs().sum() > 0

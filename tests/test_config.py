@@ -42,7 +42,9 @@ def test_run_id_ignores_key_order_labels_and_operational_settings():
     assert run_id(a) != run_id(resolve(tiny(optim__lr=0.002)))
     # Stable across processes (hash randomisation must not leak in).
     code = "import json,sys; from rlrs.config import resolve, run_id; print(run_id(resolve(json.load(sys.stdin))))"
-    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(tiny()), capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(tiny()), capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == run_id(a)
 
 
@@ -79,7 +81,9 @@ def test_bad_config_is_refused_before_any_file_is_written(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(tiny(model__moe={"n_experts": 2, "top_k": 3})))
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "rlrs", "train", str(path), "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlrs", "train", str(path), "--out", str(out)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "model.moe.top_k" in proc.stderr
     assert not out.exists()

@@ -70,20 +70,42 @@ HEADER = b"X\n" + _i(3, 0x040201, 0x030500, 5) + b"UTF-8"
 
 def _named_list(names, items):
     body = b"".join(items)
-    names_attr = _flags(rdata.LISTSXP, tag=True) + _sym("names") + _flags(rdata.STRSXP) + _i(len(names)) + b"".join(map(_charsxp, names)) + NIL
+    names_attr = (
+        _flags(rdata.LISTSXP, tag=True)
+        + _sym("names")
+        + _flags(rdata.STRSXP)
+        + _i(len(names))
+        + b"".join(map(_charsxp, names))
+        + NIL
+    )
     return _flags(rdata.VECSXP, attr=True) + _i(len(items)) + body + names_attr
 
 
 def test_unserialize_covers_the_vector_types_exactly():
     compact_seq = (  # ALTREP compact_intseq 10..14: info pairlist, state (n, start, step), no attributes
         _i(rdata.ALTREP_SXP)
-        + _flags(rdata.LISTSXP) + _sym("compact_intseq") + _flags(rdata.LISTSXP) + _sym("base")
-        + _flags(rdata.LISTSXP) + _flags(rdata.INTSXP) + _i(1, 13) + NIL
-        + _flags(rdata.REALSXP) + _i(3) + struct.pack(">3d", 5, 10, 1) + NIL
+        + _flags(rdata.LISTSXP)
+        + _sym("compact_intseq")
+        + _flags(rdata.LISTSXP)
+        + _sym("base")
+        + _flags(rdata.LISTSXP)
+        + _flags(rdata.INTSXP)
+        + _i(1, 13)
+        + NIL
+        + _flags(rdata.REALSXP)
+        + _i(3)
+        + struct.pack(">3d", 5, 10, 1)
+        + NIL
     )
     pairs = (  # pairlist(a = 1L, b = <the symbol a, by reference>): symbols so far: 1 compact_intseq, 2 base, 3 a
-        _flags(rdata.LISTSXP, tag=True) + _sym("a") + _flags(rdata.INTSXP) + _i(1, 1)
-        + _flags(rdata.LISTSXP, tag=True) + _sym("b") + _ref(3) + NIL
+        _flags(rdata.LISTSXP, tag=True)
+        + _sym("a")
+        + _flags(rdata.INTSXP)
+        + _i(1, 1)
+        + _flags(rdata.LISTSXP, tag=True)
+        + _sym("b")
+        + _ref(3)
+        + NIL
     )
     blob = HEADER + _named_list(
         ["ints", "reals", "lgl", "strs", "seq", "pairs"],
@@ -122,13 +144,19 @@ def test_lazy_load_db_framing(tmp_path):
     and a record with R's explicit compression type byte (bzip2)."""
     plain = HEADER + _flags(rdata.STRSXP) + _i(1) + _charsxp("zlib")
     typed = HEADER + _flags(rdata.INTSXP) + _i(2, 7, 8)
-    records = [struct.pack(">I", len(plain)) + zlib.compress(plain), struct.pack(">I", len(typed)) + b"2" + bz2.compress(typed)]
+    records = [
+        struct.pack(">I", len(plain)) + zlib.compress(plain),
+        struct.pack(">I", len(typed)) + b"2" + bz2.compress(typed),
+    ]
     (tmp_path / "db.rdb").write_bytes(b"".join(records))
     key = lambda off, n: _flags(rdata.INTSXP) + _i(2, off, n)  # noqa: E731
     index = HEADER + _named_list(
         ["variables", "references", "compressed"],
-        [_named_list(["a", "b"], [key(0, len(records[0])), key(len(records[0]), len(records[1]))]),
-         _flags(rdata.VECSXP) + _i(0), _flags(rdata.LGLSXP) + _i(1, 1)],
+        [
+            _named_list(["a", "b"], [key(0, len(records[0])), key(len(records[0]), len(records[1]))]),
+            _flags(rdata.VECSXP) + _i(0),
+            _flags(rdata.LGLSXP) + _i(1, 1),
+        ],
     )
     (tmp_path / "db.rdx").write_bytes(gzip.compress(index))
     db = rdata.LazyLoadDB(tmp_path / "db")
@@ -171,12 +199,25 @@ def test_austen_corpus_is_the_six_novels(austen_corpus):
     assert meta["bytes"] == len(text.encode()) == AUSTEN_BYTES
     assert [b["title"] for b in meta["books"]] == [t for _, t in data.AUSTEN_BOOKS]
     assert text.count("Elizabeth Bennet") == 8
-    starts = [text.index(title) for title in ("SENSE AND SENSIBILITY", "PRIDE AND PREJUDICE", "MANSFIELD PARK", "\nEMMA\n", "NORTHANGER ABBEY", "\nPersuasion\n")]
+    starts = [
+        text.index(title)
+        for title in (
+            "SENSE AND SENSIBILITY",
+            "PRIDE AND PREJUDICE",
+            "MANSFIELD PARK",
+            "\nEMMA\n",
+            "NORTHANGER ABBEY",
+            "\nPersuasion\n",
+        )
+    ]
     assert starts == sorted(starts) and starts[0] == 0
     assert "\n\nPRIDE AND PREJUDICE\n" in text and text.endswith("Finis\n")
 
 
-@pytest.mark.skipif(shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None, reason="fetching needs Debian's apt-get and dpkg-deb")
+@pytest.mark.skipif(
+    shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None,
+    reason="fetching needs Debian's apt-get and dpkg-deb",
+)
 def test_fetch_is_real_and_reproducible(austen_corpus, data_home):
     """A fresh fetch (apt-get download + dpkg-deb + the R reader) gives the same bytes."""
     meta = data.fetch_austen()
@@ -201,7 +242,10 @@ def test_austen_bytes_split_is_a_contiguous_holdout(austen_corpus):
     assert c.name == "austen/bytes" and c.vocab_size == 256 and c.bytes_per_token == 1.0
     assert len(c.val) == int(AUSTEN_BYTES * 0.05) == 201_251
     assert bytes(c.train.numpy()) + bytes(c.val.numpy()) == raw  # disjoint, nothing lost, val last
-    assert c.description["n_train_tokens"] == 3_823_783 and c.description["sha256"] == json.loads((austen_corpus / "meta.json").read_text())["sha256"]
+    assert (
+        c.description["n_train_tokens"] == 3_823_783
+        and c.description["sha256"] == json.loads((austen_corpus / "meta.json").read_text())["sha256"]
+    )
     assert c.description["val_unigram_entropy_nats"] == pytest.approx(3.0733, abs=1e-4)
     data._load_corpus.cache_clear()
     again = data.load_corpus(block({"corpus": "austen", "val_fraction": 0.05}))
@@ -332,7 +376,12 @@ def test_bpe_round_trips_and_is_cached(austen_corpus, data_home, tmp_path, capfd
     text = (austen_corpus / "austen.txt").read_bytes()[:300_000]
     text = text[: text.rindex(b"\n") + 1]  # whole lines: the file is then the corpus byte for byte
     (tmp_path / "austen-part.txt").write_bytes(text)
-    cfg = {"corpus": f"text:{tmp_path / 'austen-part.txt'}", "tokenizer": "bpe", "bpe_vocab_size": 600, "eval_tokens": 1000}
+    cfg = {
+        "corpus": f"text:{tmp_path / 'austen-part.txt'}",
+        "tokenizer": "bpe",
+        "bpe_vocab_size": 600,
+        "eval_tokens": 1000,
+    }
     c = data.load_corpus(block(cfg))
     assert "trained a 600-token BPE" in capfd.readouterr().err
     assert c.vocab_size == data.vocab_size_for(block(cfg)) == 600 and c.name == "text:austen-part.txt/bpe600"

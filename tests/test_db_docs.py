@@ -30,8 +30,9 @@ def con(tmp_path_factory):
 def columns(con) -> dict[str, dict[str, str | None]]:
     out: dict[str, dict[str, str | None]] = {}
     for table, column, comment in con.execute(
-            "SELECT table_name, column_name, comment FROM duckdb_columns() "
-            "WHERE NOT internal AND schema_name = 'main' AND table_name NOT LIKE 'analysis%'").fetchall():
+        "SELECT table_name, column_name, comment FROM duckdb_columns() "
+        "WHERE NOT internal AND schema_name = 'main' AND table_name NOT LIKE 'analysis%'"
+    ).fetchall():
         out.setdefault(table, {})[column] = comment
     return out
 
@@ -39,7 +40,7 @@ def columns(con) -> dict[str, dict[str, str | None]]:
 def readme_rows(header: str) -> dict[str, str]:
     """First cell (a `name`) -> the rest of the row, for the Markdown table under `header`."""
     text = README.read_text()
-    block = text[text.index(header):].split("\n\n")[0]
+    block = text[text.index(header) :].split("\n\n")[0]
     rows = {}
     for line in block.splitlines()[2:]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -49,13 +50,28 @@ def readme_rows(header: str) -> dict[str, str]:
 
 def test_every_table_view_and_column_is_documented_in_the_database(con):
     cols = columns(con)
-    assert {"runs", "metrics", "plan", "studies", "tune_trajectory", "tuned", "schema_version",
-            "final_losses", "component_metrics", "eval_curves", *analysis.VIEWS} <= set(cols)
+    assert {
+        "runs",
+        "metrics",
+        "plan",
+        "studies",
+        "tune_trajectory",
+        "tuned",
+        "schema_version",
+        "final_losses",
+        "component_metrics",
+        "eval_curves",
+        *analysis.VIEWS,
+    } <= set(cols)
     undocumented = [f"{t}.{c}" for t, cs in cols.items() if t not in analysis.VIEWS for c, doc in cs.items() if not doc]
     assert undocumented == []
-    comments = dict(con.execute("SELECT table_name, comment FROM duckdb_tables() WHERE NOT internal "
-                                "AND table_name NOT LIKE 'analysis%' UNION ALL "
-                                "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal").fetchall())
+    comments = dict(
+        con.execute(
+            "SELECT table_name, comment FROM duckdb_tables() WHERE NOT internal "
+            "AND table_name NOT LIKE 'analysis%' UNION ALL "
+            "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal"
+        ).fetchall()
+    )
     assert [name for name, doc in comments.items() if not doc] == []
 
 
@@ -71,7 +87,9 @@ def _expand(name: str) -> list[str]:
 def test_readme_table_of_tables_matches_duckdb_columns(con):
     cols = columns(con)
     rows = readme_rows("| table | one row per | main columns |")
-    tables = {t for t in cols if t not in analysis.VIEWS and t not in ("final_losses", "component_metrics", "eval_curves")}
+    tables = {
+        t for t in cols if t not in analysis.VIEWS and t not in ("final_losses", "component_metrics", "eval_curves")
+    }
     assert set(rows) == tables
     for table, (_, main) in rows.items():
         named = [n for raw in re.findall(r"`([^`]+)`", main) for n in _expand(raw)]

@@ -14,18 +14,38 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rlrs"
 # module (or package) -> layer. A module imports only from its own layer or below.
 LAYERS = {
     # L0 base: no rlrs imports but each other
-    "rlrs": 0, "rlrs.__main__": 5, "rlrs.errors": 0, "rlrs.atomic": 0, "rlrs.components": 0,
-    "rlrs.schedule": 0, "rlrs.rdata": 0, "rlrs.paths": 0, "rlrs.rundir": 0, "rlrs.tags": 0, "rlrs.paper": 0,
+    "rlrs": 0,
+    "rlrs.__main__": 5,
+    "rlrs.errors": 0,
+    "rlrs.atomic": 0,
+    "rlrs.components": 0,
+    "rlrs.schedule": 0,
+    "rlrs.rdata": 0,
+    "rlrs.paths": 0,
+    "rlrs.rundir": 0,
+    "rlrs.tags": 0,
+    "rlrs.paper": 0,
     # L1 config
-    "rlrs.config": 1, "rlrs.data": 1, "rlrs.tunables": 1, "rlrs.executor": 1,
+    "rlrs.config": 1,
+    "rlrs.data": 1,
+    "rlrs.tunables": 1,
+    "rlrs.executor": 1,
     # L2 models, training, studies
-    "rlrs.model": 2, "rlrs.train": 2, "rlrs.study": 2,
+    "rlrs.model": 2,
+    "rlrs.train": 2,
+    "rlrs.study": 2,
     # L3 running and storing
-    "rlrs.launch": 3, "rlrs.tune": 3, "rlrs.db": 3,
+    "rlrs.launch": 3,
+    "rlrs.tune": 3,
+    "rlrs.db": 3,
     # L4 the numbers
     "rlrs.analysis": 4,
     # L5 presentation and the command
-    "rlrs.plots": 5, "rlrs.sweep_plots": 5, "rlrs.report": 5, "rlrs.report_text": 5, "rlrs.cli": 5,
+    "rlrs.plots": 5,
+    "rlrs.sweep_plots": 5,
+    "rlrs.report": 5,
+    "rlrs.report_text": 5,
+    "rlrs.cli": 5,
 }
 
 # Third-party packages slow enough to import that a light command must not
@@ -60,8 +80,12 @@ def imports(path: Path) -> list[tuple[str, int, bool]]:
     top = set()
     for node in tree.body:
         top |= {id(n) for n in ast.walk(node)} if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) else set()
-    checking = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                and getattr(node.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(node)}
+    checking = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+        for n in ast.walk(node)
+    }
     known = modules()
     out = []
     for node in ast.walk(tree):
@@ -71,8 +95,11 @@ def imports(path: Path) -> list[tuple[str, int, bool]]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = list(dict.fromkeys(
-                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names))
+            names = list(
+                dict.fromkeys(
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
+                )
+            )
         for name in names:
             out.append((name, node.lineno, id(node) in top))
     return out
@@ -140,7 +167,7 @@ def test_no_import_cycle():
 
     def visit(m: str) -> None:
         if m in stack:
-            cycles.append(" -> ".join(stack[stack.index(m):] + [m]))
+            cycles.append(" -> ".join(stack[stack.index(m) :] + [m]))
             return
         if m in seen:
             return
@@ -164,9 +191,11 @@ def test_no_module_is_over_the_line_budget(name):
 def test_the_checks_can_fail(tmp_path):
     """The AST reader sees an upward, a lazy and a TYPE_CHECKING import for what they are."""
     src = tmp_path / "probe.py"
-    src.write_text("from typing import TYPE_CHECKING\nfrom rlrs import report\n"
-                   "if TYPE_CHECKING:\n    import torch\n"
-                   "def f():\n    from rlrs.study import plan\n    import scipy\n")
+    src.write_text(
+        "from typing import TYPE_CHECKING\nfrom rlrs import report\n"
+        "if TYPE_CHECKING:\n    import torch\n"
+        "def f():\n    from rlrs.study import plan\n    import scipy\n"
+    )
     got = imports(src)
     assert ("rlrs.report", 2, True) in got and ("rlrs.study.plan", 6, False) in got
     assert ("scipy", 7, False) in got and not any(n == "torch" for n, _, _ in got)

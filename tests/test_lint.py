@@ -27,6 +27,9 @@ def test_ruff_sees_a_violation(tmp_path):
     """The check can fail: an unused import in a scratch file is reported."""
     bad = tmp_path / "bad.py"
     bad.write_text("import os\n")
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--config", str(REPO / "pyproject.toml"), str(bad)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--config", str(REPO / "pyproject.toml"), str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1 and "F401" in done.stdout

@@ -36,8 +36,11 @@ def study_db(tmp_path_factory) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 REFUSED = [
@@ -65,8 +68,9 @@ def test_file_system_statements_are_refused(study_db, tmp_path, monkeypatch, cap
     assert snapshot(study_db.parent) == before and snapshot(tmp_path) == cwd_before == {}
 
 
-@pytest.mark.parametrize("sql", ["SET enable_external_access = true", "SET lock_configuration = false",
-                                 "RESET enable_external_access"])
+@pytest.mark.parametrize(
+    "sql", ["SET enable_external_access = true", "SET lock_configuration = false", "RESET enable_external_access"]
+)
 def test_the_setting_cannot_be_turned_back_on(study_db, capsys, sql):
     assert cli_query(sql, db=study_db) == 2
     err = capsys.readouterr().err
@@ -83,8 +87,12 @@ def test_writes_are_refused_as_before(study_db, capsys):
 def test_every_table_and_view_can_still_be_queried(study_db, capsys):
     con = db.connect(study_db)
     try:
-        names = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1").fetchall()]
+        names = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1"
+            ).fetchall()
+        ]
         counts = {n: con.execute(f'SELECT count(*) FROM "{n}"').fetchall()[0][0] for n in names}
     finally:
         con.close()
@@ -100,8 +108,13 @@ def test_the_command_line_exits_non_zero_and_writes_no_file(study_db, tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "rlrs", "query", "--db", str(study_db), "COPY runs TO 'x.csv'"],
-                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ})
+    done = subprocess.run(
+        [sys.executable, "-m", "rlrs", "query", "--db", str(study_db), "COPY runs TO 'x.csv'"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "external access is off" in done.stderr
     assert list(tmp_path.iterdir()) == []

@@ -22,7 +22,16 @@ from _analysis_fixtures import L, StudyDB, T, add_ladder, add_usweep, large_stud
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
-ALL_FIGURES = ["speedup_vs_size", "loss_gap_vs_size", "loss_curves", "lr_schedules", "lr_sweep", "usweep", "ablation", "update_sizes"]
+ALL_FIGURES = [
+    "speedup_vs_size",
+    "loss_gap_vs_size",
+    "loss_curves",
+    "lr_schedules",
+    "lr_sweep",
+    "usweep",
+    "ablation",
+    "update_sizes",
+]
 
 
 def full_study(study: str = "demo", arm: str = "rlrs") -> StudyDB:
@@ -32,14 +41,32 @@ def full_study(study: str = "demo", arm: str = "rlrs") -> StudyDB:
     for size, gain in (("s1", 1.2), ("s2", 1.3)):
         add_ladder(db, size=size, seeds=(0, 1, 2), noise=(-0.004, 0.0, 0.004))
         for seed, eps in zip((0, 1, 2), (0.003, -0.003, 0.0)):
-            db.run(size=size, arm=arm, seed=seed, loss=L(gain * T) + eps,
-                   also=(("lr", {"lr": 1e-3, "lr_factor": 1.0}),))
+            db.run(
+                size=size, arm=arm, seed=seed, loss=L(gain * T) + eps, also=(("lr", {"lr": 1e-3, "lr_factor": 1.0}),)
+            )
         for f, d in ((0.5, 0.03), (2.0, 0.02)):
-            db.run(size=size, arm=arm, sweep="lr", lr=1e-3 * f, loss=L(gain * T) + d, tags={"lr": 1e-3 * f, "lr_factor": f})
-    db.run(size="s1", arm=arm, sweep="lr", lr=4e-3, status="diverged", error="loss became NaN at step 40",
-           tags={"lr": 4e-3, "lr_factor": 4.0})
-    db.run(size="s2", arm="baseline", sweep="ladder", seed=7, steps=500, status="failed",
-           error="worker lost <OOM>", tags={"length_factor": 0.5, "steps": 500})
+            db.run(
+                size=size, arm=arm, sweep="lr", lr=1e-3 * f, loss=L(gain * T) + d, tags={"lr": 1e-3 * f, "lr_factor": f}
+            )
+    db.run(
+        size="s1",
+        arm=arm,
+        sweep="lr",
+        lr=4e-3,
+        status="diverged",
+        error="loss became NaN at step 40",
+        tags={"lr": 4e-3, "lr_factor": 4.0},
+    )
+    db.run(
+        size="s2",
+        arm="baseline",
+        sweep="ladder",
+        seed=7,
+        steps=500,
+        status="failed",
+        error="worker lost <OOM>",
+        tags={"length_factor": 0.5, "steps": 500},
+    )
     add_usweep(db, "s1", {0.5: 2.7, 2.0: 2.65})
     add_usweep(db, "s2", {0.5: 2.6, 2.0: 2.62})
     db.run(arm=arm, sweep="removal", loss=2.7, tags={"component": "embedding"})
@@ -98,7 +125,7 @@ def test_headline_states_the_speedup_with_its_interval(built):
 
 def test_failed_diverged_and_missing_runs_are_listed(built):
     html = built["html"]
-    section = html[html.index("Failed, diverged and missing runs"):html.index("<h2>Provenance")]
+    section = html[html.index("Failed, diverged and missing runs") : html.index("<h2>Provenance")]
     assert "3 run(s) did not complete" in section
     assert "loss became NaN at step 40" in section and "diverged" in section
     assert "worker lost &lt;OOM&gt;" in section and "failed" in section
@@ -163,9 +190,13 @@ def test_strings_from_study_files_are_escaped(tmp_path):
     try:
         frames = analysis.compute(con, XSS)
         runs = members.load_members(con, XSS)
-        extra = {"db_path": str(path), "sizes": tables.sizes_table(con, XSS),
-                 "multipliers": tables.arm_multipliers(con, runs),
-                 "problems": tables.problem_runs(con, runs), "provenance": tables.provenance(con, XSS)}
+        extra = {
+            "db_path": str(path),
+            "sizes": tables.sizes_table(con, XSS),
+            "multipliers": tables.arm_multipliers(con, runs),
+            "problems": tables.problem_runs(con, runs),
+            "provenance": tables.provenance(con, XSS),
+        }
     finally:
         con.close()
     html = report.build_page(XSS, frames, extra, "/* bundle */").html
@@ -197,10 +228,21 @@ def headless(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProc
     """Chromium with the network closed: every host unresolvable, every
     request sent to a dead proxy."""
     args = [
-        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
-        "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--enable-logging=stderr", "--v=0", "--virtual-time-budget=30000", "--hide-scrollbars", *extra,
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--proxy-server=127.0.0.1:9",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=30000",
+        "--hide-scrollbars",
+        *extra,
         page.resolve().as_uri(),
     ]
     return subprocess.run(args, capture_output=True, text=True, timeout=180)
@@ -220,11 +262,14 @@ def test_every_chart_renders_offline_in_headless_chromium(built, tmp_path):
     dom = run.stdout
     status = rendered_status(dom)
     assert status["done"] == "yes", run.stderr[-2000:]
-    assert (status["charts"], status["rendered"], status["errors"]) == (str(len(ALL_FIGURES)),) * 2 + ("0",), status["text"]
+    assert (status["charts"], status["rendered"], status["errors"]) == (str(len(ALL_FIGURES)),) * 2 + ("0",), status[
+        "text"
+    ]
     # Each chart container holds a non-empty SVG.
     for name in ALL_FIGURES:
-        m = re.search(rf'<div class="chart[^"]*" id="fig-{name}"[^>]*data-rendered="yes"[^>]*>(.*?)</div>', dom, re.S) or \
-            re.search(rf'<div[^>]*id="fig-{name}"[^>]*>(.*?<svg.*?</svg>)', dom, re.S)
+        m = re.search(
+            rf'<div class="chart[^"]*" id="fig-{name}"[^>]*data-rendered="yes"[^>]*>(.*?)</div>', dom, re.S
+        ) or re.search(rf'<div[^>]*id="fig-{name}"[^>]*>(.*?<svg.*?</svg>)', dom, re.S)
         assert m and "<svg" in m.group(1) and "<path" in m.group(1), name
     assert not re.search(r"CONSOLE.*(Uncaught|Error)", run.stderr), run.stderr[-2000:]
     # A screenshot for people to look at (test-artifacts/ is git-ignored).
@@ -267,13 +312,26 @@ def test_a_thousand_run_study_stays_small_and_under_the_chart_row_limit(tmp_path
 
 def test_script_json_cannot_close_its_script_element_and_has_no_nan():
     assert report.script_json({"a": float("nan"), "b": "</script><!--", "c": [float("inf"), 1.5]}) == (
-        '{"a":null,"b":"\\u003c/script\\u003e\\u003c!--","c":[null,1.5]}')
+        '{"a":null,"b":"\\u003c/script\\u003e\\u003c!--","c":[null,1.5]}'
+    )
 
 
 def headline_row(**kw) -> dict:
-    row = {"size": "s1", "params_nonembedding": 3_100_000, "arm": "rlrs", "definition": "ladder", "n_seeds": 3,
-           "speedup": None, "saved": None, "saved_ci_low": None, "saved_ci_high": None, "bound": None,
-           "bound_value": None, "steps": 1000, "note": None}
+    row = {
+        "size": "s1",
+        "params_nonembedding": 3_100_000,
+        "arm": "rlrs",
+        "definition": "ladder",
+        "n_seeds": 3,
+        "speedup": None,
+        "saved": None,
+        "saved_ci_low": None,
+        "saved_ci_high": None,
+        "bound": None,
+        "bound_value": None,
+        "steps": 1000,
+        "note": None,
+    }
     return row | kw
 
 
@@ -281,12 +339,18 @@ def test_headline_wording_for_slower_arms_and_bounds():
     slower = headline_row(speedup=-0.2, saved=-0.25, saved_ci_low=-0.4, saved_ci_high=-0.1)
     assert report.headline(slower) == (
         "At s1 (3.1M non-embedding params) rlrs needs 25% more steps than the baseline to reach the same loss "
-        "(95% CI 40% more to 10% more, 3 seeds; ladder definition).")
+        "(95% CI 40% more to 10% more, 3 seeds; ladder definition)."
+    )
     beyond = headline_row(bound="> 1.00", bound_value=1.0, n_seeds=1, definition="target")
     assert report.headline(beyond) == (
         "At s1 (3.1M non-embedding params) rlrs ends below even the baseline's longest run (2000 steps, 2.00x its "
-        "1000): the baseline would need more than 100% more steps; not extrapolated (1 seed; target definition).")
+        "1000): the baseline would need more than 100% more steps; not extrapolated (1 seed; target definition)."
+    )
     below = headline_row(bound="< -0.50", bound_value=-0.5)
-    assert "ends above even the baseline's shortest run (500 steps, 0.50x its 1000): speedup below -50%" in report.headline(below)
+    assert (
+        "ends above even the baseline's shortest run (500 steps, 0.50x its 1000): speedup below -50%"
+        in report.headline(below)
+    )
     assert report.headline(headline_row(note="no completed runs of this arm")) == (
-        "At s1 (3.1M non-embedding params) no ladder definition speedup for rlrs: no completed runs of this arm.")
+        "At s1 (3.1M non-embedding params) no ladder definition speedup for rlrs: no completed runs of this arm."
+    )

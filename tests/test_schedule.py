@@ -53,8 +53,12 @@ def test_constant_and_wsd():
 
 
 def test_component_table_matches_formula_per_component():
-    sched = {"shape": "cosine", "final_lr_fraction": 0.1, "warmup_steps": 2,
-             "multipliers": {"embedding": {"start": 5.0, "end": 0.666}, "head": {"start": 0.666, "end": 0.444}}}
+    sched = {
+        "shape": "cosine",
+        "final_lr_fraction": 0.1,
+        "warmup_steps": 2,
+        "multipliers": {"embedding": {"start": 5.0, "end": 0.666}, "head": {"start": 0.666, "end": 0.444}},
+    }
     table = component_table(sched, 0.01, 20, ["embedding", "head", "norm"])
     assert table.shape == (20, 3)
     for t in range(20):

@@ -89,8 +89,11 @@ def test_expansion_counts_and_values():
     assert all(l["arm"] == "baseline" for _, _, l in sweeps["ladder"])
     # usweep: 2 components x {start, end} x {0.5, 1, 2}
     assert len(sweeps["usweep"]) == 12
-    emb_start = sorted(c["schedule"]["multipliers"]["embedding"]["start"] for _, c, l in sweeps["usweep"]
-                       if l["tags"]["component"] == "embedding" and l["tags"]["which"] == "start")
+    emb_start = sorted(
+        c["schedule"]["multipliers"]["embedding"]["start"]
+        for _, c, l in sweeps["usweep"]
+        if l["tags"]["component"] == "embedding" and l["tags"]["which"] == "start"
+    )
     assert emb_start == [2.5, 5.0, 10.0]
     # removal: the 4 components RLRS changes, each reset to (1, 1)
     assert sorted(l["tags"]["component"] for _, _, l in sweeps["removal"]) == ["attention", "embedding", "ffn", "head"]
@@ -109,7 +112,10 @@ def test_expansion_counts_and_values():
 
 def test_batches_partition_the_plan_into_runs_of_similar_length():
     plan = make_plan(check_study(small_study()))
-    work = {rid: c["train"]["steps"] * c["model"]["n_layers"] * c["model"]["d_model"] ** 2 for rid, c in plan.configs.items()}
+    work = {
+        rid: c["train"]["steps"] * c["model"]["n_layers"] * c["model"]["d_model"] ** 2
+        for rid, c in plan.configs.items()
+    }
     batches = plan.batches(4)
     members = [rid for ids in batches.values() for rid in ids]
     assert sorted(members) == sorted(plan.run_ids)  # every run in exactly one batch
@@ -130,20 +136,34 @@ def test_duplicate_requests_share_one_run_and_keep_every_label():
     # unique = 40 requests - 2 (lr centres) - 2 (ladder centres) - 4 (usweep centres)
     assert len(plan.runs) == 40
     assert len(plan.configs) == 32
-    main_rlrs_s = next(r["run_id"] for r in plan.runs if r["sweep"] == "main" and r["arm"] == "rlrs" and r["size"] == "s"
-                       and plan.configs[r["run_id"]]["seed"] == 0)
+    main_rlrs_s = next(
+        r["run_id"]
+        for r in plan.runs
+        if r["sweep"] == "main" and r["arm"] == "rlrs" and r["size"] == "s" and plan.configs[r["run_id"]]["seed"] == 0
+    )
     sweeps_of = sorted(r["sweep"] for r in plan.runs if r["run_id"] == main_rlrs_s)
     assert sweeps_of == ["lr", "main", "usweep", "usweep", "usweep", "usweep"]
     # The stored config carries the first requester's labels.
-    assert plan.configs[main_rlrs_s]["meta"] == {"study": "unit", "size": "s", "arm": "rlrs", "sweep": "main", "tags": {}}
+    assert plan.configs[main_rlrs_s]["meta"] == {
+        "study": "unit",
+        "size": "s",
+        "arm": "rlrs",
+        "sweep": "main",
+        "tags": {},
+    }
 
 
 def test_same_run_requested_twice_is_trained_once():
     study = small_study()
-    study["sweeps"] = {"main": {"sizes": ["s"], "arms": ["baseline"], "seeds": [0]},
-                       "ladder": {"sizes": ["s"], "factors": [1.0], "seeds": [0]}}
+    study["sweeps"] = {
+        "main": {"sizes": ["s"], "arms": ["baseline"], "seeds": [0]},
+        "ladder": {"sizes": ["s"], "factors": [1.0], "seeds": [0]},
+    }
     plan = make_plan(check_study(study))
-    assert [(r["sweep"], r["tags"]) for r in plan.runs] == [("main", {}), ("ladder", {"length_factor": 1.0, "steps": 40})]
+    assert [(r["sweep"], r["tags"]) for r in plan.runs] == [
+        ("main", {}),
+        ("ladder", {"length_factor": 1.0, "steps": 40}),
+    ]
     assert len({r["run_id"] for r in plan.runs}) == 1 and len(plan.configs) == 1
 
 
@@ -192,8 +212,10 @@ def test_run_ids_stable_across_key_order():
 def test_run_ids_stable_across_processes(tmp_path):
     path = tmp_path / "unit.yaml"
     path.write_text(yaml.safe_dump(small_study()))
-    code = ("import json,sys; from rlrs.study import load_study, make_plan; "
-            "p = make_plan(load_study(sys.argv[1]), sys.argv[1]); print(json.dumps(p.run_ids))")
+    code = (
+        "import json,sys; from rlrs.study import load_study, make_plan; "
+        "p = make_plan(load_study(sys.argv[1]), sys.argv[1]); print(json.dumps(p.run_ids))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, env=env)
     assert json.loads(out.stdout) == make_plan(load_study(path), path).run_ids
@@ -209,25 +231,43 @@ def _bad(mutate) -> dict:
 
 
 BAD_STUDIES = {
-    "unknown executor": (lambda s: s.update(executor={"kind": "cluster"}),
-                         ["executor.kind", "'cluster'", "local, slurm, debug"]),
-    "unknown component": (lambda s: s["arms"]["rlrs"]["multipliers"].update(expert={"start": 1, "end": 2}),
-                          ["arms.rlrs.multipliers.expert", "embedding, attention, ffn, router, experts, head"]),
-    "norm multiplier": (lambda s: s["arms"]["rlrs"]["multipliers"].update(norm={"start": 2, "end": 1}),
-                        ["arms.rlrs.multipliers.norm", "allowed: embedding"]),
+    "unknown executor": (
+        lambda s: s.update(executor={"kind": "cluster"}),
+        ["executor.kind", "'cluster'", "local, slurm, debug"],
+    ),
+    "unknown component": (
+        lambda s: s["arms"]["rlrs"]["multipliers"].update(expert={"start": 1, "end": 2}),
+        ["arms.rlrs.multipliers.expert", "embedding, attention, ffn, router, experts, head"],
+    ),
+    "norm multiplier": (
+        lambda s: s["arms"]["rlrs"]["multipliers"].update(norm={"start": 2, "end": 1}),
+        ["arms.rlrs.multipliers.norm", "allowed: embedding"],
+    ),
     "missing sizes": (lambda s: s.pop("sizes"), ["sizes: required key is missing"]),
     "wrong type": (lambda s: s["sizes"]["s"].update(d_model="wide"), ["sizes.s.d_model", "'wide'", "integer"]),
     "unknown key": (lambda s: s.update(sweep={}), ["sweep: unknown key", "sweeps"]),
-    "sweep size": (lambda s: s["sweeps"]["lr"].update(sizes=["xl"]), ["sweeps.lr.sizes[0]", "'xl'", "sizes of this study: m, s"]),
-    "usweep size": (lambda s: s["sweeps"]["usweep"]["factors"].update(xl=[2.0]), ["sweeps.usweep.factors.xl", "sizes of this study: m, s"]),
+    "sweep size": (
+        lambda s: s["sweeps"]["lr"].update(sizes=["xl"]),
+        ["sweeps.lr.sizes[0]", "'xl'", "sizes of this study: m, s"],
+    ),
+    "usweep size": (
+        lambda s: s["sweeps"]["usweep"]["factors"].update(xl=[2.0]),
+        ["sweeps.usweep.factors.xl", "sizes of this study: m, s"],
+    ),
     "ladder arm": (lambda s: s["sweeps"]["ladder"].update(arm="base"), ["sweeps.ladder.arm", "baseline, rlrs"]),
     "lr both": (lambda s: s["sweeps"]["lr"].update(values=[0.1]), ["sweeps.lr", "factors, values"]),
-    "run config": (lambda s: s["sizes"]["m"].update(n_heads=3),
-                   ["sizes.m x arms.baseline", "model.n_heads", "must divide d_model=32"]),
-    "run config field": (lambda s: s["defaults"]["train"].update(device="tpu"),
-                         ["train.device", "'tpu'", "cpu, cuda, auto"]),
-    "multipliers in defaults": (lambda s: s["defaults"].update(schedule={"multipliers": {}}),
-                                ["defaults.schedule.multipliers", "arm"]),
+    "run config": (
+        lambda s: s["sizes"]["m"].update(n_heads=3),
+        ["sizes.m x arms.baseline", "model.n_heads", "must divide d_model=32"],
+    ),
+    "run config field": (
+        lambda s: s["defaults"]["train"].update(device="tpu"),
+        ["train.device", "'tpu'", "cpu, cuda, auto"],
+    ),
+    "multipliers in defaults": (
+        lambda s: s["defaults"].update(schedule={"multipliers": {}}),
+        ["defaults.schedule.multipliers", "arm"],
+    ),
 }
 
 
@@ -354,8 +394,17 @@ def test_executors_are_explicit_with_time_limits(tmp_path):
     assert type(local) is submitit.LocalExecutor and local.parameters["timeout_min"] == 7
     debug = make_executor("debug", tmp_path / "d", {"timeout_min": 3})
     assert type(debug) is submitit.DebugExecutor
-    settings = {"timeout_min": 90, "slurm": {"partition": "gpu", "mem_gb": 64, "gpus_per_node": 1, "array_parallelism": 8}}
-    assert slurm_parameters(settings) == {"time": 90, "partition": "gpu", "mem": "64GB", "gpus_per_node": 1, "array_parallelism": 8}
+    settings = {
+        "timeout_min": 90,
+        "slurm": {"partition": "gpu", "mem_gb": 64, "gpus_per_node": 1, "array_parallelism": 8},
+    }
+    assert slurm_parameters(settings) == {
+        "time": 90,
+        "partition": "gpu",
+        "mem": "64GB",
+        "gpus_per_node": 1,
+        "array_parallelism": 8,
+    }
     if shutil.which("srun"):  # submitit refuses a SlurmExecutor without srun (tests/test_slurm.py runs a real one)
         slurm = make_executor("slurm", tmp_path / "s", settings)
         assert type(slurm) is submitit.SlurmExecutor and slurm.parameters["time"] == 90

@@ -42,7 +42,12 @@ def test_expansion_writes_exactly_the_tags_the_analysis_reads():
     assert {lb["arm"] for lb in by_sweep["contribution"]} == {"rlrs"}  # the `into` arm
     assert {lb["tags"]["source_arm"] for lb in by_sweep["contribution"]} == {"rlrs_mup"}
     # every component where mup's table differs from rlrs's (mup leaves attention and ffn at (1, 1))
-    assert sorted(lb["tags"]["component"] for lb in by_sweep["contribution"]) == ["attention", "embedding", "ffn", "head"]
+    assert sorted(lb["tags"]["component"] for lb in by_sweep["contribution"]) == [
+        "attention",
+        "embedding",
+        "ffn",
+        "head",
+    ]
     read = set(tags.TAG_COLUMNS)
     for sweep in (tags.USWEEP, tags.REMOVAL, tags.CONTRIBUTION):
         for lb in by_sweep[sweep]:
@@ -54,8 +59,13 @@ def two_arm_db(tmp_path) -> Path:
     """Main runs of baseline (3.0), rlrs (2.8) and rlrs_mup (2.6); a
     contribution of rlrs_mup's embedding into rlrs (2.75); a removal of
     rlrs_mup's embedding (2.7); a U-sweep of an arm outside `main`."""
-    s = StudyDB(study="two", config={"study": "two", "sweeps": {"ladder": {"arm": "baseline"},
-                                                             "contribution": {"arm": "rlrs_mup", "into": "rlrs"}}})
+    s = StudyDB(
+        study="two",
+        config={
+            "study": "two",
+            "sweeps": {"ladder": {"arm": "baseline"}, "contribution": {"arm": "rlrs_mup", "into": "rlrs"}},
+        },
+    )
     s.run(arm="baseline", loss=3.0)
     s.run(arm="rlrs", loss=2.8)
     s.run(arm="rlrs_mup", loss=2.6, multipliers=MUP)

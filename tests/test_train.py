@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rlrs(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "rlrs", *map(str, args)], capture_output=True, text=True, cwd=ROOT, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "rlrs", *map(str, args)], capture_output=True, text=True, cwd=ROOT, **kw
+    )
 
 
 def _unigram_entropy(tokens: torch.Tensor, vocab: int) -> float:
@@ -62,8 +64,19 @@ def test_recorded_rates_equal_the_spec_formula_at_every_step(moe_tiny_run):
     assert {c[3:] for c in m.columns if c.startswith("lr_")} == comps
     assert comps == {"embedding", "attention", "router", "experts", "head", "norm"}
     for comp, mult in s["multipliers"].items():
-        expected = [lr_at("cosine", cfg["optim"]["lr"], s["final_lr_fraction"], s["warmup_steps"], T,
-                          mult["start"], mult["end"], t) for t in range(T)]
+        expected = [
+            lr_at(
+                "cosine",
+                cfg["optim"]["lr"],
+                s["final_lr_fraction"],
+                s["warmup_steps"],
+                T,
+                mult["start"],
+                mult["end"],
+                t,
+            )
+            for t in range(T)
+        ]
         assert m[f"lr_{comp}"].to_list() == pytest.approx(expected, rel=1e-15, abs=0)
     # Paper MoE multipliers: embedding peaks at 5x, experts end at 1.125 * f.
     assert m["lr_embedding"].max() == pytest.approx(0.003 * 5.0)
@@ -75,8 +88,18 @@ def test_recorded_rates_equal_the_spec_formula_at_every_step(moe_tiny_run):
 
 def test_summary_contract(moe_tiny_run):
     s = json.loads((moe_tiny_run / "summary.json").read_text())
-    for key in ("status", "final_eval_loss", "train_loss_last100", "params_total", "params_active",
-                "params_nonembedding", "wall_time_s", "versions", "git_commit", "host"):
+    for key in (
+        "status",
+        "final_eval_loss",
+        "train_loss_last100",
+        "params_total",
+        "params_active",
+        "params_nonembedding",
+        "wall_time_s",
+        "versions",
+        "git_commit",
+        "host",
+    ):
         assert key in s
     m = pl.read_parquet(moe_tiny_run / "metrics.parquet")
     assert s["train_loss_last100"] == pytest.approx(m["train_loss"][-100:].mean())
@@ -111,8 +134,12 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, moe):
     assert _rlrs("train", path, "--out", whole).returncode == 0
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "rlrs", "train", str(path), "--out", str(cut)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlrs", "train", str(path), "--out", str(cut)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (cut / "checkpoint.pt").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"

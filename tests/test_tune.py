@@ -102,8 +102,9 @@ def test_search_follows_the_greedy_rule(full, arm):
     search = next(s for s in S.searches(check_study(tiny())) if s.arm == arm)
     runs = full["root"] / "runs"
     assert doc["status"] == "done" and doc["digest"] == search.digest()
-    assert search.parameters == (["lr", "init_scale"] if arm == "baseline"
-                                 else ["lr", "init_scale", "embedding.start", "head.end"])
+    assert search.parameters == (
+        ["lr", "init_scale"] if arm == "baseline" else ["lr", "init_scale", "embedding.start", "head.end"]
+    )
     start, *rest = batches(doc["trajectory"])
     assert start[0]["accepted"] and start[0]["run_id"] == search.candidate(search.start)[0]
     best, current, seen = start[0]["score"], dict(search.start), {start[0]["run_id"]}
@@ -248,15 +249,32 @@ def test_trajectory_and_tuned_settings_land_in_duckdb(full, tmp_path, monkeypatc
         for arm, doc in full["docs"].items():
             rows = con.execute(
                 "SELECT step, pass, parameter, value, factor, run_id, score, accepted, best_score, runs_spent "
-                "FROM tune_trajectory WHERE study = 'tinytune' AND arm = ? ORDER BY step", [arm]).fetchall()
-            keys = ("step", "pass", "parameter", "value", "factor", "run_id", "score", "accepted", "best_score", "runs_spent")
+                "FROM tune_trajectory WHERE study = 'tinytune' AND arm = ? ORDER BY step",
+                [arm],
+            ).fetchall()
+            keys = (
+                "step",
+                "pass",
+                "parameter",
+                "value",
+                "factor",
+                "run_id",
+                "score",
+                "accepted",
+                "best_score",
+                "runs_spent",
+            )
             assert rows == [tuple(r[k] for k in keys) for r in doc["trajectory"]]
             tuned = dict(con.execute("SELECT parameter, value FROM tuned WHERE arm = ?", [arm]).fetchall())
             assert tuned == doc["final"]
         # The search runs are ordinary runs of the study, planned under sweep `tune`.
-        assert con.execute("SELECT count(DISTINCT run_id) FROM plan WHERE sweep = 'tune'").fetchall() == [(len(tune_runs),)]
+        assert con.execute("SELECT count(DISTINCT run_id) FROM plan WHERE sweep = 'tune'").fetchall() == [
+            (len(tune_runs),)
+        ]
         assert con.execute("SELECT count(*) FROM runs").fetchall() == [(len(tune_runs),)]
-        paper = con.execute("SELECT paper_value FROM tuned_settings WHERE arm = 'rlrs' AND parameter = 'embedding.start'").fetchall()
+        paper = con.execute(
+            "SELECT paper_value FROM tuned_settings WHERE arm = 'rlrs' AND parameter = 'embedding.start'"
+        ).fetchall()
         assert paper == [(5.0,)]  # the paper's dense table beside the tuned value
     finally:
         con.close()
@@ -288,8 +306,11 @@ def test_transfer_applies_the_tuned_settings_at_every_size(full, tmp_path, monke
     assert checked == sum(1 for r in plan.runs if r["sweep"] != "tune") > 20
     # At the tuning size, the seed-0 main run with the tuned settings is the search's best run.
     for arm, doc in full["docs"].items():
-        main = [r["run_id"] for r in plan.runs if (r["size"], r["arm"], r["sweep"]) == ("s", arm, "main")
-                and plan.configs[r["run_id"]]["seed"] == 0]
+        main = [
+            r["run_id"]
+            for r in plan.runs
+            if (r["size"], r["arm"], r["sweep"]) == ("s", arm, "main") and plan.configs[r["run_id"]]["seed"] == 0
+        ]
         assert main == [doc["best_run_id"]]
 
 
@@ -351,8 +372,12 @@ def test_study_cpu_tunes_each_family_at_its_smallest_size():
 
     study = load_study(CONFIGS / "study-cpu.yaml")
     found = {(s.size, s.arm, s.space, len(s.parameters)) for s in S.searches(study)}
-    assert found == {("dense-s", "baseline", "global", 4), ("dense-s", "rlrs", "relative", 12),
-                     ("moe-s", "baseline", "global", 4), ("moe-s", "rlrs", "relative", 14)}
+    assert found == {
+        ("dense-s", "baseline", "global", 4),
+        ("dense-s", "rlrs", "relative", 12),
+        ("moe-s", "baseline", "global", 4),
+        ("moe-s", "rlrs", "relative", 14),
+    }
     plan = make_plan(study, tune_state=S.load_state(study, root=Path("/nonexistent"), assume_done=True))
     main = [c for c in plan.configs.values() if c["meta"]["sweep"] == "main"]
     assert {c["seed"] for c in main} == {0, 1, 2}
@@ -368,8 +393,22 @@ def test_study_cpu_tunes_each_family_at_its_smallest_size():
 def test_snakemake_dry_run_waits_for_the_tune_checkpoint(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("RLRS_RESULTS", None)
-    out = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
-                          "--configfile", str(CONFIGS / "study-cpu.yaml")], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [
+            str(BIN / "snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "-n",
+            "--configfile",
+            str(CONFIGS / "study-cpu.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "checkpoint tune:" in out.stdout and "results/study-cpu/tune/moe-s.rlrs.json" in out.stdout
     assert "checkpoint jobs" in out.stdout  # the transfer runs are known only after it
@@ -388,8 +427,14 @@ def test_rlrs_tune_searches_then_transfers_through_snakemake(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("RLRS_RESULTS", None)
     env.pop("RLRS_REPORTS", None)
-    out = subprocess.run([str(BIN / "rlrs"), "tune", str(path), "--cores", "2"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=400)
+    out = subprocess.run(
+        [str(BIN / "rlrs"), "tune", str(path), "--cores", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "checkpoint tune:" not in out.stdout + out.stderr  # Snakemake reused the search it was handed
     doc = json.loads((tmp_path / "results/tinytune/tune/s.rlrs.json").read_text())
@@ -397,8 +442,10 @@ def test_rlrs_tune_searches_then_transfers_through_snakemake(tmp_path):
     con = duckdb.connect(str(tmp_path / "results/tinytune/rlrs.duckdb"), read_only=True)
     try:
         assert con.execute("SELECT count(*) FROM tune_trajectory").fetchall() == [(5,)]
-        rows = con.execute("SELECT p.size, p.arm, r.lr, r.mult_embedding_start FROM runs r JOIN plan p USING (run_id) "
-                           "WHERE p.sweep = 'main' ORDER BY p.size, p.arm").fetchall()
+        rows = con.execute(
+            "SELECT p.size, p.arm, r.lr, r.mult_embedding_start FROM runs r JOIN plan p USING (run_id) "
+            "WHERE p.sweep = 'main' ORDER BY p.size, p.arm"
+        ).fetchall()
     finally:
         con.close()
     final = doc["final"]

@@ -67,8 +67,14 @@ def test_bare_snakemake_targets_the_demo_report(tmp_path):
 
 
 def test_results_and_reports_roots_are_configurable(tmp_path):
-    out = snakemake(tmp_path, "-n", "--configfile", str(CONFIGS / "smoke.yaml"),
-                    RLRS_RESULTS=str(tmp_path / "res"), RLRS_REPORTS=str(tmp_path / "rep"))
+    out = snakemake(
+        tmp_path,
+        "-n",
+        "--configfile",
+        str(CONFIGS / "smoke.yaml"),
+        RLRS_RESULTS=str(tmp_path / "res"),
+        RLRS_REPORTS=str(tmp_path / "rep"),
+    )
     assert out.returncode == 0, out.stderr
     assert f"output: {tmp_path}/res/smoke/plan.json" in out.stdout
     assert f"output: {tmp_path}/rep/smoke/index.html" in out.stdout
@@ -77,9 +83,14 @@ def test_results_and_reports_roots_are_configurable(tmp_path):
 BAD = {
     # A study missing `sizes` must not inherit the demo's (the configfile pitfall).
     "missing sizes": (lambda s: s.pop("sizes"), "sizes"),
-    "unknown executor": (lambda s: s["executor"].update(kind="cluster"), "'cluster' is not one of ['local', 'slurm', 'debug']"),
-    "unknown component": (lambda s: s["arms"]["rlrs"]["multipliers"].update(expert={"start": 1, "end": 1}),
-                          "'expert' is not one of ['embedding', 'attention', 'ffn', 'router', 'experts', 'head']"),
+    "unknown executor": (
+        lambda s: s["executor"].update(kind="cluster"),
+        "'cluster' is not one of ['local', 'slurm', 'debug']",
+    ),
+    "unknown component": (
+        lambda s: s["arms"]["rlrs"]["multipliers"].update(expert={"start": 1, "end": 1}),
+        "'expert' is not one of ['embedding', 'attention', 'ffn', 'router', 'experts', 'head']",
+    ),
     "run config": (lambda s: s["sizes"]["tiny"].update(n_heads=3), "model.n_heads: 3 must divide d_model=16"),
 }
 
@@ -268,7 +279,11 @@ def test_stopping_submit_cancels_its_job(tmp_path):
     run_dir = tmp_path / "stop" / "runs" / plan.run_ids[0]
     proc = subprocess.Popen([str(BIN / "rlrs"), "submit", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
-    while not (run_dir / "metrics.parquet").exists() and not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
+    while (
+        not (run_dir / "metrics.parquet").exists()
+        and not (run_dir / "checkpoint.pt").exists()
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
     submitted = json.loads((run_dir / "submitted.json").read_text())
     controller = int(submitted["job_id"])

@@ -84,43 +84,69 @@ class View:
 VIEWS: dict[str, View] = {
     "speedup": View(
         lambda x: speedup.speedup(x.members, members.baseline_evals(x.con, x.members, x.baseline), x.study, x.baseline),
-        speedup.SPEEDUP_SCHEMA, "one row per (size, arm, definition): speedup T*/T - 1 over the baseline, with CI"),
+        speedup.SPEEDUP_SCHEMA,
+        "one row per (size, arm, definition): speedup T*/T - 1 over the baseline, with CI",
+    ),
     "final_losses_by_arm": View(
-        lambda x: sweeps.final_losses(x.members, x.study), sweeps.FINAL_LOSSES_SCHEMA,
-        "one row per (size, arm, lr, steps) of the main runs: final eval loss over seeds"),
+        lambda x: sweeps.final_losses(x.members, x.study),
+        sweeps.FINAL_LOSSES_SCHEMA,
+        "one row per (size, arm, lr, steps) of the main runs: final eval loss over seeds",
+    ),
     "transfer": View(
-        lambda x: speedup.transfer(x.frames["speedup"]), speedup.TRANSFER_SCHEMA,
-        "one row per (arm, definition, size): speedup against non-embedding parameters"),
+        lambda x: speedup.transfer(x.frames["speedup"]),
+        speedup.TRANSFER_SCHEMA,
+        "one row per (arm, definition, size): speedup against non-embedding parameters",
+    ),
     "lr_sweep": View(
-        lambda x: sweeps.lr_sweep(x.members, x.study), sweeps.LR_SWEEP_SCHEMA,
-        "one row per (size, arm, lr): final loss against base lr; is_best marks the compared lr"),
+        lambda x: sweeps.lr_sweep(x.members, x.study),
+        sweeps.LR_SWEEP_SCHEMA,
+        "one row per (size, arm, lr): final loss against base lr; is_best marks the compared lr",
+    ),
     "usweep": View(
-        lambda x: sweeps.usweep(x.members, x.study), sweeps.USWEEP_SCHEMA,
-        "one row per (size, base arm, component, start or end, factor): the U-plots"),
+        lambda x: sweeps.usweep(x.members, x.study),
+        sweeps.USWEEP_SCHEMA,
+        "one row per (size, base arm, component, start or end, factor): the U-plots",
+    ),
     "regret": View(
-        lambda x: sweeps.regret(x.frames["lr_sweep"], x.frames["usweep"], x.members, x.study), sweeps.REGRET_SCHEMA,
-        "one row per (swept parameter, larger size): loss at the small size's best factor minus the best loss"),
+        lambda x: sweeps.regret(x.frames["lr_sweep"], x.frames["usweep"], x.members, x.study),
+        sweeps.REGRET_SCHEMA,
+        "one row per (swept parameter, larger size): loss at the small size's best factor minus the best loss",
+    ),
     "ablation": View(
-        lambda x: sweeps.ablation(x.members, x.study), sweeps.ABLATION_SCHEMA,
-        "one row per (size, removal or contribution, component): loss against the reference arm"),
+        lambda x: sweeps.ablation(x.members, x.study),
+        sweeps.ABLATION_SCHEMA,
+        "one row per (size, removal or contribution, component): loss against the reference arm",
+    ),
     "compared_runs": View(
-        lambda x: curves.compared_runs(x.members, x.study, x.baseline), curves.COMPARED_SCHEMA,
-        "one row per run a size's comparison used, with its role"),
+        lambda x: curves.compared_runs(x.members, x.study, x.baseline),
+        curves.COMPARED_SCHEMA,
+        "one row per run a size's comparison used, with its role",
+    ),
     "loss_curves": View(
-        lambda x: curves.loss_curves(x.con, x.frames["compared_runs"], x.study), curves.CURVE_SCHEMA,
-        "one row per (size, arm, role, step bin): train and eval loss of the compared runs"),
+        lambda x: curves.loss_curves(x.con, x.frames["compared_runs"], x.study),
+        curves.CURVE_SCHEMA,
+        "one row per (size, arm, role, step bin): train and eval loss of the compared runs",
+    ),
     "update_sizes": View(
-        lambda x: curves.update_sizes(x.con, x.members, x.study), curves.UPDATE_SCHEMA,
-        "one row per (size, arm, component, step bin): relative update size of the main runs"),
+        lambda x: curves.update_sizes(x.con, x.members, x.study),
+        curves.UPDATE_SCHEMA,
+        "one row per (size, arm, component, step bin): relative update size of the main runs",
+    ),
     "lr_schedules": View(
-        lambda x: curves.lr_schedules(x.con, x.members, x.study), curves.SCHEDULE_SCHEMA,
-        "one row per (size, arm, component, step bin): the learning rate the trainer applied"),
+        lambda x: curves.lr_schedules(x.con, x.members, x.study),
+        curves.SCHEDULE_SCHEMA,
+        "one row per (size, arm, component, step bin): the learning rate the trainer applied",
+    ),
     "tune_progress": View(
-        lambda x: tables.tune_progress(x.con, x.study), tables.TUNE_PROGRESS_SCHEMA,
-        "one row per candidate run of the study's searches, in search order"),
+        lambda x: tables.tune_progress(x.con, x.study),
+        tables.TUNE_PROGRESS_SCHEMA,
+        "one row per candidate run of the study's searches, in search order",
+    ),
     "tuned_settings": View(
-        lambda x: tables.tuned_settings(x.con, x.study), tables.TUNED_SCHEMA,
-        "one row per (size, arm, parameter): the search's result beside the paper's value"),
+        lambda x: tables.tuned_settings(x.con, x.study),
+        tables.TUNED_SCHEMA,
+        "one row per (size, arm, parameter): the search's result beside the paper's value",
+    ),
 }
 
 
@@ -161,8 +187,14 @@ def is_stale(con: duckdb.DuckDBPyConnection) -> bool:
     its start, so a hook run by that same ingest counts as fresh)."""
     if not has_table(con, "analysis_meta"):
         return True
-    newest = ("greatest((SELECT max(ingested_at) FROM runs), (SELECT max(collected_at) FROM studies))"
-              if has_table(con, "studies") else "(SELECT max(ingested_at) FROM runs)")
+    newest = (
+        "greatest((SELECT max(ingested_at) FROM runs), (SELECT max(collected_at) FROM studies))"
+        if has_table(con, "studies")
+        else "(SELECT max(ingested_at) FROM runs)"
+    )
     # Compared in SQL: fetching a TIMESTAMPTZ into Python would need pytz.
-    return bool(con.execute(
-        f"SELECT coalesce((SELECT max(materialized_at) FROM analysis_meta) < {newest}, false)").fetchall()[0][0])
+    return bool(
+        con.execute(f"SELECT coalesce((SELECT max(materialized_at) FROM analysis_meta) < {newest}, false)").fetchall()[
+            0
+        ][0]
+    )

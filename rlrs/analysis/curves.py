@@ -32,13 +32,28 @@ MAX_POINTS_PER_SERIES = 200
 MIN_POINTS_PER_SERIES = 10
 
 COMPARED_SCHEMA = {
-    "study": S, "size": S, "arm": S, "role": S, "run_id": S, "lr": F, "steps": I, "seed": I,
+    "study": S,
+    "size": S,
+    "arm": S,
+    "role": S,
+    "run_id": S,
+    "lr": F,
+    "steps": I,
+    "seed": I,
 }
 
 
 CURVE_SCHEMA = {
-    "study": S, "size": S, "arm": S, "role": S, "label": S, "step": I,
-    "train_loss": F, "eval_loss": F, "n_runs": I, "run_ids": S,
+    "study": S,
+    "size": S,
+    "arm": S,
+    "role": S,
+    "label": S,
+    "step": I,
+    "train_loss": F,
+    "eval_loss": F,
+    "n_runs": I,
+    "run_ids": S,
 }
 
 
@@ -68,8 +83,18 @@ def compared_runs(members: pl.DataFrame, study: str = "", baseline: str = BASELI
             picked.append((baseline, "baseline_longest", ladder[-1]))
         for arm, role, g in picked:
             for rid, seed in zip(g.run_ids, g.seeds):
-                rows.append({"study": study, "size": size, "arm": arm, "role": role,
-                             "run_id": rid, "lr": g.lr, "steps": g.steps, "seed": seed})
+                rows.append(
+                    {
+                        "study": study,
+                        "size": size,
+                        "arm": arm,
+                        "role": role,
+                        "run_id": rid,
+                        "lr": g.lr,
+                        "steps": g.steps,
+                        "seed": seed,
+                    }
+                )
     return frame(rows, COMPARED_SCHEMA)
 
 
@@ -85,7 +110,9 @@ def _metric_columns(con: duckdb.DuckDBPyConnection, prefix: str) -> list[str]:
     return [c for c in cols if c.startswith(prefix)]
 
 
-def _binned(con, runs: pl.DataFrame, series: list[str], values: list[str], points: int, where: str = "") -> pl.DataFrame:
+def _binned(
+    con, runs: pl.DataFrame, series: list[str], values: list[str], points: int, where: str = ""
+) -> pl.DataFrame:
     """Mean of metric `values` per series and step bin: each series' steps
     are cut into `points` equal bins, averaging over the bin and its seeds.
     The step reported is the bin's last step trained (step + 1)."""
@@ -120,15 +147,22 @@ def loss_curves(con: duckdb.DuckDBPyConnection, compared: pl.DataFrame, study: s
     runs = compared.with_columns(
         pl.when(pl.col("role") == "baseline_longest")
         .then(pl.format("{} ({} steps)", pl.col("arm"), pl.col("steps")))
-        .otherwise(pl.format("{} (lr {})", pl.col("arm"), pl.col("lr").map_elements(lambda x: f"{x:g}", return_dtype=pl.Utf8)))
+        .otherwise(
+            pl.format("{} (lr {})", pl.col("arm"), pl.col("lr").map_elements(lambda x: f"{x:g}", return_dtype=pl.Utf8))
+        )
         .alias("label")
     ).select("size", "arm", "role", "label", "run_id")
     series = ["size", "arm", "role", "label"]
     n_series = runs.select(series).unique().height
     train = _binned(con, runs, series, ["train_loss"], points_per_series(2 * n_series))
     evals = _binned(con, runs, series, ["eval_loss"], points_per_series(2 * n_series), "WHERE m.eval_loss IS NOT NULL")
-    out = pl.concat([train.with_columns(pl.lit(None, pl.Float64).alias("eval_loss")),
-                     evals.with_columns(pl.lit(None, pl.Float64).alias("train_loss"))], how="diagonal")
+    out = pl.concat(
+        [
+            train.with_columns(pl.lit(None, pl.Float64).alias("eval_loss")),
+            evals.with_columns(pl.lit(None, pl.Float64).alias("train_loss")),
+        ],
+        how="diagonal",
+    )
     return out.with_columns(pl.lit(study).alias("study")).select(list(CURVE_SCHEMA)).cast(CURVE_SCHEMA)
 
 
@@ -183,9 +217,15 @@ def lr_schedules(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, study: s
         arms = set(family["arm"])
         in_family = [s for s in order if s in set(family["size"])]
         # The smallest size where every arm of the family ran, else its smallest.
-        sizes.append(next((s for s in in_family if set(family.filter(pl.col("size") == s)["arm"]) == arms), in_family[0]))
-    picks = (main.filter(pl.col("size").is_in(sizes)).sort("size", "arm", "seed", "run_id")
-             .unique(subset=["size", "arm"], keep="first").select("size", "arm", "run_id"))
+        sizes.append(
+            next((s for s in in_family if set(family.filter(pl.col("size") == s)["arm"]) == arms), in_family[0])
+        )
+    picks = (
+        main.filter(pl.col("size").is_in(sizes))
+        .sort("size", "arm", "seed", "run_id")
+        .unique(subset=["size", "arm"], keep="first")
+        .select("size", "arm", "run_id")
+    )
     n_series = picks.height * len(cols)
     wide = _binned(con, picks, ["size", "arm", "run_id"], cols, points_per_series(n_series))
     long = wide.unpivot(index=["size", "arm", "run_id", "step"], on=cols, variable_name="component", value_name="lr")

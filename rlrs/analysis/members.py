@@ -36,7 +36,9 @@ def study_names(con: duckdb.DuckDBPyConnection) -> list[str]:
     names: set[str] = set()
     for table, col in (("studies", "name"), ("plan", "study"), ("runs", "study")):
         if has_table(con, table):
-            names |= {r[0] for r in con.execute(f"SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL").fetchall()}
+            names |= {
+                r[0] for r in con.execute(f"SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL").fetchall()
+            }
     return sorted(names)
 
 
@@ -92,7 +94,8 @@ def size_order(members: pl.DataFrame) -> list[str]:
     tie-break). Runs without a size label (standalone runs) have no place in
     a size comparison."""
     sizes = (
-        members.drop_nulls("size").group_by("size")
+        members.drop_nulls("size")
+        .group_by("size")
         .agg(pl.col("params_nonembedding").max().alias("p"))
         .sort(["p", "size"], nulls_last=True)
     )
@@ -106,9 +109,7 @@ def size_family(members: pl.DataFrame) -> dict[str, str]:
 
 
 def size_params(members: pl.DataFrame) -> dict[str, tuple[int | None, int | None]]:
-    rows = members.group_by("size").agg(
-        pl.col("params_nonembedding").max(), pl.col("params_active_nonembedding").max()
-    )
+    rows = members.group_by("size").agg(pl.col("params_nonembedding").max(), pl.col("params_active_nonembedding").max())
     return {r["size"]: (r["params_nonembedding"], r["params_active_nonembedding"]) for r in rows.iter_rows(named=True)}
 
 
@@ -149,9 +150,13 @@ def seed_groups(frame: pl.DataFrame) -> list[Group]:
         done = completed(part)
         out.append(
             Group(
-                size=key[0], arm=key[1], lr=key[2], steps=key[3],
+                size=key[0],
+                arm=key[1],
+                lr=key[2],
+                steps=key[3],
                 losses=done["final_eval_loss"].to_numpy().astype(float),
-                run_ids=done["run_id"].to_list(), seeds=done["seed"].to_list(),
+                run_ids=done["run_id"].to_list(),
+                seeds=done["seed"].to_list(),
                 excluded=dict(part.filter(pl.col("status") != "completed").select("run_id", "status").iter_rows()),
             )
         )
@@ -201,8 +206,11 @@ def choice_notes(groups: list[Group], chosen: Group | None) -> list[str]:
     """Say when the lr choice was shaped by diverged seeds."""
     if chosen is None:
         return []
-    notes = [f"lr {g.lr:g} not chosen despite a lower mean: {g.n_diverged} diverged seed(s)"
-             for g in groups if g is not chosen and g.n_diverged and len(g.losses) and g.mean < chosen.mean]
+    notes = [
+        f"lr {g.lr:g} not chosen despite a lower mean: {g.n_diverged} diverged seed(s)"
+        for g in groups
+        if g is not chosen and g.n_diverged and len(g.losses) and g.mean < chosen.mean
+    ]
     if chosen.n_diverged:
         notes.append(f"compared lr {chosen.lr:g} has {chosen.n_diverged} diverged seed(s) (every lr has some)")
     shared = shared_seeds(lr_pool(groups))
@@ -226,10 +234,14 @@ def lr_candidates(members: pl.DataFrame, size: str, arm: str) -> list[Group]:
     steps = main_steps(members, size, arm)
     if steps is None:
         return []
-    return seed_groups(members.filter(
-        (pl.col("size") == size) & (pl.col("arm") == arm)
-        & pl.col("sweep").is_in(tags.LR_SWEEPS) & (pl.col("steps") == steps)
-    ))
+    return seed_groups(
+        members.filter(
+            (pl.col("size") == size)
+            & (pl.col("arm") == arm)
+            & pl.col("sweep").is_in(tags.LR_SWEEPS)
+            & (pl.col("steps") == steps)
+        )
+    )
 
 
 def compared_group(members: pl.DataFrame, size: str, arm: str) -> Group | None:
@@ -249,8 +261,10 @@ def baseline_ladder(members: pl.DataFrame, size: str, baseline: str = BASELINE) 
     if best is None:
         return []
     cand = members.filter(
-        (pl.col("size") == size) & (pl.col("arm") == baseline)
-        & pl.col("sweep").is_in(tags.LENGTH_SWEEPS) & (pl.col("lr") == best.lr)
+        (pl.col("size") == size)
+        & (pl.col("arm") == baseline)
+        & pl.col("sweep").is_in(tags.LENGTH_SWEEPS)
+        & (pl.col("lr") == best.lr)
     )
     return sorted(seed_groups(cand), key=lambda g: g.steps)
 
@@ -278,7 +292,8 @@ def baseline_evals(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, baseli
     try:
         return con.sql(
             "SELECT run_id, step, eval_loss FROM metrics JOIN _eval_ids USING (run_id) "
-            "WHERE eval_loss IS NOT NULL ORDER BY run_id, step").pl()
+            "WHERE eval_loss IS NOT NULL ORDER BY run_id, step"
+        ).pl()
     finally:
         con.unregister("_eval_ids")
 
@@ -287,7 +302,9 @@ def study_parts(con: duckdb.DuckDBPyConnection, study: str) -> set[str]:
     """The optional parts the study file has (today: 'tune' for a tune block)."""
     if not has_table(con, "studies"):
         return set()
-    got = con.execute("SELECT json_extract(config, '$.tune') IS NOT NULL FROM studies WHERE name = ?", [study]).fetchall()
+    got = con.execute(
+        "SELECT json_extract(config, '$.tune') IS NOT NULL FROM studies WHERE name = ?", [study]
+    ).fetchall()
     return {"tune"} if got and got[0][0] else set()
 
 
@@ -297,7 +314,8 @@ def baseline_arm(con: duckdb.DuckDBPyConnection, study: str) -> str:
     if has_table(con, "studies"):
         got = con.execute(
             "SELECT coalesce(json_extract_string(config, '$.sweeps.ladder.arm'), "
-            "json_extract_string(config, '$.sweeps.contribution.into')) FROM studies WHERE name = ?", [study]
+            "json_extract_string(config, '$.sweeps.contribution.into')) FROM studies WHERE name = ?",
+            [study],
         ).fetchall()
         if got and got[0][0]:
             return got[0][0]

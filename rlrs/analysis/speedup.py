@@ -29,20 +29,51 @@ from rlrs.analysis.members import (
 from rlrs.analysis.stats import Estimate, estimate_speedup, ladder_t_star, percentile_ci, target_t_star
 
 SPEEDUP_SCHEMA = {
-    "study": S, "size": S, "arm": S, "definition": S,
-    "speedup": F, "ci_low": F, "ci_high": F, "bound": S, "bound_value": F,
-    "saved": F, "saved_ci_low": F, "saved_ci_high": F,
-    "n_seeds": I, "steps": I, "t_star": F, "arm_loss": F, "arm_lr": F,
-    "baseline_lr": F, "baseline_lengths": I, "baseline_seeds": I, "family": S,
-    "params_nonembedding": I, "params_active_nonembedding": I,
-    "baseline_loss": F, "loss_gap": F, "loss_gap_ci_low": F, "loss_gap_ci_high": F, "note": S,
+    "study": S,
+    "size": S,
+    "arm": S,
+    "definition": S,
+    "speedup": F,
+    "ci_low": F,
+    "ci_high": F,
+    "bound": S,
+    "bound_value": F,
+    "saved": F,
+    "saved_ci_low": F,
+    "saved_ci_high": F,
+    "n_seeds": I,
+    "steps": I,
+    "t_star": F,
+    "arm_loss": F,
+    "arm_lr": F,
+    "baseline_lr": F,
+    "baseline_lengths": I,
+    "baseline_seeds": I,
+    "family": S,
+    "params_nonembedding": I,
+    "params_active_nonembedding": I,
+    "baseline_loss": F,
+    "loss_gap": F,
+    "loss_gap_ci_low": F,
+    "loss_gap_ci_high": F,
+    "note": S,
 }
 
 
 TRANSFER_SCHEMA = {
-    "study": S, "arm": S, "definition": S, "family": S, "size": S,
-    "params_nonembedding": I, "params_active_nonembedding": I,
-    "speedup": F, "ci_low": F, "ci_high": F, "bound": S, "bound_value": F, "n_seeds": I,
+    "study": S,
+    "arm": S,
+    "definition": S,
+    "family": S,
+    "size": S,
+    "params_nonembedding": I,
+    "params_active_nonembedding": I,
+    "speedup": F,
+    "ci_low": F,
+    "ci_high": F,
+    "bound": S,
+    "bound_value": F,
+    "n_seeds": I,
 }
 
 
@@ -71,27 +102,44 @@ def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baselin
         ladder = baseline_ladder(members, size, baseline)
         ladder_notes = []
         if ladder and any(lr != ladder[0].lr for lr in ladder_lrs(members, size, baseline)):
-            ladder_notes = [f"ladder runs not at the baseline's best lr {ladder[0].lr:g} left out "
-                            f"(ladder lrs: {', '.join(f'{x:g}' for x in ladder_lrs(members, size, baseline))}); "
-                            "set the baseline's lr at this size to its best to use them"]
+            ladder_notes = [
+                f"ladder runs not at the baseline's best lr {ladder[0].lr:g} left out "
+                f"(ladder lrs: {', '.join(f'{x:g}' for x in ladder_lrs(members, size, baseline))}); "
+                "set the baseline's lr at this size to its best to use them"
+            ]
         for arm in main_arms:
             candidates = lr_candidates(members, size, arm)
             if not candidates:
                 continue  # this arm does not run at this size
             group = best_group(candidates)
-            base = {"study": study, "size": size, "arm": arm, "family": family[size],
-                    "params_nonembedding": params[size][0], "params_active_nonembedding": params[size][1]}
+            base = {
+                "study": study,
+                "size": size,
+                "arm": arm,
+                "family": family[size],
+                "params_nonembedding": params[size][0],
+                "params_active_nonembedding": params[size][1],
+            }
             # Runs left out of the numbers: of the compared arm group and of the baseline points.
-            excl = (excluded_note(([group] if group else candidates) + ladder) + choice_notes(candidates, group)
-                    + ladder_notes)
+            excl = (
+                excluded_note(([group] if group else candidates) + ladder)
+                + choice_notes(candidates, group)
+                + ladder_notes
+            )
             if group is None:
                 for d in ("ladder", "target"):
-                    rows.append(base | {"definition": d, "n_seeds": 0,
-                                        "note": "; ".join(excl + ["no completed runs of this arm"])})
+                    rows.append(
+                        base
+                        | {"definition": d, "n_seeds": 0, "note": "; ".join(excl + ["no completed runs of this arm"])}
+                    )
                 continue
-            base |= {"n_seeds": len(group.losses), "steps": group.steps,
-                     "arm_loss": group.mean, "arm_lr": group.lr,
-                     **loss_gap(base_group, group)}
+            base |= {
+                "n_seeds": len(group.losses),
+                "steps": group.steps,
+                "arm_loss": group.mean,
+                "arm_lr": group.lr,
+                **loss_gap(base_group, group),
+            }
             rows.append(base | _ladder_row(group, ladder, excl))
             rows.append(base | _target_row(group, ladder, evals, excl))
     return frame(rows, SPEEDUP_SCHEMA)
@@ -113,28 +161,46 @@ def loss_gap(base: Group | None, arm: Group) -> dict:
 
 def _estimate_row(definition: str, est: Estimate, notes: list[str], **extra) -> dict:
     return {
-        "definition": definition, "speedup": est.speedup, "t_star": est.t_star,
-        "bound": est.bound, "bound_value": est.bound_value,
-        "ci_low": est.ci_low, "ci_high": est.ci_high, "saved": est.saved(est.speedup),
-        "saved_ci_low": est.saved(est.ci_low), "saved_ci_high": est.saved(est.ci_high),
-        "note": "; ".join(notes + est.notes) or None, **extra,
+        "definition": definition,
+        "speedup": est.speedup,
+        "t_star": est.t_star,
+        "bound": est.bound,
+        "bound_value": est.bound_value,
+        "ci_low": est.ci_low,
+        "ci_high": est.ci_high,
+        "saved": est.saved(est.speedup),
+        "saved_ci_low": est.saved(est.ci_low),
+        "saved_ci_high": est.saved(est.ci_high),
+        "note": "; ".join(notes + est.notes) or None,
+        **extra,
     }
 
 
 def _ladder_row(arm: Group, ladder: list[Group], notes: list[str]) -> dict:
     if len(ladder) < 2:
-        return {"definition": "ladder", "baseline_lengths": len(ladder),
-                "note": "; ".join(notes + [f"ladder needs baseline runs at >= 2 lengths at the baseline's best lr; have {len(ladder)}"])}
+        return {
+            "definition": "ladder",
+            "baseline_lengths": len(ladder),
+            "note": "; ".join(
+                notes + [f"ladder needs baseline runs at >= 2 lengths at the baseline's best lr; have {len(ladder)}"]
+            ),
+        }
     lengths = np.array([g.steps for g in ladder], float)
     est = estimate_speedup(
         [arm.losses] + [g.losses for g in ladder],
         lambda m: ladder_t_star(lengths, np.stack(m[1:], axis=1), m[0]),
-        arm.steps, (lengths[0], lengths[-1]),
+        arm.steps,
+        (lengths[0], lengths[-1]),
     )
     at_t = [g for g in ladder if g.steps == arm.steps]
-    return _estimate_row("ladder", est, notes, baseline_lengths=len(ladder),
-                         baseline_seeds=min(len(g.losses) for g in ladder),
-                         baseline_lr=at_t[0].lr if at_t else None)
+    return _estimate_row(
+        "ladder",
+        est,
+        notes,
+        baseline_lengths=len(ladder),
+        baseline_seeds=min(len(g.losses) for g in ladder),
+        baseline_lr=at_t[0].lr if at_t else None,
+    )
 
 
 def _target_row(arm: Group, ladder: list[Group], evals: pl.DataFrame, notes: list[str]) -> dict:
@@ -147,11 +213,13 @@ def _target_row(arm: Group, ladder: list[Group], evals: pl.DataFrame, notes: lis
     est = estimate_speedup(
         [arm.losses, curves],
         lambda m: target_t_star(steps, m[1], m[0]),
-        arm.steps, (steps[0], steps[-1]),
+        arm.steps,
+        (steps[0], steps[-1]),
     )
     extra = [] if longest.steps == arm.steps else [f"baseline eval curve from its {longest.steps}-step run"]
-    return _estimate_row("target", est, notes + extra, baseline_lengths=1,
-                         baseline_seeds=curves.shape[0], baseline_lr=longest.lr)
+    return _estimate_row(
+        "target", est, notes + extra, baseline_lengths=1, baseline_seeds=curves.shape[0], baseline_lr=longest.lr
+    )
 
 
 def transfer(speedups: pl.DataFrame) -> pl.DataFrame:

@@ -91,8 +91,14 @@ def percentile_ci(samples: tuple, statistic: Callable) -> tuple[float, float]:
     """The study's one bootstrap: percentile interval at CONFIDENCE over
     independently resampled samples (vectorized `statistic`), fixed seed."""
     res = bootstrap(
-        samples, statistic, n_resamples=N_RESAMPLES, method="percentile", confidence_level=CONFIDENCE,
-        vectorized=True, paired=False, rng=np.random.default_rng(BOOTSTRAP_SEED),
+        samples,
+        statistic,
+        n_resamples=N_RESAMPLES,
+        method="percentile",
+        confidence_level=CONFIDENCE,
+        vectorized=True,
+        paired=False,
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
@@ -146,12 +152,16 @@ def estimate_speedup(
     low, high = percentile_ci(tuple(np.arange(len(samples[i])) for i in varying), statistic)
     # An end outside [lo_edge, hi_edge] is a stand-in, not a number: NULL.
     if low < lo_edge or low > hi_edge:
-        notes.append(f"lower CI end outside the baseline's range ({'<' if low < lo_edge else '>'} "
-                     f"{lo_edge if low < lo_edge else hi_edge:.2f})")
+        notes.append(
+            f"lower CI end outside the baseline's range ({'<' if low < lo_edge else '>'} "
+            f"{lo_edge if low < lo_edge else hi_edge:.2f})"
+        )
         low = None
     if high > hi_edge or high < lo_edge:
-        notes.append(f"upper CI end outside the baseline's range ({'>' if high > hi_edge else '<'} "
-                     f"{hi_edge if high > hi_edge else lo_edge:.2f})")
+        notes.append(
+            f"upper CI end outside the baseline's range ({'>' if high > hi_edge else '<'} "
+            f"{hi_edge if high > hi_edge else lo_edge:.2f})"
+        )
         high = None
     est.ci_low, est.ci_high = low, high
     return est

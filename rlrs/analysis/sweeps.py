@@ -29,37 +29,83 @@ from rlrs.analysis.members import (
 )
 
 FINAL_LOSSES_SCHEMA = {
-    "study": S, "size": S, "arm": S, "lr": F, "steps": I,
-    "mean_loss": F, "std_loss": F, "min_loss": F, "max_loss": F,
-    "n": I, "n_excluded": I, "params_nonembedding": I,
+    "study": S,
+    "size": S,
+    "arm": S,
+    "lr": F,
+    "steps": I,
+    "mean_loss": F,
+    "std_loss": F,
+    "min_loss": F,
+    "max_loss": F,
+    "n": I,
+    "n_excluded": I,
+    "params_nonembedding": I,
 }
 
 
 LR_SWEEP_SCHEMA = {
-    "study": S, "size": S, "arm": S, "lr": F, "lr_factor": F, "steps": I,
-    "mean_loss": F, "std_loss": F, "n": I, "n_excluded": I, "n_diverged": I,
-    "is_best": pl.Boolean, "run_ids": S,
+    "study": S,
+    "size": S,
+    "arm": S,
+    "lr": F,
+    "lr_factor": F,
+    "steps": I,
+    "mean_loss": F,
+    "std_loss": F,
+    "n": I,
+    "n_excluded": I,
+    "n_diverged": I,
+    "is_best": pl.Boolean,
+    "run_ids": S,
 }
 
 
 USWEEP_SCHEMA = {
-    "study": S, "size": S, "base_arm": S, "component": S, "which": S,
-    "factor": F, "mean_loss": F, "std_loss": F, "n": I, "n_excluded": I,
-    "is_best": pl.Boolean, "params_nonembedding": I, "run_ids": S,
+    "study": S,
+    "size": S,
+    "base_arm": S,
+    "component": S,
+    "which": S,
+    "factor": F,
+    "mean_loss": F,
+    "std_loss": F,
+    "n": I,
+    "n_excluded": I,
+    "is_best": pl.Boolean,
+    "params_nonembedding": I,
+    "run_ids": S,
 }
 
 
 REGRET_SCHEMA = {
-    "study": S, "parameter": S, "kind": S, "size": S, "reference_size": S,
-    "chosen_factor": F, "best_factor": F, "loss_at_chosen": F,
-    "best_loss": F, "regret": F, "note": S,
+    "study": S,
+    "parameter": S,
+    "kind": S,
+    "size": S,
+    "reference_size": S,
+    "chosen_factor": F,
+    "best_factor": F,
+    "loss_at_chosen": F,
+    "best_loss": F,
+    "regret": F,
+    "note": S,
 }
 
 
 ABLATION_SCHEMA = {
-    "study": S, "size": S, "kind": S, "component": S, "reference_arm": S,
-    "loss": F, "reference_loss": F, "delta": F, "n": I, "n_reference": I,
-    "n_excluded": I, "note": S,
+    "study": S,
+    "size": S,
+    "kind": S,
+    "component": S,
+    "reference_arm": S,
+    "loss": F,
+    "reference_loss": F,
+    "delta": F,
+    "n": I,
+    "n_reference": I,
+    "n_excluded": I,
+    "note": S,
 }
 
 
@@ -69,7 +115,8 @@ def _group_stats(g: Group) -> dict:
     return {
         "mean_loss": g.mean if n else None,
         "std_loss": float(g.losses.std(ddof=1)) if n >= 2 else None,
-        "n": n, "n_excluded": g.n_excluded,
+        "n": n,
+        "n_excluded": g.n_excluded,
     }
 
 
@@ -78,16 +125,21 @@ def final_losses(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
     params = size_params(members)
     rows = []
     for g in seed_groups(members.filter(pl.col("sweep") == tags.MAIN)):
-        rows.append({
-            "study": study, "size": g.size, "arm": g.arm, "lr": g.lr, "steps": g.steps,
-            **_group_stats(g),
-            "min_loss": float(g.losses.min()) if len(g.losses) else None,
-            "max_loss": float(g.losses.max()) if len(g.losses) else None,
-            "params_nonembedding": params[g.size][0],
-        })
+        rows.append(
+            {
+                "study": study,
+                "size": g.size,
+                "arm": g.arm,
+                "lr": g.lr,
+                "steps": g.steps,
+                **_group_stats(g),
+                "min_loss": float(g.losses.min()) if len(g.losses) else None,
+                "max_loss": float(g.losses.max()) if len(g.losses) else None,
+                "params_nonembedding": params[g.size][0],
+            }
+        )
     order = {s: i for i, s in enumerate(size_order(members))}
-    return frame(rows, FINAL_LOSSES_SCHEMA).sort(
-        pl.col("size").replace_strict(order, default=len(order)), "arm", "lr")
+    return frame(rows, FINAL_LOSSES_SCHEMA).sort(pl.col("size").replace_strict(order, default=len(order)), "arm", "lr")
 
 
 def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
@@ -99,7 +151,9 @@ def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
     for size, arm in swept.sort(["size", "arm"]).iter_rows():
         steps = main_steps(members, size, arm)
         cand = members.filter(
-            (pl.col("size") == size) & (pl.col("arm") == arm) & pl.col("sweep").is_in(tags.LR_SWEEPS)
+            (pl.col("size") == size)
+            & (pl.col("arm") == arm)
+            & pl.col("sweep").is_in(tags.LR_SWEEPS)
             & ((pl.col("steps") == steps) if steps is not None else pl.lit(True))
         )
         groups = seed_groups(cand)
@@ -110,11 +164,20 @@ def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
                 continue
             tagged = cand.filter((pl.col("lr") == g.lr))["lr_factor"].drop_nulls()
             factor = float(tagged[0]) if len(tagged) else (g.lr / float(main_lr[0]) if len(main_lr) else None)
-            rows.append({
-                "study": study, "size": size, "arm": arm, "lr": g.lr, "lr_factor": factor,
-                "steps": g.steps, **_group_stats(g), "n_diverged": g.n_diverged,
-                "is_best": g is best, "run_ids": ",".join(g.run_ids),
-            })
+            rows.append(
+                {
+                    "study": study,
+                    "size": size,
+                    "arm": arm,
+                    "lr": g.lr,
+                    "lr_factor": factor,
+                    "steps": g.steps,
+                    **_group_stats(g),
+                    "n_diverged": g.n_diverged,
+                    "is_best": g is best,
+                    "run_ids": ",".join(g.run_ids),
+                }
+            )
     return frame(rows, LR_SWEEP_SCHEMA)
 
 
@@ -122,8 +185,11 @@ def _matching_reference(members: pl.DataFrame, size: str, arm: str, lr: float, s
     """The reference arm's group at the same size, lr and length (main or lr
     sweep): any other lr or length would confound the comparison."""
     cand = members.filter(
-        (pl.col("size") == size) & (pl.col("arm") == arm) & pl.col("sweep").is_in(tags.LR_SWEEPS)
-        & (pl.col("lr") == lr) & (pl.col("steps") == steps)
+        (pl.col("size") == size)
+        & (pl.col("arm") == arm)
+        & pl.col("sweep").is_in(tags.LR_SWEEPS)
+        & (pl.col("lr") == lr)
+        & (pl.col("steps") == steps)
     )
     groups = seed_groups(cand)
     return groups[0] if groups else None
@@ -133,8 +199,9 @@ def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
     """U-plot points: final loss per (size, component, start|end, factor),
     with the unscaled base arm at the same lr and length as factor 1."""
     # A U-sweep point needs its tags; a hand-made plan row without them is skipped, not guessed.
-    sw = members.filter((pl.col("sweep") == tags.USWEEP) & pl.all_horizontal(
-        pl.col("component", "which", "factor").is_not_null()))
+    sw = members.filter(
+        (pl.col("sweep") == tags.USWEEP) & pl.all_horizontal(pl.col("component", "which", "factor").is_not_null())
+    )
     if sw.is_empty():
         return frame([], USWEEP_SCHEMA)
     sw = sw.with_columns(pl.col("arm").alias("base_arm"))  # the scaled arm (rlrs.tags)
@@ -152,14 +219,24 @@ def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
                 points.append((1.0, ref))
         best = best_group([g for _, g in sorted(points, key=lambda p: p[0])])  # the lr rule, over factors
         for f, g in sorted(points, key=lambda p: p[0]):
-            rows.append({
-                "study": study, "size": size, "base_arm": base_arm, "component": comp, "which": which,
-                "factor": f, **_group_stats(g), "is_best": g is best,
-                "params_nonembedding": params[size][0], "run_ids": ",".join(g.run_ids),
-            })
+            rows.append(
+                {
+                    "study": study,
+                    "size": size,
+                    "base_arm": base_arm,
+                    "component": comp,
+                    "which": which,
+                    "factor": f,
+                    **_group_stats(g),
+                    "is_best": g is best,
+                    "params_nonembedding": params[size][0],
+                    "run_ids": ",".join(g.run_ids),
+                }
+            )
     order = {s: i for i, s in enumerate(size_order(members))}
     return frame(rows, USWEEP_SCHEMA).sort(
-        "component", "which", pl.col("size").replace_strict(order, default=len(order)), "factor")
+        "component", "which", pl.col("size").replace_strict(order, default=len(order)), "factor"
+    )
 
 
 def _merge_groups(groups: list[Group]) -> Group:
@@ -168,9 +245,16 @@ def _merge_groups(groups: list[Group]) -> Group:
     even if a study varies something else along with the factor."""
     losses = np.concatenate([g.losses for g in groups]) if groups else np.array([])
     first = groups[0]
-    return Group(first.size, first.arm, first.lr, first.steps, losses,
-                 [r for g in groups for r in g.run_ids], [s for g in groups for s in g.seeds],
-                 {rid: st for g in groups for rid, st in g.excluded.items()})
+    return Group(
+        first.size,
+        first.arm,
+        first.lr,
+        first.steps,
+        losses,
+        [r for g in groups for r in g.run_ids],
+        [s for g in groups for s in g.seeds],
+        {rid: st for g in groups for rid, st in g.excluded.items()},
+    )
 
 
 def _family_lines(sizes: list[str], order: dict[str, int], family: dict[str, str]) -> list[list[str]]:
@@ -196,7 +280,8 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
             curves.append((f"{comp}.{which} ({base})", "usweep", part))
     rows = []
     for parameter, kind, part, sizes in [
-        (parameter, kind, part, line) for parameter, kind, part in curves
+        (parameter, kind, part, line)
+        for parameter, kind, part in curves
         for line in _family_lines(part["size"].unique().to_list(), order, family)
     ]:
         best = {r["size"]: r for r in part.filter(pl.col("is_best")).iter_rows(named=True)}
@@ -205,8 +290,14 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
         ref = sizes[0]
         chosen = best[ref]["factor"]
         for size in sizes[1:]:
-            row = {"study": study, "parameter": parameter, "kind": kind, "size": size,
-                   "reference_size": ref, "chosen_factor": chosen}
+            row = {
+                "study": study,
+                "parameter": parameter,
+                "kind": kind,
+                "size": size,
+                "reference_size": ref,
+                "chosen_factor": chosen,
+            }
             if size not in best:
                 rows.append(row | {"note": "no eligible point at this size"})
                 continue
@@ -233,8 +324,15 @@ def ablation(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
         keys = ["size", "component", "arm", "source_arm"]
         for (size, comp, ref_arm, _source), cpart in part.group_by(keys, maintain_order=True):
             g = _merge_groups(seed_groups(cpart))
-            row = {"study": study, "size": size, "kind": kind, "component": comp, "reference_arm": ref_arm,
-                   "n": len(g.losses), "n_excluded": g.n_excluded}
+            row = {
+                "study": study,
+                "size": size,
+                "kind": kind,
+                "component": comp,
+                "reference_arm": ref_arm,
+                "n": len(g.losses),
+                "n_excluded": g.n_excluded,
+            }
             notes = excluded_note([g])
             lrs, steps = cpart["lr"].drop_nulls().unique(), cpart["steps"].drop_nulls().unique()
             ref = None
@@ -252,4 +350,5 @@ def ablation(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
             rows.append(row | {"note": "; ".join(notes) or None})
     order = {s: i for i, s in enumerate(size_order(members))}
     return frame(rows, ABLATION_SCHEMA).sort(
-        "kind", pl.col("size").replace_strict(order, default=len(order)), "component")
+        "kind", pl.col("size").replace_strict(order, default=len(order)), "component"
+    )

@@ -15,21 +15,43 @@ from rlrs.db import has_table
 from rlrs.paper import PAPER_GLOBALS, PAPER_MULTIPLIERS
 
 TUNE_PROGRESS_SCHEMA = {
-    "study": S, "size": S, "family": S, "arm": S, "step": I, "pass": I, "parameter": S, "factor": F,
-    "run_id": S, "score": F, "accepted": pl.Boolean, "best_score": F, "runs_spent": I,
+    "study": S,
+    "size": S,
+    "family": S,
+    "arm": S,
+    "step": I,
+    "pass": I,
+    "parameter": S,
+    "factor": F,
+    "run_id": S,
+    "score": F,
+    "accepted": pl.Boolean,
+    "best_score": F,
+    "runs_spent": I,
 }
 
 
 TUNED_SCHEMA = {
-    "study": S, "size": S, "family": S, "arm": S, "space": S, "parameter": S,
-    "start_value": F, "value": F, "paper_value": F, "best_score": F, "runs_spent": I, "stop_reason": S,
+    "study": S,
+    "size": S,
+    "family": S,
+    "arm": S,
+    "space": S,
+    "parameter": S,
+    "start_value": F,
+    "value": F,
+    "paper_value": F,
+    "best_score": F,
+    "runs_spent": I,
+    "stop_reason": S,
 }
 
 
 # ---------------------------------------------------------------- tables for the report
 def sizes_table(con: duckdb.DuckDBPyConnection, study: str) -> pl.DataFrame:
     """Model shape and parameter counts per size (any completed run of it)."""
-    return con.sql("""
+    return con.sql(
+        """
         SELECT size, any_value(d_model) AS d_model, any_value(n_layers) AS n_layers,
                bool_or(moe) AS moe, any_value(n_experts) AS n_experts, any_value(top_k) AS top_k,
                any_value(granularity) AS granularity,
@@ -38,7 +60,9 @@ def sizes_table(con: duckdb.DuckDBPyConnection, study: str) -> pl.DataFrame:
                max(params_active_nonembedding) AS params_active_nonembedding
         FROM runs WHERE study = $study AND params_total IS NOT NULL
         GROUP BY size ORDER BY params_nonembedding, size
-    """, params={"study": study}).pl()
+    """,
+        params={"study": study},
+    ).pl()
 
 
 def arm_multipliers(con: duckdb.DuckDBPyConnection, members: pl.DataFrame) -> pl.DataFrame:
@@ -58,9 +82,16 @@ def problem_runs(con: duckdb.DuckDBPyConnection, members: pl.DataFrame) -> pl.Da
     bad = members.filter(pl.col("status") != "completed")
     return (
         bad.group_by("run_id", maintain_order=True)
-        .agg(pl.col("size").first(), pl.col("arm").first(), pl.col("status").first(),
-             pl.col("seed").first(), pl.col("lr").first(), pl.col("steps").first(),
-             pl.col("sweep").unique().sort().str.join(",").alias("sweeps"), pl.col("error").first())
+        .agg(
+            pl.col("size").first(),
+            pl.col("arm").first(),
+            pl.col("status").first(),
+            pl.col("seed").first(),
+            pl.col("lr").first(),
+            pl.col("steps").first(),
+            pl.col("sweep").unique().sort().str.join(",").alias("sweeps"),
+            pl.col("error").first(),
+        )
         .sort("status", "size", "arm", "run_id")
     )
 
@@ -70,19 +101,27 @@ def provenance(con: duckdb.DuckDBPyConnection, study: str) -> dict[str, pl.DataF
     out = {}
     if has_table(con, "studies"):
         out["study"] = con.sql(
-            "SELECT name, file, sha256 FROM studies WHERE name = $study", params={"study": study}).pl()
+            "SELECT name, file, sha256 FROM studies WHERE name = $study", params={"study": study}
+        ).pl()
     out["commits"] = con.sql(
-        "SELECT git_commit, count(*) AS runs FROM runs WHERE study = $study GROUP BY 1 ORDER BY 2 DESC", params={"study": study}).pl()
+        "SELECT git_commit, count(*) AS runs FROM runs WHERE study = $study GROUP BY 1 ORDER BY 2 DESC",
+        params={"study": study},
+    ).pl()
     out["versions"] = con.sql(
         "SELECT CAST(versions AS VARCHAR) AS versions, count(*) AS runs FROM runs WHERE study = $study GROUP BY 1 ORDER BY 2 DESC",
-        params={"study": study}).pl()
+        params={"study": study},
+    ).pl()
     out["executors"] = con.sql(
         "SELECT executor, host, count(*) AS runs, round(sum(wall_time_s) / 3600, 3) AS wall_hours "
-        "FROM runs WHERE study = $study GROUP BY 1, 2 ORDER BY 3 DESC", params={"study": study}).pl()
+        "FROM runs WHERE study = $study GROUP BY 1, 2 ORDER BY 3 DESC",
+        params={"study": study},
+    ).pl()
     out["corpus"] = con.sql(
         "SELECT json_extract_string(config, '$.data.corpus') AS corpus, "
         "json_extract_string(config, '$.data.tokenizer') AS tokenizer, count(*) AS runs "
-        "FROM runs WHERE study = $study GROUP BY 1, 2 ORDER BY 3 DESC", params={"study": study}).pl()
+        "FROM runs WHERE study = $study GROUP BY 1, 2 ORDER BY 3 DESC",
+        params={"study": study},
+    ).pl()
     return out
 
 
@@ -93,8 +132,13 @@ def tune_progress(con: duckdb.DuckDBPyConnection, study: str) -> pl.DataFrame:
     if not has_table(con, "tune_trajectory"):
         return frame([], TUNE_PROGRESS_SCHEMA)
     cols = ", ".join(f'"{c}"' for c in TUNE_PROGRESS_SCHEMA)
-    return con.sql(f"SELECT {cols} FROM tune_trajectory WHERE study = $study ORDER BY size, arm, step",
-                   params={"study": study}).pl().cast(TUNE_PROGRESS_SCHEMA)
+    return (
+        con.sql(
+            f"SELECT {cols} FROM tune_trajectory WHERE study = $study ORDER BY size, arm, step", params={"study": study}
+        )
+        .pl()
+        .cast(TUNE_PROGRESS_SCHEMA)
+    )
 
 
 def tuned_settings(con: duckdb.DuckDBPyConnection, study: str) -> pl.DataFrame:

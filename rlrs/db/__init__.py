@@ -18,6 +18,14 @@ from rlrs.db.rundirs import Skipped
 from rlrs.db.schema import SCHEMA_VERSION, has_table
 
 __all__ = [
-    "SCHEMA_VERSION", "DatabaseError", "IngestResult", "Skipped", "connect", "has_table", "ingest",
-    "query_connection", "read_frame", "tune_results",
+    "SCHEMA_VERSION",
+    "DatabaseError",
+    "IngestResult",
+    "Skipped",
+    "connect",
+    "has_table",
+    "ingest",
+    "query_connection",
+    "read_frame",
+    "tune_results",
 ]

@@ -146,20 +146,30 @@ def _write_tune(con: duckdb.DuckDBPyConnection, study: str, results: list[Mappin
     traj, tuned = [], []
     for doc in results:
         if doc.get("study") != study:
-            raise DatabaseError(f"tune result for {doc.get('size')}.{doc.get('arm')} belongs to study "
-                                f"{doc.get('study')!r}, not {study!r}")
+            raise DatabaseError(
+                f"tune result for {doc.get('size')}.{doc.get('arm')} belongs to study "
+                f"{doc.get('study')!r}, not {study!r}"
+            )
         head = {"study": study, **{k: doc[k] for k in ("size", "family", "arm", "space")}}
         for row in doc["trajectory"]:
             traj.append({**head, **{k: row[k] for k in TRAJECTORY_COLUMNS if k in row}})
         for name, value in doc["final"].items():
             start = doc["start"][name]
-            tuned.append({**head, "parameter": name, "start_value": start, "value": value,
-                          "ratio": value / start if start else None,
-                          **{k: doc[k] for k in ("best_score", "best_run_id", "runs_spent", "passes", "stop_reason")}})
+            tuned.append(
+                {
+                    **head,
+                    "parameter": name,
+                    "start_value": start,
+                    "value": value,
+                    "ratio": value / start if start else None,
+                    **{k: doc[k] for k in ("best_score", "best_run_id", "runs_spent", "passes", "stop_reason")},
+                }
+            )
     for table, columns, rows in (("tune_trajectory", TRAJECTORY_COLUMNS, traj), ("tuned", TUNED_COLUMNS, tuned)):
         con.execute(f"DELETE FROM {table} WHERE study = ?", [study])
-        _temp_table_from(con, f"_{table}_new", {k: [r.get(k) for r in rows] for k in columns},
-                         schema=_arrow_schema(columns))
+        _temp_table_from(
+            con, f"_{table}_new", {k: [r.get(k) for r in rows] for k in columns}, schema=_arrow_schema(columns)
+        )
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _{table}_new")
 
 

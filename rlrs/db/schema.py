@@ -13,6 +13,7 @@ derived tables and views commit or roll back with the runs: `rlrs collect`
 passes rlrs.analysis.materialize, which adds the `analysis_*` tables and the
 views over them (`speedup`, `transfer`, ...; the registry in rlrs.analysis).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -111,18 +112,41 @@ PLAN_COLUMNS: dict[str, str] = {
 
 
 TRAJECTORY_COLUMNS: dict[str, str] = {
-    "study": "VARCHAR NOT NULL", "size": "VARCHAR NOT NULL", "family": "VARCHAR", "arm": "VARCHAR NOT NULL",
-    "space": "VARCHAR", "step": "BIGINT", "pass": "BIGINT", "parameter": "VARCHAR", "value": "DOUBLE",
-    "previous": "DOUBLE", "factor": "DOUBLE", "run_id": "VARCHAR", "score": "DOUBLE", "status": "VARCHAR",
-    "accepted": "BOOLEAN", "best_score": "DOUBLE", "runs_spent": "BIGINT",
+    "study": "VARCHAR NOT NULL",
+    "size": "VARCHAR NOT NULL",
+    "family": "VARCHAR",
+    "arm": "VARCHAR NOT NULL",
+    "space": "VARCHAR",
+    "step": "BIGINT",
+    "pass": "BIGINT",
+    "parameter": "VARCHAR",
+    "value": "DOUBLE",
+    "previous": "DOUBLE",
+    "factor": "DOUBLE",
+    "run_id": "VARCHAR",
+    "score": "DOUBLE",
+    "status": "VARCHAR",
+    "accepted": "BOOLEAN",
+    "best_score": "DOUBLE",
+    "runs_spent": "BIGINT",
 }
 
 
 TUNED_COLUMNS: dict[str, str] = {
-    "study": "VARCHAR NOT NULL", "size": "VARCHAR NOT NULL", "family": "VARCHAR", "arm": "VARCHAR NOT NULL",
-    "space": "VARCHAR", "parameter": "VARCHAR NOT NULL", "start_value": "DOUBLE", "value": "DOUBLE",
-    "ratio": "DOUBLE", "best_score": "DOUBLE", "best_run_id": "VARCHAR", "runs_spent": "BIGINT",
-    "passes": "BIGINT", "stop_reason": "VARCHAR",
+    "study": "VARCHAR NOT NULL",
+    "size": "VARCHAR NOT NULL",
+    "family": "VARCHAR",
+    "arm": "VARCHAR NOT NULL",
+    "space": "VARCHAR",
+    "parameter": "VARCHAR NOT NULL",
+    "start_value": "DOUBLE",
+    "value": "DOUBLE",
+    "ratio": "DOUBLE",
+    "best_score": "DOUBLE",
+    "best_run_id": "VARCHAR",
+    "runs_spent": "BIGINT",
+    "passes": "BIGINT",
+    "stop_reason": "VARCHAR",
 }
 
 
@@ -144,14 +168,18 @@ _LABELS = {
     "size": "size label (a run shared by several parts of a study: its first requester's; all labels are in plan)",
     "arm": "arm label",
     "sweep": "which part of the study asked for the run: main, lr, ladder, usweep, removal, contribution, tune",
-    "tags": "JSON, the sweep's tags (rlrs.tags), e.g. {\"component\": \"experts\", \"factor\": 2.0}",
+    "tags": 'JSON, the sweep\'s tags (rlrs.tags), e.g. {"component": "experts", "factor": 2.0}',
 }
 _SEARCH = {
-    "study": "study name", "size": "the search's tuning size", "family": "dense | moe", "arm": "the searched arm",
+    "study": "study name",
+    "size": "the search's tuning size",
+    "family": "dense | moe",
+    "arm": "the searched arm",
     "space": "global | relative",
 }
 _SUMMARY_COUNTS = {
-    "params_total": "parameters", "params_active": "parameters active per token",
+    "params_total": "parameters",
+    "params_active": "parameters active per token",
     "params_nonembedding": "parameters outside the embedding and head",
     "params_active_nonembedding": "non-embedding parameters active per token",
 }
@@ -160,31 +188,48 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "run_id": "12-hex run id (config.json run_id)",
         **_LABELS,
         "study": "the --study given to collect, else the plan's study, else meta.study",
-        "d_model": "model.d_model", "n_layers": "model.n_layers", "n_heads": "model.n_heads",
-        "seq_len": "model.seq_len", "d_ff": "model.d_ff", "vocab_size": "model.vocab_size",
+        "d_model": "model.d_model",
+        "n_layers": "model.n_layers",
+        "n_heads": "model.n_heads",
+        "seq_len": "model.seq_len",
+        "d_ff": "model.d_ff",
+        "vocab_size": "model.vocab_size",
         "init_scale": "model.init_scale",
         "moe": "true for a mixture-of-experts model",
-        "n_experts": "model.moe.n_experts; NULL for dense models", "top_k": "model.moe.top_k; NULL for dense models",
+        "n_experts": "model.moe.n_experts; NULL for dense models",
+        "top_k": "model.moe.top_k; NULL for dense models",
         "granularity": "model.moe.granularity; NULL for dense models",
         "capacity_factor": "model.moe.capacity_factor; NULL for dense models",
-        "lr": "optim.lr (base rate)", "weight_decay": "optim.weight_decay",
-        "final_lr_fraction": "schedule.final_lr_fraction", "warmup_steps": "schedule.warmup_steps",
+        "lr": "optim.lr (base rate)",
+        "weight_decay": "optim.weight_decay",
+        "final_lr_fraction": "schedule.final_lr_fraction",
+        "warmup_steps": "schedule.warmup_steps",
         "schedule_shape": "schedule.shape",
         "multipliers": "JSON, schedule.multipliers ({component: {start, end}})",
-        **{f"mult_{c}_{end}": f"schedule.multipliers.{c}.{end}; NULL where the model lacks {c}"
-           for c in SCHEDULED for end in ("start", "end")},
-        "batch_size": "train.batch_size", "steps": "train.steps (planned length)", "seed": "config seed",
-        "corpus": "data.corpus", "tokenizer": "data.tokenizer",
-        "steps_done": "steps trained (summary.json)", "tokens": "tokens seen (summary.json)",
+        **{
+            f"mult_{c}_{end}": f"schedule.multipliers.{c}.{end}; NULL where the model lacks {c}"
+            for c in SCHEDULED
+            for end in ("start", "end")
+        },
+        "batch_size": "train.batch_size",
+        "steps": "train.steps (planned length)",
+        "seed": "config seed",
+        "corpus": "data.corpus",
+        "tokenizer": "data.tokenizer",
+        "steps_done": "steps trained (summary.json)",
+        "tokens": "tokens seen (summary.json)",
         **_SUMMARY_COUNTS,
         "params_by_component": "JSON, parameters per component",
         "status": "completed | diverged | failed",
         "final_eval_loss": "nats/token on the fixed eval set; NULL unless completed",
         "final_eval_bpb": "bits per byte (bits per token for a tokens: corpus)",
         "train_loss_last100": "mean train loss over the last 100 steps (the tuning score)",
-        "wall_time_s": "run wall time, summed over resumes", "step_time_s": "mean train step time",
-        "executor": "local | slurm | debug", "job_id": "Slurm or submitit job id",
-        "host": "host the run trained on", "git_commit": "the code's git commit",
+        "wall_time_s": "run wall time, summed over resumes",
+        "step_time_s": "mean train step time",
+        "executor": "local | slurm | debug",
+        "job_id": "Slurm or submitit job id",
+        "host": "host the run trained on",
+        "git_commit": "the code's git commit",
         "versions": "JSON, {python, torch, rlrs, numpy}",
         "config": "JSON, the whole resolved config.json",
         "error": "message of a failed or diverged run, else NULL",
@@ -195,48 +240,84 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "ingested_at": "UTC, when this row was written",
     },
     "metrics": {
-        "run_id": "the run", "step": "0-based step",
-        "tokens": "tokens seen after this step", "train_loss": "nats/token",
+        "run_id": "the run",
+        "step": "0-based step",
+        "tokens": "tokens seen after this step",
+        "train_loss": "nats/token",
         "eval_loss": "NULL except at evaluation steps",
-        "lb_loss": "MoE load-balancing loss; NULL for dense models", "z_loss": "router z-loss; NULL for dense models",
+        "lb_loss": "MoE load-balancing loss; NULL for dense models",
+        "z_loss": "router z-loss; NULL for dense models",
         "dropped_frac": "share of token slots dropped by expert capacity; NULL for dense models",
         "grad_norm": "gradient norm before clipping",
         **{f"lr_{c}": f"learning rate of {c} at this step; NULL where the model lacks it" for c in COMPONENTS},
-        **{f"update_{c}": f"relative update size ||dW||/||W|| of {c}; NULL where the model lacks it" for c in COMPONENTS},
+        **{
+            f"update_{c}": f"relative update size ||dW||/||W|| of {c}; NULL where the model lacks it"
+            for c in COMPONENTS
+        },
     },
     "plan": {"run_id": "the requested run", **_LABELS},
     "studies": {
-        "name": "study name", "file": "study file path", "sha256": "SHA-256 of the study file",
-        "config": "JSON, the resolved study dict", "collected_at": "UTC, when the plan was collected",
+        "name": "study name",
+        "file": "study file path",
+        "sha256": "SHA-256 of the study file",
+        "config": "JSON, the resolved study dict",
+        "collected_at": "UTC, when the plan was collected",
     },
     "tune_trajectory": {
         **_SEARCH,
         "step": "0-based row number within the search (0 = the start run)",
         "pass": "1-based pass (0 for the start run)",
         "parameter": "lr, init_scale, final_lr_fraction, weight_decay or <component>.start / .end; NULL for the start run",
-        "value": "the candidate value", "previous": "the value it was tried against", "factor": "the factor",
-        "run_id": "the candidate run", "score": "its score (NULL when diverged)", "status": "its status",
+        "value": "the candidate value",
+        "previous": "the value it was tried against",
+        "factor": "the factor",
+        "run_id": "the candidate run",
+        "score": "its score (NULL when diverged)",
+        "status": "its status",
         "accepted": "the candidate became the current value (the start run: true)",
         "best_score": "the best score after this parameter's batch",
         "runs_spent": "distinct runs the search had asked for after this batch",
     },
     "tuned": {
-        **_SEARCH, "parameter": "the tuned parameter",
-        "start_value": "the arm's own value", "value": "the tuned value", "ratio": "value / start_value",
-        "best_score": "the search's best score", "best_run_id": "the run that scored it",
-        "runs_spent": "distinct runs the search asked for", "passes": "passes made",
+        **_SEARCH,
+        "parameter": "the tuned parameter",
+        "start_value": "the arm's own value",
+        "value": "the tuned value",
+        "ratio": "value / start_value",
+        "best_score": "the search's best score",
+        "best_run_id": "the run that scored it",
+        "runs_spent": "distinct runs the search asked for",
+        "passes": "passes made",
         "stop_reason": "converged | max_passes | max_runs",
     },
     "schema_version": {"version": "the schema version", "created_at": "UTC, when the database was created"},
     "final_losses": {
         **{k: f"{v} (from plan where the run is planned, else runs)" for k, v in _LABELS.items()},
-        "run_id": "the planned run", "status": "completed | diverged | failed | missing (planned, not ingested)",
-        **{k: f"runs.{k}" for k in ("final_eval_loss", "final_eval_bpb", "train_loss_last100", "lr", "seed",
-                                    "steps", "tokens", "d_model", "n_layers", "moe", *_SUMMARY_COUNTS)},
+        "run_id": "the planned run",
+        "status": "completed | diverged | failed | missing (planned, not ingested)",
+        **{
+            k: f"runs.{k}"
+            for k in (
+                "final_eval_loss",
+                "final_eval_bpb",
+                "train_loss_last100",
+                "lr",
+                "seed",
+                "steps",
+                "tokens",
+                "d_model",
+                "n_layers",
+                "moe",
+                *_SUMMARY_COUNTS,
+            )
+        },
     },
     "component_metrics": {
-        "run_id": "the run", "step": "0-based step", "component": "the component",
-        "lr": "its learning rate at this step", "update_size": "its relative update size ||dW||/||W||",
+        "run_id": "the run",
+        "step": "0-based step",
+        "component": "the component",
+        "lr": "its learning rate at this step",
+        "update_size": "its relative update size ||dW||/||W||",
     },
     "eval_curves": {"run_id": "the run", "step": "0-based step", "tokens": "tokens seen", "eval_loss": "nats/token"},
 }
@@ -305,11 +386,14 @@ def utc_now() -> dt.datetime:
 
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether the database (not the connection's temp catalog) has table `name`."""
-    return con.execute(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_catalog = current_database() AND table_schema = 'main' AND table_name = ?",
-        [name],
-    ).fetchall()[0][0] > 0
+    return (
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_catalog = current_database() AND table_schema = 'main' AND table_name = ?",
+            [name],
+        ).fetchall()[0][0]
+        > 0
+    )
 
 
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:

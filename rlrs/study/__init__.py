@@ -1,11 +1,11 @@
 """Studies: a study file -> the resolved run configs it asks for -> plan.json.
 
-    validate   the JSON Schema and the cross-field checks; load_study
-    expand     the sweeps of the protocol -> (run_id, resolved config, labels)
-    searches   the tune block's searches as data, and their results on disk
-    plan       plan.json: Plan, make_plan / tuned_plan, its schema and reader
-    estimate   tokens, FLOPs and time per run (imports the model, hence torch;
-               not imported here, so that `import rlrs.study` stays torch-free)
+validate   the JSON Schema and the cross-field checks; load_study
+expand     the sweeps of the protocol -> (run_id, resolved config, labels)
+searches   the tune block's searches as data, and their results on disk
+plan       plan.json: Plan, make_plan / tuned_plan, its schema and reader
+estimate   tokens, FLOPs and time per run (imports the model, hence torch;
+           not imported here, so that `import rlrs.study` stays torch-free)
 """
 
 from rlrs.study.expand import expand
@@ -23,6 +23,18 @@ from rlrs.study.searches import result_paths, tune_digest
 from rlrs.study.validate import check_study, load_study, size_family
 
 __all__ = [
-    "Plan", "check_study", "chunks", "expand", "load_plan", "load_study", "make_plan", "plan_digest",
-    "plan_for_snakemake", "result_paths", "size_family", "tune_digest", "tuned_plan", "write_plan",
+    "Plan",
+    "check_study",
+    "chunks",
+    "expand",
+    "load_plan",
+    "load_study",
+    "make_plan",
+    "plan_digest",
+    "plan_for_snakemake",
+    "result_paths",
+    "size_family",
+    "tune_digest",
+    "tuned_plan",
+    "write_plan",
 ]

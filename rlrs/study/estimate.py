@@ -75,8 +75,13 @@ def estimate(study: dict, study_path: Path) -> Estimate:
         for srch in searches(study):
             if read_result(srch) is None:
                 cost = run_cost(srch.candidate(srch.start)[1])
-                budget.append((f"{srch.size} x {srch.arm} ({srch.space}, {len(srch.parameters)} parameters)",
-                               srch.run_budget(), cost))
+                budget.append(
+                    (
+                        f"{srch.size} x {srch.arm} ({srch.space}, {len(srch.parameters)} parameters)",
+                        srch.run_budget(),
+                        cost,
+                    )
+                )
         plan = make_plan(study, study_file=study_path, tune_state=load_state(study, assume_done=True))
     else:
         plan = make_plan(study, study_file=study_path)

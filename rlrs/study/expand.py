@@ -145,7 +145,14 @@ def expand(study: dict, tune_state=None) -> list[tuple[str, dict, dict]]:
     # tune: every run a finished search asked for, at its tuning size
     if tune_state is not None and tune_state.runs:
         for search, _, settings, run_tags in tune_state.runs:
-            emit(apply_settings(search.base_raw, settings), search.size, search.arm, tags.TUNE, run_tags, f"tune ({search.key})")
+            emit(
+                apply_settings(search.base_raw, settings),
+                search.size,
+                search.arm,
+                tags.TUNE,
+                run_tags,
+                f"tune ({search.key})",
+            )
 
     # main: every arm at every size (or the listed ones)
     main = sweeps.get("main", {})
@@ -198,7 +205,14 @@ def expand(study: dict, tune_state=None) -> list[tuple[str, dict, dict]]:
                             t = copy.deepcopy(table)
                             t[comp][which] = _num(t[comp][which] * f)
                             raw = deep_merge(cell.raw, {"schedule": {"multipliers": t}})
-                            emit(raw, size, arm, tags.USWEEP, tags.usweep(comp, which, f), f"sweeps.usweep ({size}, {comp}.{which} x{f})")
+                            emit(
+                                raw,
+                                size,
+                                arm,
+                                tags.USWEEP,
+                                tags.usweep(comp, which, f),
+                                f"sweeps.usweep ({size}, {comp}.{which} x{f})",
+                            )
 
     # removal: the arm with one component reset to (1, 1)
     if "removal" in sweeps:
@@ -229,7 +243,14 @@ def expand(study: dict, tune_state=None) -> list[tuple[str, dict, dict]]:
                     t = copy.deepcopy(table)
                     t[comp] = dict(source[comp])
                     raw = deep_merge(cell.raw, {"schedule": {"multipliers": t}})
-                    emit(raw, size, into, tags.CONTRIBUTION, tags.contribution(comp, src), f"sweeps.contribution ({size}, {comp})")
+                    emit(
+                        raw,
+                        size,
+                        into,
+                        tags.CONTRIBUTION,
+                        tags.contribution(comp, src),
+                        f"sweeps.contribution ({size}, {comp})",
+                    )
     return out
 
 
@@ -244,5 +265,7 @@ def _components(sw: dict, default: dict, where: str, size: str, all_present: dic
     listed = sw["components"]
     unknown = [c for c in listed if c not in present]
     if len(unknown) == len(listed):
-        raise ConfigError(where, f"none of {listed} has parameters at size {size!r}; components there: {', '.join(present)}")
+        raise ConfigError(
+            where, f"none of {listed} has parameters at size {size!r}; components there: {', '.join(present)}"
+        )
     return [c for c in listed if c in present]

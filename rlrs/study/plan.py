@@ -56,7 +56,7 @@ PLAN_SCHEMA = {
 def chunks(items: list, size: int) -> list[list]:
     """Consecutive groups of at most `size` items, in the caller's order."""
     n = max(1, int(size))
-    return [items[i:i + n] for i in range(0, len(items), n)]
+    return [items[i : i + n] for i in range(0, len(items), n)]
 
 
 @dataclass
@@ -79,6 +79,7 @@ class Plan:
         submission: ordered by estimated run time so that a batch holds runs
         of similar length, keyed by a digest of their ids (a changed plan
         gives new batches; runs already finished in them are skipped)."""
+
         def work(cfg: dict) -> int:  # a torch-free proxy of run time (run_cost imports the model)
             m, t = cfg["model"], cfg["train"]
             return t["steps"] * t["batch_size"] * m["seq_len"] * m["n_layers"] * m["d_model"] ** 2

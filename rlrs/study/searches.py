@@ -18,7 +18,13 @@ from rlrs.study.validate import check_study, size_family
 from rlrs.tunables import apply_settings, settings_of, space_parameters
 
 SCORES = ("train_loss_last100", "final_eval_loss")
-DEFAULTS = {"factors": [0.2, 2 / 3, 1.5, 5.0], "max_passes": 20, "max_runs": None, "score": "train_loss_last100", "seed": 0}
+DEFAULTS = {
+    "factors": [0.2, 2 / 3, 1.5, 5.0],
+    "max_passes": 20,
+    "max_runs": None,
+    "score": "train_loss_last100",
+    "seed": 0,
+}
 RESULT_VERSION = 1
 
 
@@ -56,9 +62,14 @@ class Search:
         """Changes whenever the search would decide differently: a result
         with another digest is stale (the study changed) and is ignored."""
         body = {
-            "start_run": run_id(resolve(self.base_raw)), "space": self.space, "parameters": self.parameters,
-            "factors": self.factors, "max_passes": self.max_passes, "max_runs": self.max_runs,
-            "score": self.score, "seed": self.seed,
+            "start_run": run_id(resolve(self.base_raw)),
+            "space": self.space,
+            "parameters": self.parameters,
+            "factors": self.factors,
+            "max_passes": self.max_passes,
+            "max_runs": self.max_runs,
+            "score": self.score,
+            "seed": self.seed,
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -84,14 +95,28 @@ def searches(study: dict) -> list[Search]:
             if "parameters" in tune:  # restricted; a component this model lacks is skipped
                 names = [n for n in names if n in tune["parameters"]]
                 if not names:
-                    raise ConfigError("tune.parameters", f"none of them is in the {space} space of {size!r} x {arm!r}; "
-                                      f"allowed there: {', '.join(space_parameters(cell.resolved, space))}")
-            out.append(Search(
-                study=study["study"], size=size, family=size_family(study, size), arm=arm, space=space,
-                parameters=names, factors=[float(f) for f in settings["factors"]],
-                max_passes=settings["max_passes"], max_runs=settings["max_runs"], score=settings["score"],
-                seed=settings["seed"], base_raw=cell.raw, start=settings_of(cell.resolved, names),
-            ))
+                    raise ConfigError(
+                        "tune.parameters",
+                        f"none of them is in the {space} space of {size!r} x {arm!r}; "
+                        f"allowed there: {', '.join(space_parameters(cell.resolved, space))}",
+                    )
+            out.append(
+                Search(
+                    study=study["study"],
+                    size=size,
+                    family=size_family(study, size),
+                    arm=arm,
+                    space=space,
+                    parameters=names,
+                    factors=[float(f) for f in settings["factors"]],
+                    max_passes=settings["max_passes"],
+                    max_runs=settings["max_runs"],
+                    score=settings["score"],
+                    seed=settings["seed"],
+                    base_raw=cell.raw,
+                    start=settings_of(cell.resolved, names),
+                )
+            )
     return out
 
 

@@ -80,7 +80,10 @@ def _check_references(study: dict) -> None:
             need_size(f"arms.{n}.per_size.{s}", s)
     for where, block in blocks:
         if block and "multipliers" in (block.get("schedule") or {}):
-            raise ConfigError(f"{where}.schedule.multipliers", "set multipliers in an arm's `multipliers` table, not in a run-config block")
+            raise ConfigError(
+                f"{where}.schedule.multipliers",
+                "set multipliers in an arm's `multipliers` table, not in a run-config block",
+            )
         if block and "meta" in block:
             raise ConfigError(f"{where}.meta", "meta is filled by the study; leave it out")
 
@@ -100,14 +103,19 @@ def _check_references(study: dict) -> None:
             raise ConfigError("sweeps.lr", "give exactly one of: factors, values")
         uncovered = [s for s in lr.get("sizes", sizes) if s not in lr.get("per_size", {})]
         if uncovered and "factors" not in lr and "values" not in lr:
-            raise ConfigError("sweeps.lr.factors", f"no lr grid for size(s) {', '.join(uncovered)}: give factors or values (or per_size)")
+            raise ConfigError(
+                "sweeps.lr.factors",
+                f"no lr grid for size(s) {', '.join(uncovered)}: give factors or values (or per_size)",
+            )
     ladder_arm = sweeps.get("ladder", {}).get("arm", "baseline")
     if "ladder" in sweeps:
         need_arm("sweeps.ladder.arm", ladder_arm)
     for s in sweeps.get("usweep", {}).get("factors", {}):
         need_size(f"sweeps.usweep.factors.{s}", s)
     if "into" in sweeps.get("removal", {}):
-        raise ConfigError("sweeps.removal.into", "only a contribution sweep has `into`; allowed keys: arm, sizes, components, seeds")
+        raise ConfigError(
+            "sweeps.removal.into", "only a contribution sweep has `into`; allowed keys: arm, sizes, components, seeds"
+        )
     if "contribution" in sweeps:
         need_arm("sweeps.contribution.into", sweeps["contribution"].get("into", "baseline"))
     check_tune(study)
@@ -125,15 +133,20 @@ def check_tune(study: dict) -> None:
             raise ConfigError(f"tune.sizes[{i}]", f"unknown size {s!r}; sizes of this study: {', '.join(sizes)}")
         fam = size_family(study, s)
         if fam in families:
-            raise ConfigError(f"tune.sizes[{i}]", f"{s!r} is a second {fam} size (after {families[fam]!r}); "
-                              "tune at one size per model family (dense, moe)")
+            raise ConfigError(
+                f"tune.sizes[{i}]",
+                f"{s!r} is a second {fam} size (after {families[fam]!r}); "
+                "tune at one size per model family (dense, moe)",
+            )
         families[fam] = s
     for a in tune["arms"]:
         if a not in arms:
             raise ConfigError(f"tune.arms.{a}", f"unknown arm {a!r}; arms of this study: {', '.join(arms)}")
     for i, p in enumerate(tune.get("parameters", [])):
         if p not in tunables.PARAMETERS:
-            raise ConfigError(f"tune.parameters[{i}]", f"unknown parameter {p!r}; allowed: {', '.join(tunables.PARAMETERS)}")
+            raise ConfigError(
+                f"tune.parameters[{i}]", f"unknown parameter {p!r}; allowed: {', '.join(tunables.PARAMETERS)}"
+            )
 
 
 def load_study(path: Path) -> dict:
