@@ -54,7 +54,9 @@ def user_env(activated: bool = False, **env_vars: str) -> dict:
     other rlrs and snakemake are (decoys that fail); no RLRS_RESULTS /
     RLRS_REPORTS. With `activated`, the venv's bin first on PATH and
     VIRTUAL_ENV set, as `. .venv/bin/activate` leaves them."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "RLRS_RESULTS", "RLRS_REPORTS")}
+    # (and none of the variables an outer `make test` hands down: a nested make would print its directory)
+    ours = ("VIRTUAL_ENV", "RLRS_RESULTS", "RLRS_REPORTS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+    env = {k: v for k, v in os.environ.items() if k not in ours}
     path = [str(_decoys())] + [d for d in env.get("PATH", "").split(os.pathsep) if d and Path(d) != BIN]
     if activated:
         path.insert(0, str(BIN))
