@@ -9,9 +9,19 @@
 # `configfile:` default, so an unconditional default would silently fill keys
 # missing from the user's study (e.g. its `sizes`).
 # Results go to $RLRS_RESULTS/<study>/ (default results/), the report to
-# $RLRS_REPORTS/<study>/index.html (default reports/).
+# $RLRS_REPORTS/<study>/index.html (default reports/), each job's log to
+# results/<study>/logs/. Snakemake reads profiles/default/config.yaml.
+#
+# The study is checked against workflow/schemas/study.schema.yaml by rlrs
+# itself (common.smk), not by Snakemake's `validate`: rlrs names the field and
+# the allowed values in one line, where `validate` prints the whole schema.
+#
+# `snakemake --lint` reports one thing, on purpose: no rule names a conda
+# environment or container. The rules run `python -m rlrs` with the Python
+# that runs Snakemake: the pinned venv of scripts/setup.sh (environment.yml
+# holds the same pins for conda users). tests/test_lint.py keeps it at that.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 import rlrs.config
 
@@ -22,7 +32,6 @@ if not config:
 
 # Snakemake reads YAML 1.1, where `3e-3` is a string; rlrs reads numbers as YAML 1.2 does.
 rlrs.config.yaml12_numbers(config)
-validate(config, "workflow/schemas/study.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
@@ -32,11 +41,18 @@ include: "workflow/rules/collect.smk"
 include: "workflow/rules/report.smk"
 
 
-# The report, and every run's summary (or batch marker) named too: Snakemake
-# does not rebuild a missing intermediate file when the files made from it are
-# up to date, so a lost summary.json would otherwise go unnoticed.
+# Every output a user can lose is named here, so that the next call rebuilds
+# it: Snakemake does not rebuild a missing intermediate file when the files
+# made from it are up to date. The report, the database, plan.json, the tune
+# results, and every run's summary (or batch marker). Rebuilding the database
+# or plan.json retrains nothing (the train rules read plan.json as `ancient`).
 rule all:
     default_target: True
     input:
         REPORT,
+        DB,
+        PLAN_JSON,
+        TUNE_RESULTS,
         trained,
+    message:
+        f"Study {STUDY} is complete: report {REPORT}, database {DB}"

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# Console scripts (rlrs, snakemake) of the interpreter running the benchmark.
-BIN = Path(sys.executable).parent
+# rlrs and Snakemake of the interpreter running the benchmark, whatever PATH holds.
+RLRS = [sys.executable, "-m", "rlrs"]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def machine() -> dict:
@@ -127,12 +128,10 @@ def check(measured: Measured, what: str) -> Measured:
 
 
 def child_env(**extra: str) -> dict:
-    """The environment for child commands: this interpreter's bin first on
-    PATH (so `rlrs` and `snakemake` are the ones next to it)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra)
-    return env
+    """The environment for child commands: this one with `extra` set. PATH is
+    left as it is: children are started as RLRS / SNAKEMAKE, and the workflow's
+    rules run the rlrs of the Python that runs Snakemake."""
+    return {**os.environ, **extra}
 
 
 def run_config(model: dict, threads: int, *, batch_size: int = 16, seq_len: int = 128, precision: str = "fp32") -> dict:

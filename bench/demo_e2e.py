@@ -18,7 +18,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.common import BIN, REPO, check, child_env, emit, log, run_measured
+from bench.common import REPO, SNAKEMAKE, check, child_env, emit, log, run_measured
 
 DEMO = REPO / "workflow" / "configs" / "demo.yaml"
 SMOKE = REPO / "workflow" / "configs" / "smoke.yaml"
@@ -35,7 +35,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlrs-demo-") as tmp:
         tmp = Path(tmp)
         env = child_env(RLRS_RESULTS=str(tmp / "results"), RLRS_REPORTS=str(tmp / "reports"))
-        cmd = [str(BIN / "snakemake"), f"-c{a.cores}", "-s", str(REPO / "Snakefile"), "-d", str(tmp),
+        cmd = [*SNAKEMAKE, f"-c{a.cores}", "-s", str(REPO / "Snakefile"), "-d", str(tmp),
                "--configfile", str(a.study.resolve())]
         log("running:", " ".join(cmd))
         run = check(run_measured(cmd, env=env, cwd=tmp), "snakemake")

@@ -58,7 +58,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import BIN, REPO, check, child_env, emit, log, run_measured
+from bench.common import REPO, RLRS, SNAKEMAKE, check, child_env, emit, log, run_measured
 
 STUDY = "pipebench"
 
@@ -84,7 +84,7 @@ def study(n_runs: int, steps: int, executor: str = "local", runs_per_job: int = 
 
 
 def snakemake(workdir: Path, study_file: Path, env: dict, *extra: str, until: str = "train"):
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
            "--configfile", str(study_file), "--until", until, *extra]
     return run_measured(cmd, env=env, cwd=workdir)
 
@@ -114,9 +114,9 @@ def _snakemake_trivial(workdir: Path, n: int, env: dict) -> float:
     """Snakemake's own cost per job: N `touch` jobs, minus a dry run of them."""
     workdir.mkdir()
     (workdir / "Snakefile").write_text(TRIVIAL_SNAKEFILE)
-    cmd = [str(BIN / "snakemake"), "-c1", "--config", f"count={n}"]
-    dry = check(run_measured([cmd[0], "-n", *cmd[1:]], env=env, cwd=workdir), "trivial snakemake dry run")
-    full = check(run_measured(cmd, env=env, cwd=workdir), "trivial snakemake")
+    args = ["-c1", "--config", f"count={n}"]
+    dry = check(run_measured([*SNAKEMAKE, "-n", *args], env=env, cwd=workdir), "trivial snakemake dry run")
+    full = check(run_measured([*SNAKEMAKE, *args], env=env, cwd=workdir), "trivial snakemake")
     return (full.wall_s - dry.wall_s) / n
 
 
@@ -178,7 +178,7 @@ def main(argv=None) -> dict:
         # takes 1e-08 (no dot) for a string (reported to config.py's owner).
         config_file = tmp / "one.yaml"
         config_file.write_text(yaml.safe_dump(next(iter(plan["configs"].values()))))
-        direct = check(run_measured([str(BIN / "rlrs"), "train", str(config_file), "--out", str(tmp / "direct")], env=env), "rlrs train")
+        direct = check(run_measured([*RLRS, "train", str(config_file), "--out", str(tmp / "direct")], env=env), "rlrs train")
         direct_train = json.loads((tmp / "direct" / "summary.json").read_text())["wall_time_s"]
         torch_import = check(run_measured([sys.executable, "-c", "import torch"], env=env), "import torch")
         # What grouping would save: the same runs trained one after another
@@ -192,7 +192,7 @@ def main(argv=None) -> dict:
             # polled the way rlrs.launch polls local jobs (submitit's own wait sleeps 1 s)
             "job = ex.submit(int, 7)\nwhile not job.done(): time.sleep(0.05)\nassert job.result() == 7", env)
         trivial = _snakemake_trivial(tmp / "trivial", a.runs, env)
-        noop = check(run_measured([str(BIN / "rlrs"), "submit", str(runs[0].parent), "--plan",
+        noop = check(run_measured([*RLRS, "submit", str(runs[0].parent), "--plan",
                                    str(tmp / "results" / STUDY / "plan.json")], env=env), "rlrs submit (no-op)")
 
     per_run = (full.wall_s - train_s) / a.runs

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.common import BIN, check, child_env, emit, log, run_measured
+from bench.common import RLRS, check, child_env, emit, log, run_measured
 
 MAIN_STEPS = 2000
 LADDER = [0.5, 0.75, 1.5]
@@ -184,13 +184,13 @@ def measure(n_runs: int, keep: Path | None) -> dict:
         log(f"N={n_runs}: wrote {n_runs} run directories ({disk_mb:.0f} MB) in {gen_s:.1f} s")
         env = child_env()
         db = tmp / "rlrs.duckdb"
-        collect = check(run_measured([str(BIN / "rlrs"), "collect", "--db", str(db), "--study", name,
+        collect = check(run_measured([*RLRS, "collect", "--db", str(db), "--study", name,
                                       "--plan", str(plan), "--runs-root", str(runs)], env=env), "rlrs collect")
         log(f"N={n_runs}: collect {collect.wall_s:.2f} s, {collect.maxrss_mb:.0f} MB; {collect.stdout.strip()}")
         q_s, q_rows = query_seconds(db, "SELECT * FROM speedup")
-        q_cli = check(run_measured([str(BIN / "rlrs"), "query", "SELECT * FROM speedup", "--db", str(db)], env=env), "rlrs query")
+        q_cli = check(run_measured([*RLRS, "query", "SELECT * FROM speedup", "--db", str(db)], env=env), "rlrs query")
         html = tmp / "report" / "index.html"
-        report = check(run_measured([str(BIN / "rlrs"), "report", name, "--db", str(db), "--out", str(html)], env=env),
+        report = check(run_measured([*RLRS, "report", name, "--db", str(db), "--out", str(html)], env=env),
                        "rlrs report")
         log(f"N={n_runs}: report {report.wall_s:.2f} s, {report.maxrss_mb:.0f} MB; {report.stdout.strip().splitlines()[0]}")
         result = {

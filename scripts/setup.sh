@@ -25,7 +25,7 @@ else
 fi
 python -m pip install -q --disable-pip-version-check --no-deps -e .
 
-rlrs corpus fetch
+python -m rlrs corpus fetch  # the venv's rlrs (activated above), never another on PATH
 
 if [ "$dev" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

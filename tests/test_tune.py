@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
+from test_workflow import user_env
 
 from rlrs import tune as T
 from rlrs.errors import ConfigError
@@ -194,7 +195,7 @@ def test_sigkill_mid_search_then_rerun(full, tmp_path):
     study["executor"]["kind"] = "local"
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
-    env = {**os.environ, "RLRS_RESULTS": str(tmp_path / "results"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = user_env(RLRS_RESULTS=str(tmp_path / "results"))  # no rlrs, no snakemake on PATH
     cmd = [str(BIN / "rlrs"), "tune", str(path), "--search-only"]
     runs = tmp_path / "results" / "tinytune" / "runs"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -391,8 +392,6 @@ def test_study_cpu_tunes_each_family_at_its_smallest_size():
 
 
 def test_snakemake_dry_run_waits_for_the_tune_checkpoint(tmp_path):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("RLRS_RESULTS", None)
     out = subprocess.run(
         [
             str(BIN / "snakemake"),
@@ -406,11 +405,12 @@ def test_snakemake_dry_run_waits_for_the_tune_checkpoint(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env=env,
+        env=user_env(),
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "checkpoint tune:" in out.stdout and "results/study-cpu/tune/moe-s.rlrs.json" in out.stdout
+    assert "Tuning study study-cpu: the searches of its tune block" in out.stdout  # the tune checkpoint's message
+    assert "results/study-cpu/tune/moe-s.rlrs.json" in out.stdout
     assert "checkpoint jobs" in out.stdout  # the transfer runs are known only after it
 
 
@@ -424,19 +424,16 @@ def test_rlrs_tune_searches_then_transfers_through_snakemake(tmp_path):
     study["sweeps"] = {}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("RLRS_RESULTS", None)
-    env.pop("RLRS_REPORTS", None)
     out = subprocess.run(
         [str(BIN / "rlrs"), "tune", str(path), "--cores", "2"],
         cwd=tmp_path,
-        env=env,
+        env=user_env(),
         capture_output=True,
         text=True,
         timeout=400,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "checkpoint tune:" not in out.stdout + out.stderr  # Snakemake reused the search it was handed
+    assert "Tuning study tinytune" not in out.stdout + out.stderr  # Snakemake reused the search it was handed
     doc = json.loads((tmp_path / "results/tinytune/tune/s.rlrs.json").read_text())
     assert doc["runs_spent"] == 5 and doc["stop_reason"] == "max_runs"
     con = duckdb.connect(str(tmp_path / "results/tinytune/rlrs.duckdb"), read_only=True)

@@ -2,16 +2,24 @@
 training jobs through the local executor, DuckDB holds the results.
 
 Every test runs Snakemake in its own working directory (`-d TMP`), so
-results/, reports/ and .snakemake/ land there and never in the checkout."""
+results/, reports/ and .snakemake/ land there and never in the checkout.
+Snakemake is started the way a user starts it: `.venv/bin/snakemake`, as
+`make demo` does, without the venv on PATH, or by name in an activated venv;
+either way an rlrs and a snakemake that only fail come first on PATH, so a
+rule that ran PATH's rlrs instead of its own Python's fails here."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -27,13 +35,45 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 300, **env_vars: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("RLRS_RESULTS", None)
-    env.pop("RLRS_REPORTS", None)
+@functools.cache
+def _decoys() -> Path:
+    """A folder of `rlrs` and `snakemake` that only fail, loudly: put on a
+    test's PATH, so that anything that runs PATH's rlrs or snakemake instead
+    of its own Python's fails the test."""
+    folder = Path(tempfile.mkdtemp(prefix="rlrs-decoys-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for tool in ("rlrs", "snakemake"):
+        script = folder / tool
+        script.write_text(f"#!/bin/sh\necho 'the {tool} on PATH was called: {folder}/{tool}' >&2\nexit 127\n")
+        script.chmod(0o755)
+    return folder
+
+
+def user_env(activated: bool = False, **env_vars: str) -> dict:
+    """The environment of a user's shell: the venv is not on PATH, but some
+    other rlrs and snakemake are (decoys that fail); no RLRS_RESULTS /
+    RLRS_REPORTS. With `activated`, the venv's bin first on PATH and
+    VIRTUAL_ENV set, as `. .venv/bin/activate` leaves them."""
+    # (and none of the variables an outer `make test` hands down: a nested make would print its directory)
+    ours = ("VIRTUAL_ENV", "RLRS_RESULTS", "RLRS_REPORTS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+    env = {k: v for k, v in os.environ.items() if k not in ours}
+    path = [str(_decoys())] + [d for d in env.get("PATH", "").split(os.pathsep) if d and Path(d) != BIN]
+    if activated:
+        path.insert(0, str(BIN))
+        env["VIRTUAL_ENV"] = str(BIN.parent)
+    env["PATH"] = os.pathsep.join(path)
     env.update(env_vars)
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return env
+
+
+def snakemake(
+    workdir: Path, *args: str, timeout: int = 300, activated: bool = False, **env_vars: str
+) -> subprocess.CompletedProcess:
+    """`.venv/bin/snakemake ARGS` with nothing of ours on PATH, or, with
+    `activated`, `snakemake ARGS` in an activated venv."""
+    exe = "snakemake" if activated else str(BIN / "snakemake")
+    cmd = [exe, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=user_env(activated, **env_vars))
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -55,6 +95,9 @@ def test_gpu_study_dry_run_shows_the_grid(tmp_path):
     assert out.returncode == 0, out.stderr
     assert job_counts(out.stdout) == {"plan": 1, "train": len(plan.configs), "collect": 1, "report": 1, "all": 1}
     assert "results/study-gpu/runs/" in out.stdout and "reports/study-gpu/index.html" in out.stdout
+    # Each job shows its rule's one-line message.
+    assert out.stdout.count("Training run ") == len(plan.configs)
+    assert "Writing the report of study study-gpu: reports/study-gpu/index.html" in out.stdout
     assert created(tmp_path) == set()  # a dry run writes nothing
 
 
@@ -63,7 +106,7 @@ def test_bare_snakemake_targets_the_demo_report(tmp_path):
     out = snakemake(tmp_path, "-n")
     assert out.returncode == 0, out.stderr
     assert job_counts(out.stdout)["train"] == len(plan.configs)
-    assert "output: reports/demo/index.html" in out.stdout
+    assert "Writing the report of study demo: reports/demo/index.html" in out.stdout
 
 
 def test_results_and_reports_roots_are_configurable(tmp_path):
@@ -76,35 +119,79 @@ def test_results_and_reports_roots_are_configurable(tmp_path):
         RLRS_REPORTS=str(tmp_path / "rep"),
     )
     assert out.returncode == 0, out.stderr
-    assert f"output: {tmp_path}/res/smoke/plan.json" in out.stdout
-    assert f"output: {tmp_path}/rep/smoke/index.html" in out.stdout
+    assert f"Writing the plan of study smoke: {tmp_path}/res/smoke/plan.json" in out.stdout
+    assert f"Writing the report of study smoke: {tmp_path}/rep/smoke/index.html" in out.stdout
+    assert f"Missing output files: {tmp_path}/res/smoke/runs/" in out.stdout
 
 
+def _set(path: str, value):
+    """A study mutation: set the dotted field `path` to `value`."""
+
+    def mutate(study: dict) -> None:
+        *parents, key = path.split(".")
+        node = study
+        for p in parents:
+            node = node[p]
+        node[key] = value
+
+    return mutate
+
+
+# Malformed variants of the smoke study -> the one line that refuses each. The
+# schema's errors (rlrs checks the study against it itself), cross-field
+# errors and every expanded run config's errors alike.
 BAD = {
     # A study missing `sizes` must not inherit the demo's (the configfile pitfall).
-    "missing sizes": (lambda s: s.pop("sizes"), "sizes"),
+    "missing sizes": (
+        lambda s: s.pop("sizes"),
+        "sizes: required key is missing (keys here: arms, defaults, description, executor, seeds, sizes, study, sweeps, tune)",
+    ),
+    "unknown key": (
+        _set("colour", "blue"),
+        "colour: unknown key; allowed keys here: arms, defaults, description, executor, seeds, sizes, study, sweeps, tune",
+    ),
     "unknown executor": (
-        lambda s: s["executor"].update(kind="cluster"),
-        "'cluster' is not one of ['local', 'slurm', 'debug']",
+        _set("executor.kind", "cluster"),
+        "executor.kind: 'cluster' is not allowed; allowed: local, slurm, debug",
     ),
     "unknown component": (
-        lambda s: s["arms"]["rlrs"]["multipliers"].update(expert={"start": 1, "end": 1}),
-        "'expert' is not one of ['embedding', 'attention', 'ffn', 'router', 'experts', 'head']",
+        _set("arms.rlrs.multipliers.expert", {"start": 1, "end": 1}),
+        "arms.rlrs.multipliers.expert: unknown name 'expert'; allowed: embedding, attention, ffn, router, experts, head",
     ),
-    "run config": (lambda s: s["sizes"]["tiny"].update(n_heads=3), "model.n_heads: 3 must divide d_model=16"),
+    "seeds not a list": (_set("seeds", "zero"), "seeds: 'zero' has the wrong type; expected array"),
+    "unknown sweep arm": (
+        _set("sweeps.ladder.arm", "nope"),
+        "sweeps.ladder.arm: unknown arm 'nope'; arms of this study: baseline, rlrs",
+    ),
+    "negative lr": (
+        _set("defaults.optim.lr", -0.003),
+        "sizes.tiny x arms.baseline: run config field optim.lr: -0.003 is not valid: expected number > 0",
+    ),
+    "lr not a number": (
+        _set("defaults.optim.lr", "fast"),
+        "sizes.tiny x arms.baseline: run config field optim.lr: 'fast' has the wrong type; expected number",
+    ),
+    "run config": (
+        _set("sizes.tiny.n_heads", 3),
+        "sizes.tiny x arms.baseline: run config field model.n_heads: 3 must divide d_model=16",
+    ),
 }
+PROFILE_NOTE = "Using workflow specific profile"  # Snakemake's own first line on every call
 
 
-@pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_study_is_refused_before_any_job(case, tmp_path):
-    mutate, needle = BAD[case]
+@pytest.mark.parametrize(("case", "mode"), [(case, "-c1") for case in sorted(BAD)] + [("negative lr", "-n")])
+def test_bad_study_is_refused_in_one_line_before_any_job(case, mode, tmp_path):
+    mutate, message = BAD[case]
     study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
     mutate(study)
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(study))
-    out = snakemake(tmp_path, "-c1", "--configfile", str(path))
-    assert out.returncode != 0
-    assert needle in out.stderr + out.stdout
+    out = snakemake(tmp_path, mode, "--configfile", str(path))
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = [
+        line for line in (out.stdout + out.stderr).splitlines() if line.strip() and not line.startswith(PROFILE_NOTE)
+    ]
+    assert lines == [f"error: {path}: {message}"]  # the field's error, and no traceback
     assert created(tmp_path) == {"broken.yaml"}  # no results/, no reports/
 
 
@@ -119,7 +206,11 @@ def db_runs(db: Path) -> list[str]:
         con.close()
 
 
-def test_smoke_study_end_to_end_and_reruns(tmp_path):
+def mtimes(paths) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in paths}
+
+
+def test_smoke_study_end_to_end_rebuilds_what_is_lost(tmp_path):
     study_file = CONFIGS / "smoke.yaml"
     run = snakemake(tmp_path, "-c2", "--configfile", str(study_file))
     assert run.returncode == 0, run.stderr[-3000:]
@@ -134,12 +225,52 @@ def test_smoke_study_end_to_end_and_reruns(tmp_path):
         summary = json.loads((results / "runs" / rid / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["executor"] == "local" and summary["job_id"]
         assert not (results / "runs" / rid / "submitted.json").exists()
-    assert (tmp_path / "reports" / "smoke" / "index.html").stat().st_size > 0
+        # Each job's log, under results/<study>/logs/.
+        assert (
+            f"[{rid}] completed: final eval loss {summary['final_eval_loss']}"
+            in (results / "logs" / "train" / f"{rid}.log").read_text()
+        )
+    report = tmp_path / "reports" / "smoke" / "index.html"
+    assert report.stat().st_size > 0
+    assert "collected into" in (results / "logs" / "collect.log").read_text()
+    assert "wrote reports/smoke/index.html" in (results / "logs" / "report.log").read_text()
+    assert (
+        "Study smoke is complete: report reports/smoke/index.html, database results/smoke/rlrs.duckdb"
+        in run.stdout + run.stderr
+    )
 
     # Nothing to do on a rerun.
     again = snakemake(tmp_path, "-c2", "--configfile", str(study_file))
     assert again.returncode == 0 and job_counts(again.stdout + again.stderr) == {}
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Every output a user can lose is rebuilt by the same command, and no run
+    # is trained again: a run's metrics.parquet is written by training only.
+    runs = [results / "runs" / rid for rid in planned]
+    trained = mtimes(r / "metrics.parquet" for r in runs)
+    summaries = {rid: (results / "runs" / rid / "summary.json").read_bytes() for rid in planned}
+    lost_and_redone = {
+        results / "rlrs.duckdb": {"collect": 1, "report": 1, "all": 1},
+        report: {"report": 1, "all": 1},
+        # plan.json: the train jobs find their runs finished and train nothing.
+        results / "plan.json": {"plan": 1, "train": 3, "collect": 1, "report": 1, "all": 1},
+    }
+    for lost, jobs in lost_and_redone.items():
+        before = lost.read_bytes()
+        lost.unlink()
+        redo = snakemake(tmp_path, "-c2", "--configfile", str(study_file))
+        assert redo.returncode == 0, redo.stderr[-3000:]
+        assert lost.exists(), f"{lost.name} was not rebuilt"
+        assert job_counts(redo.stdout + redo.stderr) == jobs, lost.name
+        assert mtimes(r / "metrics.parquet" for r in runs) == trained, f"losing {lost.name} retrained a run"
+        assert {rid: (results / "runs" / rid / "summary.json").read_bytes() for rid in planned} == summaries
+        if lost.name == "plan.json":
+            assert lost.read_bytes() == before
+            for rid in planned:
+                assert (
+                    results / "logs" / "train" / f"{rid}.log"
+                ).read_text() == f"[{rid}] already completed: nothing to do\n"
+        assert db_runs(results / "rlrs.duckdb") == planned
 
     # Losing one run's summary retrains that run only (then re-collects and re-reports).
     victim = planned[0]
@@ -312,7 +443,7 @@ def _study_file(tmp_path: Path, name: str, **executor) -> Path:
 
 def test_batched_study_trains_runs_in_shared_jobs_and_redoes_a_lost_one(tmp_path):
     path = _study_file(tmp_path, "batched", runs_per_job=2)
-    run = snakemake(tmp_path, "-c2", "--configfile", str(path))
+    run = snakemake(tmp_path, "-c2", "--configfile", str(path), activated=True)  # `snakemake -c2` in an activated venv
     assert run.returncode == 0, run.stderr[-3000:]
     counts = job_counts(run.stdout + run.stderr)
     assert counts["train_batch"] == 2 and "train" not in counts  # 3 runs, 2 to a job

@@ -1,6 +1,7 @@
 # Every planned run, the plan and the tune results (results/<study>/tune/,
 # found next to plan.json) into one DuckDB file, in one transaction
-# (rlrs.db.ingest). Rebuilt from the run directories whenever a run changes.
+# (rlrs.db.ingest). Rebuilt from the run directories whenever a run changes,
+# or when the file is lost (`rule all` names it).
 
 
 rule collect:
@@ -9,9 +10,15 @@ rule collect:
         trained=trained,
         tune=TUNE_RESULTS,
     output:
-        DB,
+        db=DB,
+    log:
+        f"{LOGS}/collect.log",
+    message:
+        "Collecting the runs of study {params.study} into {output.db}"
     params:
+        rlrs=RLRS,
+        study=STUDY,
         run_dirs=run_dirs,
     localrule: True
     shell:
-        "rlrs collect --db {output} --study {STUDY} --plan {input.plan} {params.run_dirs}"
+        "{params.rlrs} collect --db {output.db:q} --study {params.study:q} --plan {input.plan:q} {params.run_dirs:q} > {log:q} 2>&1"

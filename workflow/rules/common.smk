@@ -1,39 +1,53 @@
 # The study expanded once, at parse time, before any job starts: schema and
 # cross-field checks and rlrs.config.resolve() on every run config
-# (rlrs.study.make_plan). A bad study stops here with the field named.
+# (rlrs.study.make_plan). A bad study stops here: its one error line, naming
+# the field and what is allowed, and exit code 2 (as `rlrs plan`), with no
+# traceback (a SystemExit ends Snakemake's parse without one).
 
+import shlex
+import sys
 from pathlib import Path
 
 import rlrs.study
 import rlrs.executor
 import rlrs.paths
+from rlrs.errors import ConfigError
 
 DEFAULT_STUDY = Path(workflow.basedir) / "workflow" / "configs" / "demo.yaml"
-# With a tune block, the plan as things stand at parse time: the tuned
-# settings of the searches already finished (rlrs.study.tuned_plan).
-PLAN = rlrs.study.plan_for_snakemake(config, configfiles=workflow.overwrite_configfiles, default_file=DEFAULT_STUDY)
+GIVEN_STUDY = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else DEFAULT_STUDY
+try:
+    # With a tune block, the plan as things stand at parse time: the tuned
+    # settings of the searches already finished (rlrs.study.tuned_plan).
+    PLAN = rlrs.study.plan_for_snakemake(config, configfiles=workflow.overwrite_configfiles, default_file=DEFAULT_STUDY)
+    # executor.runs_per_job > 1: runs are trained in batches, one job each (train.smk).
+    RUNS_PER_JOB = rlrs.executor.executor_settings(PLAN.study_config)["runs_per_job"]
+    # The results of the study's searches (none without a tune block): the
+    # outputs of the `tune` checkpoint (workflow/rules/tune.smk).
+    TUNE_RESULTS = rlrs.study.result_paths(PLAN.study_config)
+except ConfigError as error:
+    print(f"error: {GIVEN_STUDY}: {error}", file=sys.stderr)
+    sys.exit(2)
+
+# Every job runs the rlrs of the Python that runs Snakemake (its venv), never
+# whatever `rlrs` PATH holds: `make demo` calls .venv/bin/snakemake without
+# the venv on PATH.
+RLRS = f"{shlex.quote(sys.executable)} -m rlrs"
 STUDY = PLAN.name
+STUDY_FILE = PLAN.study_file
 RESULTS = str(rlrs.paths.results_dir(STUDY))
 RUNS = f"{RESULTS}/runs"
+LOGS = f"{RESULTS}/logs"
 PLAN_JSON = f"{RESULTS}/plan.json"
 DB = f"{RESULTS}/rlrs.duckdb"
 REPORT = f"{rlrs.paths.reports_dir(STUDY)}/index.html"
 BATCHES = f"{RESULTS}/batches"
-# executor.runs_per_job > 1: runs are trained in batches, one job each (train.smk).
-RUNS_PER_JOB = rlrs.executor.executor_settings(PLAN.study_config)["runs_per_job"]
-RUN_IDS = PLAN.run_ids
-SUMMARIES = [f"{RUNS}/{run_id}/summary.json" for run_id in RUN_IDS]
-STUDY_FILE = PLAN.study_file
-# The results of the study's searches (none without a tune block): the
-# outputs of the `tune` checkpoint (workflow/rules/tune.smk).
-TUNE_RESULTS = rlrs.study.result_paths(PLAN.study_config)
 
 wildcard_constraints:
     run_id="[0-9a-f]{12}",
     batch="[0-9a-f]{12}",
 
 
-# The run ids of a tune study depend on the searches' results, so every rule
+# The run ids of a tune study depend on the searches' results, so every step
 # that lists runs asks through these functions: they wait for the tune
 # checkpoint, then expand the study again with the tuned settings. Without a
 # tune block they return the parse-time plan.
@@ -88,3 +102,15 @@ def trained(wildcards=None):
             marker.unlink()
         markers.append(str(marker))
     return markers
+
+
+def write_plan(path, log):
+    """Rule plan: plan.json of the current plan, and one line in its log."""
+    plan = current_plan()
+    rlrs.study.write_plan(plan, path)
+    Path(log).write_text(f"{path}: {len(plan.runs)} (run, sweep) entries, {len(plan.run_ids)} runs\n")
+
+
+def run_dir(wildcards, output):
+    """A train job's run directory: the folder of its summary.json."""
+    return str(Path(output[0]).parent)

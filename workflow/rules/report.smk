@@ -3,9 +3,16 @@
 
 rule report:
     input:
-        DB,
+        db=DB,
     output:
-        REPORT,
+        report=REPORT,
+    log:
+        f"{LOGS}/report.log",
+    message:
+        "Writing the report of study {params.study}: {output.report}"
+    params:
+        rlrs=RLRS,
+        study=STUDY,
     localrule: True
     shell:
-        "rlrs report {STUDY} --db {input} --out {output}"
+        "{params.rlrs} report {params.study:q} --db {input.db:q} --out {output.report:q} > {log:q} 2>&1"

@@ -1,37 +1,56 @@
 # plan.json: what the study asks for (runs with their labels, each run's
 # resolved config, the executor settings). Rewritten whenever its content
 # would change (the digest is a params rerun trigger); the train rules read it
-# as `ancient` so that rewriting it does not retrain finished runs.
+# as `ancient` so that rewriting it (or rebuilding a lost one) does not retrain
+# finished runs.
 
 
 rule plan:
     input:
         TUNE_RESULTS,
     output:
-        PLAN_JSON,
+        plan=PLAN_JSON,
+    log:
+        f"{LOGS}/plan.log",
+    message:
+        "Writing the plan of study {params.study}: {output.plan}"
     params:
+        study=STUDY,
         digest=lambda wildcards: rlrs.study.plan_digest(current_plan()),
     localrule: True
     run:
-        rlrs.study.write_plan(current_plan(), output[0])
+        write_plan(output.plan, log[0])
 
 
 # One job per run id: `rlrs submit` sends it through the study's submitit
-# executor, waits, and fails with the job's log paths. A diverged run is a
-# finished result (exit 0); a failed one leaves RUN_DIR/failure.json and is
-# redone by the next snakemake call. Each run uses one torch thread, so
+# executor, waits, and fails with the job's log paths (in this rule's log,
+# which Snakemake prints when the job fails: profiles/default). A diverged run
+# is a finished result (exit 0); a failed one leaves RUN_DIR/failure.json and
+# is redone by the next snakemake call. Each run uses one torch thread, so
 # `-c 2` trains two at once here. The rule itself only submits and waits, so it
 # stays local whatever executor Snakemake uses; with a Slurm study, `-c N`
 # caps the number of jobs in flight (a waiting submitter uses no CPU).
+# The summary is an `update` output: Snakemake does not delete it before the
+# job runs, so a job rerun for any reason other than a lost summary (a rebuilt
+# plan.json, a changed rule) finds the run finished and trains nothing. To
+# train a run again, delete its run directory.
 rule train:
     input:
-        ancient(PLAN_JSON),
+        plan=ancient(PLAN_JSON),
     output:
-        f"{RUNS}/{{run_id}}/summary.json",
+        update(f"{RUNS}/{{run_id}}/summary.json"),
+    log:
+        f"{LOGS}/train/{{run_id}}.log",
+    message:
+        "Training run {wildcards.run_id} of study {params.study}"
+    params:
+        rlrs=RLRS,
+        study=STUDY,
+        run_dir=run_dir,
     threads: 1
     localrule: True
     shell:
-        "rlrs submit {RUNS}/{wildcards.run_id} --plan {input}"
+        "{params.rlrs} submit {params.run_dir:q} --plan {input.plan:q} > {log:q} 2>&1"
 
 
 # With executor.runs_per_job > 1: one job per batch of runs of similar length
@@ -41,12 +60,18 @@ rule train:
 # existing outputs before running it, which would throw away finished runs.
 rule train_batch:
     input:
-        ancient(PLAN_JSON),
+        plan=ancient(PLAN_JSON),
     output:
         touch(f"{BATCHES}/{{batch}}.done"),
+    log:
+        f"{LOGS}/train_batch/{{batch}}.log",
+    message:
+        "Training batch {wildcards.batch} of study {params.study} (runs: {params.run_dirs})"
     params:
+        rlrs=RLRS,
+        study=STUDY,
         run_dirs=batch_run_dirs,
     threads: 1
     localrule: True
     shell:
-        "rlrs submit {params.run_dirs} --plan {input}"
+        "{params.rlrs} submit {params.run_dirs:q} --plan {input.plan:q} > {log:q} 2>&1"
