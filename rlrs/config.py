@@ -42,6 +42,8 @@ def _nullable(schema: dict) -> dict:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+PARALLEL = ("none", "ddp", "fsdp")
+
 _multiplier = _obj({"start": _pos_num, "end": _pos_num}, ("start", "end"))
 
 
@@ -53,6 +55,9 @@ class Field:
     schema: dict
     doc: str
     operational: bool = False  # changes how a run executes, not what it computes: not part of the run id
+    # Added after runs were recorded: in the run id only when set to something
+    # other than its default, so the runs recorded before it keep their ids.
+    id_when_set: bool = False
 
 
 # Every run-config field, declared once. DEFAULTS, MOE_DEFAULTS, SCHEMA,
@@ -134,6 +139,21 @@ FIELDS: dict[str, dict[str, Field] | Field] = {
         "precision": Field("fp32", {"enum": ["fp32", "bf16"]}, "fp32 | bf16 (autocast)"),
         "threads": Field(1, _pos_int, "torch CPU threads", operational=True),
         "keep_checkpoint": Field(False, {"type": "boolean"}, "keep checkpoint.pt after the run", operational=True),
+        "parallel": Field(
+            "none",
+            {"enum": list(PARALLEL)},
+            "data parallelism over the job's processes (executor.tasks_per_node x nodes): none (one process) | ddp; "
+            "fsdp is refused (not built yet); the result does not depend on it",
+            operational=True,
+        ),
+        "micro_batch_size": Field(
+            None,
+            _nullable(_pos_int),
+            "sequences per forward/backward, the MoE dispatch group (capacity and aux losses per micro-batch); "
+            "gradients accumulate over the micro-batches of a step; must divide batch_size / processes; "
+            "null: one micro-batch per process (an MoE run on more than one process must set it)",
+            id_when_set=True,
+        ),
     },
 }
 
@@ -166,6 +186,8 @@ for _name, _field in _each():
     if _field.operational:
         _block, _key = _name.split(".")
         OPERATIONAL[_block] = (*OPERATIONAL.get(_block, ()), _key)
+# Non-operational fields that enter the run id only when not at their default.
+ID_WHEN_SET: dict[str, Any] = {name: f.default for name, f in _each() if f.id_when_set}
 
 
 def fields_table() -> str:
@@ -250,8 +272,48 @@ def resolve(raw: dict) -> dict:
             "schedule.warmup_steps", f"{sched['warmup_steps']} must be shorter than training (train.steps={steps})"
         )
 
+    if train["parallel"] == "fsdp":
+        raise ConfigError(
+            "train.parallel",
+            "fsdp is not built in this version (FSDP2 needs CUDA/NCCL, which this project cannot test yet); "
+            "allowed: none, ddp",
+        )
+    micro = train["micro_batch_size"]
+    if micro is not None and train["batch_size"] % micro:
+        raise ConfigError(
+            "train.micro_batch_size", f"{micro} does not divide train.batch_size={train['batch_size']}"
+        )
+
     sched["multipliers"] = _resolve_multipliers(sched["multipliers"], moe is not None)
     return cfg
+
+
+def check_world(cfg: dict, world: int) -> int:
+    """Refuse a resolved config that `world` processes cannot train; returns
+    the micro-batch size. `train.batch_size` is the global batch: every
+    process takes an equal slice of whole micro-batches."""
+    train = cfg["train"]
+    batch, micro = train["batch_size"], train["micro_batch_size"]
+    if world > 1 and train["parallel"] == "none":
+        raise ConfigError(
+            "train.parallel", f"none trains one process, but the job has {world} (executor.tasks_per_node x nodes); set ddp"
+        )
+    if batch % world:
+        raise ConfigError("train.batch_size", f"{batch} is not divisible by the job's {world} processes")
+    if micro is None:
+        if world > 1 and cfg["model"]["moe"]:
+            raise ConfigError(
+                "train.micro_batch_size",
+                f"an MoE run on {world} processes must set it (it is the dispatch group of capacity and aux losses; "
+                f"null means the whole batch of {batch}); allowed: a divisor of {batch // world}",
+            )
+        return batch // world
+    if batch % (world * micro):
+        raise ConfigError(
+            "train.micro_batch_size",
+            f"train.batch_size={batch} is not divisible by {world} processes x micro_batch_size={micro}",
+        )
+    return micro
 
 
 def present_components(is_moe: bool) -> list[str]:
@@ -285,6 +347,10 @@ def identity(resolved: dict) -> dict:
     out = copy.deepcopy(out)
     for block, keys in OPERATIONAL.items():
         for key in keys:
+            out[block].pop(key, None)
+    for name, default in ID_WHEN_SET.items():
+        block, key = name.split(".")
+        if out[block].get(key, default) == default:
             out[block].pop(key, None)
     return out
 

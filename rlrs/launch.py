@@ -41,7 +41,8 @@ from submitit.helpers import Checkpointable
 
 from rlrs import atomic, paths, rundir
 from rlrs.errors import ConfigError
-from rlrs.executor import KINDS, executor_settings, slurm_parameters
+from rlrs.config import check_world
+from rlrs.executor import KINDS, executor_settings, slurm_parameters, world_size
 from rlrs.study.plan import chunks, load_plan, tuned_plan
 from rlrs.study.validate import load_study
 
@@ -106,7 +107,8 @@ def make_executor(kind: str, folder: Path, settings: dict) -> submitit.Executor:
     timeout = int(settings["timeout_min"])
     if kind == "local":
         ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=timeout)
+        # One subprocess per task; each finds the others through SUBMITIT_LOCAL_* (rlrs.parallel).
+        ex.update_parameters(timeout_min=timeout, tasks_per_node=int(settings.get("tasks_per_node", 1)))
     elif kind == "debug":
         ex = submitit.DebugExecutor(folder=folder)
         ex.update_parameters(timeout_min=timeout)
@@ -137,6 +139,22 @@ def load_configs(run_dirs: list[Path], plan: Path | None, study: Path | None) ->
     return doc["configs"], doc.get("executor") or executor_settings(doc.get("study_config") or {})
 
 
+def check_parallel(configs: list[dict], settings: dict, kind: str) -> None:
+    """Refuse, before any job starts, a job shape the runs cannot train on."""
+    if kind != "slurm" and int(settings.get("nodes", 1)) > 1:
+        raise ConfigError("executor.nodes", f"{settings['nodes']}: the {kind} executor runs on this machine; allowed: 1")
+    if kind == "debug" and int(settings.get("tasks_per_node", 1)) > 1:
+        raise ConfigError("executor.tasks_per_node", "the debug executor runs in this one process; allowed: 1")
+    for cfg in configs:
+        check_world(cfg, world_size(settings))
+
+
+def _lead(job):
+    """Task 0 of a job (the job itself when it has one task): rank 0, whose
+    result and logs stand for the job."""
+    return job.task(0)
+
+
 def _wait(jobs: list, kind: str) -> None:
     """Until every job has written its result file (submitit writes it
     atomically as the callable returns, before the job's Python and the local
@@ -145,7 +163,7 @@ def _wait(jobs: list, kind: str) -> None:
     if kind == "debug":
         return  # runs in-process when its result is asked for
     poll = SLURM_POLL_S if kind == "slurm" else LOCAL_POLL_S
-    while not all(j.paths.result_pickle.exists() or j.done() for j in jobs):
+    while not all(_lead(j).paths.result_pickle.exists() or j.done() for j in jobs):
         time.sleep(poll)
 
 
@@ -165,7 +183,7 @@ def _last_error(exc: Exception, stderr_path: str) -> str:
 
 
 def _log_paths(job) -> dict:
-    return {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+    return {"stdout": str(_lead(job).paths.stdout), "stderr": str(_lead(job).paths.stderr)}
 
 
 class JobFailed(RuntimeError):
@@ -177,14 +195,15 @@ def _result(job, kind: str):
     if kind == "debug":
         # DebugJob.result() opens pdb on an exception; run the submission directly.
         return job.submission().result()
-    if job.paths.result_pickle.exists():
+    lead = _lead(job)
+    if lead.paths.result_pickle.exists():
         # Read the result file directly: job.result() would first wait for the
         # job's process to exit, polling at submitit's fixed 1 s.
-        outcome, value = pickle_load(job.paths.result_pickle)
+        outcome, value = pickle_load(lead.paths.result_pickle)
         if outcome == "success":
             return value
         raise JobFailed(f"job {job.job_id} failed:\n{value}")
-    return job.result()  # no result file: submitit says why (killed, timed out too often)
+    return lead.result()  # no result file: submitit says why (killed, timed out too often)
 
 
 def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_per_job: int | None = None) -> int:
@@ -200,6 +219,7 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_
             f"run id(s) {', '.join(missing)} are not in the plan; the directory name must be a planned run id "
             "(re-run snakemake to rewrite plan.json after editing the study)",
         )
+    check_parallel([configs[d.name] for d in run_dirs], settings, kind)
     todo = []
     for d in run_dirs:
         done = rundir.finished_summary(d)

@@ -26,9 +26,10 @@ import torch
 import rlrs
 from rlrs import atomic
 from rlrs.components import component_of_parameters
-from rlrs.config import ConfigError, resolve, run_id
+from rlrs.config import ConfigError, check_world, resolve, run_id
 from rlrs.data import eval_batches, load_corpus, train_batch
 from rlrs.model import GPT, ModelConfig, param_counts
+from rlrs.parallel import join
 from rlrs.rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, TERMINAL
 from rlrs.schedule import component_table
 
@@ -89,7 +90,12 @@ class Trainer:
         t, o, s = cfg["train"], cfg["optim"], cfg["schedule"]
         self.steps = t["steps"]
         torch.set_num_threads(t["threads"])
-        self.device = resolve_device(t["device"])
+        self.world, self.device = join(t["parallel"], resolve_device(t["device"]))
+        # train.batch_size is the global batch, cut into micro-batches (the MoE
+        # dispatch group); each process takes its contiguous share of them.
+        self.micro = check_world(cfg, self.world.size)
+        self.n_micro = t["batch_size"] // self.micro  # over all processes
+        self.n_local = self.n_micro // self.world.size
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if t["precision"] == "bf16" else nullcontext()
         )
@@ -97,10 +103,17 @@ class Trainer:
         self.corpus = load_corpus(cfg["data"])
         self.eval_set = eval_batches(
             self.corpus, cfg["model"]["seq_len"], cfg["data"]["eval_tokens"], max(t["batch_size"], 32), self.device
-        )
+        )[self.world.rank :: self.world.size]  # each process evaluates its share; the sums are reduced
 
         torch.manual_seed(cfg["seed"])
         self.model = GPT(ModelConfig.from_dict(cfg["model"])).to(self.device)
+        # The forward/backward goes through DDP on more than one process (its
+        # hooks all-reduce the gradients); everything else uses the model itself.
+        self.forward = self.model
+        if self.world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.model)
         groups = component_of_parameters(self.model)
         self.components = list(groups)
         self.optimizer = torch.optim.AdamW(
@@ -141,6 +154,8 @@ class Trainer:
     # -------------------------------------------------------- checkpointing
 
     def save_checkpoint(self) -> None:
+        if not self.world.main:  # the replicas are identical: rank 0 saves the full state
+            return
         state = {
             "run_id": self.run_id,
             "step": self.step,
@@ -183,19 +198,43 @@ class Trainer:
                 _, (_, ce), _ = self.model(x, y)
             total += ce.item() * y.numel()
             count += y.numel()
+        if self.world.size > 1:
+            total, count = self.world.sum_(torch.tensor([total, count], dtype=torch.float64)).tolist()
         return total / count
 
     def train_step(self, step: int) -> tuple[list[float], torch.Tensor]:
         cfg = self.cfg
         for group, lr in zip(self.optimizer.param_groups, self.lr_table[step].tolist()):
             group["lr"] = lr
+        # The same global batch on every process (a function of seed and step);
+        # this process's slice is micro-batches rank*n_local .. (rank+1)*n_local-1.
         x, y = train_batch(
             self.corpus, cfg["train"]["batch_size"], cfg["model"]["seq_len"], cfg["seed"], step, self.device
         )
-        with self.autocast:
-            _, (loss, ce), aux = self.model(x, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        nan = torch.tensor(float("nan"), device=self.device)
+        sums = None
+        for j in range(self.n_local):
+            lo = (self.world.rank * self.n_local + j) * self.micro
+            # DDP all-reduces on the last micro-batch's backward only.
+            last = j == self.n_local - 1
+            with nullcontext() if last or self.world.size == 1 else self.forward.no_sync():
+                with self.autocast:
+                    _, (loss, ce), aux = self.forward(x[lo : lo + self.micro], y[lo : lo + self.micro])
+                # The step's loss is the mean over the global batch's micro-batches:
+                # 1/n_local here, and DDP's mean over the processes does the rest.
+                (loss if self.n_local == 1 else loss / self.n_local).backward()
+            micro = torch.stack(
+                [
+                    ce.detach().float(),
+                    aux.get("lb_loss", nan).detach().float(),
+                    aux.get("z_loss", nan).detach().float(),
+                    aux.get("dropped_frac", nan).detach().float(),
+                ]
+            )
+            sums = micro if sums is None else sums + micro
+        if self.n_micro > 1:  # the mean over all micro-batches of the step
+            sums = self.world.sum_(sums) / self.n_micro
         clip = cfg["optim"]["grad_clip"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip is not None else math.inf, foreach=True)
 
@@ -213,16 +252,9 @@ class Trainer:
         )
         update = delta_sq.sqrt() / weight_sq.sqrt().clamp_min(1e-30)
 
-        nan = torch.tensor(float("nan"), device=self.device)
-        scalars = torch.stack(
-            [
-                ce.detach().float(),
-                aux.get("lb_loss", nan).detach().float(),
-                aux.get("z_loss", nan).detach().float(),
-                aux.get("dropped_frac", nan).detach().float(),
-                grad_norm.detach().float(),
-            ]
-        )
+        # Gradients (so the norm, the clipping and the update) are identical on
+        # every process after DDP's all-reduce: no further reduction needed.
+        scalars = torch.cat([sums, grad_norm.detach().float().reshape(1)])
         return scalars.tolist(), update
 
     def record(self, step: int, scalars: list[float], update: torch.Tensor, eval_loss: float | None) -> None:
@@ -250,7 +282,7 @@ class Trainer:
         self._t0 = time.perf_counter()
         resumed = self.load_checkpoint()
         t = self.cfg["train"]
-        log = _Progress(self.steps, self.step, resumed, self.run_id)
+        log = _Progress(self.steps, self.step, resumed, self.run_id, quiet=not self.world.main)
         status, error = "completed", None
         eval_loss = None
         while self.step < self.steps:
@@ -278,8 +310,9 @@ class Trainer:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.table(self.columns)
-        atomic.write(self.out / METRICS, lambda p: pq.write_table(table, p))
+        if self.world.main:
+            table = pa.table(self.columns)
+            atomic.write(self.out / METRICS, lambda p: pq.write_table(table, p))
         losses = [v for v in self.columns["train_loss"][-100:] if v is not None and math.isfinite(v)]
         completed = status == "completed"
         summary = {
@@ -301,6 +334,8 @@ class Trainer:
             "corpus": self.corpus.name,
             "error": error,
         }
+        if not self.world.main:
+            return summary  # the same summary; rank 0 writes it
         atomic.write_json(self.out / SUMMARY, summary)
         if not self.cfg["train"]["keep_checkpoint"] or not completed:
             (self.out / CHECKPOINT).unlink(missing_ok=True)
@@ -312,19 +347,22 @@ class Trainer:
 class _Progress:
     """tqdm on a terminal, plain log lines (every ~10% of the run) otherwise."""
 
-    def __init__(self, total: int, start: int, resumed: bool, rid: str):
+    def __init__(self, total: int, start: int, resumed: bool, rid: str, quiet: bool = False):
         self.bar = None
         self.total, self.rid = total, rid
         self.every = max(1, total // 10)
-        if resumed:
+        self.quiet = quiet  # data-parallel ranks other than 0 print nothing
+        if resumed and not quiet:
             print(f"[{rid}] resuming at step {start}/{total}", file=sys.stderr, flush=True)
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and not quiet:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, desc=rid, unit="step", dynamic_ncols=True)
         self.t0, self.s0 = time.perf_counter(), start
 
     def update(self, step: int, loss: float, eval_loss: float | None) -> None:
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.3f}", **({"eval": f"{eval_loss:.3f}"} if eval_loss is not None else {}))
@@ -358,13 +396,16 @@ def train(config: dict, out_dir: Path, *, executor: str | None = None, job_id: s
     if summary is not None and summary.get("status") in TERMINAL:
         print(f"[{rid}] already {summary['status']}: nothing to do", file=sys.stderr)
         return summary
-    if existing is None:
-        atomic.write_json(out / CONFIG, {**cfg, "run_id": rid})
-    (out / SUMMARY).unlink(missing_ok=True)  # a failed attempt's summary
     trainer = Trainer(cfg, out, executor=executor, job_id=job_id)
+    if trainer.world.main:  # rank 0 writes the run directory; the other processes write nothing
+        if existing is None:
+            atomic.write_json(out / CONFIG, {**cfg, "run_id": rid})
+        (out / SUMMARY).unlink(missing_ok=True)  # a failed attempt's summary
     try:
         return trainer.run()
     except Exception as e:
+        if not trainer.world.main:
+            raise
         # Record the failure (the checkpoint stays for a retry), then re-raise.
         atomic.write_json(
             out / SUMMARY,
@@ -379,6 +420,8 @@ def train(config: dict, out_dir: Path, *, executor: str | None = None, job_id: s
             },
         )
         raise
+    finally:
+        trainer.world.leave()
 
 
 def exit_code(summary: dict) -> int:
