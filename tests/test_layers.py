@@ -33,6 +33,7 @@ LAYERS = {
     # L2 models, training, studies
     "rlrs.model": 2,
     "rlrs.train": 2,
+    "rlrs.parallel": 2,
     "rlrs.study": 2,
     # L3 running and storing
     "rlrs.launch": 3,

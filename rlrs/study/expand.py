@@ -16,8 +16,9 @@ import json
 from dataclasses import dataclass, field
 
 from rlrs import tags
-from rlrs.config import resolve, run_id
+from rlrs.config import check_world, resolve, run_id
 from rlrs.errors import ConfigError
+from rlrs.executor import executor_settings, world_size
 from rlrs.study.validate import check_study, deep_merge, size_family, size_raw
 from rlrs.tunables import apply_settings
 
@@ -49,6 +50,8 @@ class Expander:
         if key not in self._resolved:
             try:
                 self._resolved[key] = resolve(raw)
+                # The study's job shape (executor.tasks_per_node x nodes) must fit every run.
+                check_world(self._resolved[key], world_size(executor_settings(self.study)))
             except ConfigError as e:
                 message = str(e)[len(e.field) + 2 :]  # ConfigError's text is "field: message"
                 raise ConfigError(f"{where}: run config field {e.field}", message) from None
