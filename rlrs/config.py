@@ -71,12 +71,19 @@ DEFAULTS = {
         "precision": "fp32",
         "threads": 1,
         "keep_checkpoint": False,
+        # Steps between exact per-component update sizes (update_<c>; null on
+        # the steps between): None = log_interval. Recording only, so operational.
+        "update_size_interval": None,
+        # torch.compile the model's forward/backward for training steps (eval
+        # stays eager). Pays off only on long runs (bench/README.md: break-even);
+        # operational like `threads`: the same run, float rounding aside.
+        "compile": False,
     },
 }
 
 # Settings that change how a run is executed but not what it computes: left
 # out of the run id so that, say, checkpointing more often reuses finished runs.
-OPERATIONAL = {"train": ("checkpoint_interval", "log_interval", "keep_checkpoint", "threads")}
+OPERATIONAL = {"train": ("checkpoint_interval", "log_interval", "keep_checkpoint", "threads", "update_size_interval", "compile")}
 
 _pos_int = {"type": "integer", "minimum": 1}
 _nonneg_int = {"type": "integer", "minimum": 0}
@@ -173,6 +180,8 @@ SCHEMA = _obj(
                 "precision": {"enum": ["fp32", "bf16"]},
                 "threads": _pos_int,
                 "keep_checkpoint": {"type": "boolean"},
+                "update_size_interval": {"anyOf": [_pos_int, {"type": "null"}]},
+                "compile": {"type": "boolean"},
             }
         ),
         "run_id": {"type": "string"},  # present in a config.json read back

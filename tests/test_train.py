@@ -18,7 +18,8 @@ import yaml
 from rlrs.config import load, resolve
 from rlrs.data import load_corpus
 from rlrs.schedule import lr_at
-from rlrs.train import EXIT_DIVERGED, train
+from rlrs.config import run_id
+from rlrs.train import EXIT_DIVERGED, Trainer, train
 from tests._train_fixtures import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,10 @@ def test_recorded_rates_equal_the_spec_formula_at_every_step(moe_tiny_run):
     # Paper MoE multipliers: embedding peaks at 5x, experts end at 1.125 * f.
     assert m["lr_embedding"].max() == pytest.approx(0.003 * 5.0)
     assert m["lr_experts"][-1] == pytest.approx(lr_at("cosine", 0.003, 0.0444, 2, 200, 0.3, 1.125, 199))
-    assert (m["update_experts"] > 0).all()
+    # Update sizes on every log_interval-th step (10, counted from 1) and the last; null elsewhere.
+    recorded = m.filter(pl.col("update_experts").is_not_null())
+    assert recorded["step"].to_list() == list(range(9, 200, 10))
+    assert (recorded["update_experts"] > 0).all() and m["update_experts"].null_count() == 180
     evaluated = m.filter(pl.col("eval_loss").is_not_null())["step"].to_list()
     assert evaluated == [49, 99, 149, 199]
 
@@ -156,3 +160,60 @@ def test_in_process_api_returns_summary(tmp_path):
     assert s["status"] == "completed" and s["executor"] == "debug" and s["job_id"] == "42"
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["run_id"] == s["run_id"]
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_update_size_interval_changes_only_what_is_recorded(tmp_path, moe):
+    """Every step's update size (interval 1) against every 7th: the same
+    training, bit for bit, the same update sizes on the recorded steps (the
+    7th, 14th, ... and the last), null on the others; the same run id."""
+    runs = {}
+    for interval in (1, 7):
+        cfg = tiny(moe=moe, train__update_size_interval=interval)
+        s = train(cfg, tmp_path / str(interval))
+        runs[interval] = (s, pl.read_parquet(tmp_path / str(interval) / "metrics.parquet"))
+    (s1, every), (s7, sparse) = runs[1], runs[7]
+    assert s1["run_id"] == s7["run_id"] and s1["final_eval_loss"] == s7["final_eval_loss"]
+    updates = [c for c in every.columns if c.startswith("update_")]
+    assert every.columns == sparse.columns and len(updates) == (6 if moe else 5)
+    assert every.drop(updates).equals(sparse.drop(updates), null_equal=True)
+    assert every.select(updates).null_count().sum_horizontal().item() == 0
+    recorded = [t for t in range(40) if (t + 1) % 7 == 0 or t == 39]
+    assert sparse.filter(pl.col(updates[0]).is_not_null())["step"].to_list() == recorded == [6, 13, 20, 27, 34, 39]
+    for c in updates:
+        assert sparse[c].null_count() == 40 - len(recorded)
+        assert sparse[c].gather(recorded).to_list() == every[c].gather(recorded).to_list()
+
+
+def test_update_size_interval_defaults_to_the_log_interval(tmp_path):
+    cfg = resolve(tiny(train__log_interval=4))
+    assert cfg["train"]["update_size_interval"] is None
+    assert run_id(cfg) == run_id(resolve(tiny(train__log_interval=4, train__update_size_interval=3)))
+    trainer = Trainer(cfg, tmp_path, executor=None, job_id=None)
+    assert [t for t in range(40) if trainer.records_update(t)] == [3, 7, 11, 15, 19, 23, 27, 31, 35, 39]
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3, 1.0, 1e3, "at_norm"])
+def test_clipping_is_bit_identical_to_clip_grad_norm(tmp_path, clip):
+    """The trainer's clip (rescale only where needed) against
+    torch.nn.utils.clip_grad_norm_ (always rescales), on a real model's real
+    gradients: clipped (1e-3), not clipped (1e3), no clip, and the threshold
+    at the norm itself, where clip_grad_norm_'s coefficient clip / (norm + 1e-6)
+    is just below 1 and it does rescale."""
+    trainer = Trainer(resolve(tiny(moe=True)), tmp_path, executor=None, job_id=None)
+    x, y = trainer.eval_set[0]
+    _, (loss, _), _ = trainer.model(x, y)
+    loss.backward()
+    grads = [p.grad.clone() for p in trainer.params]
+    norm = torch.nn.utils.get_total_norm(grads).item()
+    max_norm = norm if clip == "at_norm" else clip
+    ours = trainer._clip(max_norm)
+    mine = [p.grad.clone() for p in trainer.params]
+    for p, g in zip(trainer.params, grads):
+        p.grad = g.clone()
+    theirs = torch.nn.utils.clip_grad_norm_(trainer.params, max_norm if max_norm is not None else math.inf, foreach=True)
+    assert ours.item() == theirs.item() == norm
+    assert all(torch.equal(a, p.grad) for a, p in zip(mine, trainer.params))
+    changed = not all(torch.equal(a, g) for a, g in zip(mine, grads))
+    assert changed == (max_norm is not None and max_norm < norm + 1e-6)
+    assert changed == (clip != 1e3 and clip is not None)  # the init's norm is above 1.0
