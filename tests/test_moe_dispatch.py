@@ -1,0 +1,81 @@
+"""The MoE dispatch with fixed shapes (rlrs.model.MoE._slots) against the one
+it replaced (boolean-masked kept assignments, bincount counts), on random
+inputs: the same routing, the same capacity drops, the same outputs, aux
+losses and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlrs.model import ModelConfig, MoE, MoEConfig
+
+
+def previous_dispatch(layer: MoE, x: torch.Tensor):
+    """rlrs.model.MoE.forward as of commit e380319 (its data-dependent shapes
+    and all), on `layer`'s parameters."""
+    B, T, D = x.shape
+    E, k = layer.m.experts_total, layer.m.k_total
+    flat = x.reshape(-1, D)
+    N = flat.shape[0]
+    logits = layer.router(flat).float()
+    probs = logits.softmax(dim=-1)
+    gate, choice = probs.topk(k, dim=-1)
+    capacity = math.ceil(layer.m.capacity_factor * N * k / E)
+    expert = choice.t().reshape(-1)
+    weight = gate.t().reshape(-1)
+    order = torch.argsort(expert, stable=True)
+    counts = torch.bincount(expert, minlength=E)
+    first = torch.cumsum(counts, 0) - counts
+    expert_sorted = expert[order]
+    pos = torch.arange(N * k) - first[expert_sorted]
+    kept = pos < capacity
+    assignment = order[kept]
+    slot = expert_sorted[kept] * capacity + pos[kept]
+    slot_token = torch.zeros(E * capacity, dtype=torch.long).index_put_((slot,), assignment % N)
+    slot_weight = weight.new_zeros(E * capacity).index_put((slot,), weight[assignment])
+    out = layer.experts(flat.index_select(0, slot_token).view(E, capacity, D)).view(E * capacity, D)
+    y = out.new_zeros(N, D).index_add(0, slot_token, out * slot_weight.unsqueeze(1).to(out.dtype))
+    share = counts.float() / (N * k)
+    load_balance = E * torch.sum(share * probs.mean(dim=0))
+    z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
+    dropped = 1.0 - kept.float().mean()
+    return y.view(B, T, D), {"lb_loss": load_balance, "z_loss": z_loss, "dropped_frac": dropped}
+
+
+def _run(fn, layer, x):
+    """Outputs, aux losses and the gradients of input, router and experts."""
+    x = x.detach().clone().requires_grad_()
+    layer.zero_grad(set_to_none=True)
+    y, aux = fn(x)
+    (y.square().mean() + aux["lb_loss"] + aux["z_loss"]).backward()
+    grads = [x.grad] + [p.grad for p in layer.parameters()]
+    return y.detach(), {k: v.detach() for k, v in aux.items()}, grads
+
+
+@pytest.mark.parametrize(
+    ("top_k", "granularity", "capacity_factor", "d_model"),
+    [(1, 1, 1.0, 32), (2, 2, 1.0, 32), (1, 4, 1.0, 64), (1, 2, 0.5, 32), (1, 1, 2.0, 32), (1, 4, 1.25, 64)],
+    ids=["top1", "top2-g2", "g4", "heavy-drops", "spare-capacity", "g4-cf1.25"],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fixed_shape_dispatch_equals_the_previous_one(top_k, granularity, capacity_factor, d_model, seed):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(d_model=d_model, d_ff=4 * d_model,
+                      moe=MoEConfig(n_experts=4, top_k=top_k, granularity=granularity, capacity_factor=capacity_factor))
+    layer = MoE(cfg)
+    x = torch.randn(3, 40, d_model) * 2.0  # larger inputs: peaked routing, uneven loads, real drops
+    new = _run(layer, layer, x)
+    old = _run(lambda t: previous_dispatch(layer, t), layer, x)
+    assert torch.equal(new[0], old[0])
+    assert new[1].keys() == old[1].keys()
+    for name in old[1]:
+        assert torch.equal(new[1][name], old[1][name]), name
+    for a, b in zip(new[2], old[2]):
+        assert torch.equal(a, b)
+    if capacity_factor <= 1.0:
+        assert old[1]["dropped_frac"] > 0  # the case exercises capacity drops
+    if capacity_factor == 2.0:
+        assert old[1]["dropped_frac"] == 0  # ... and empty slots
