@@ -135,7 +135,10 @@ class Router(nn.Module):
         _init(self.weight, init_scale, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight.t()
+        # fp32 even under bf16 autocast: bf16 logits (3 significant digits)
+        # would flip near-tied routing decisions and blur the z-loss.
+        with torch.autocast(x.device.type, enabled=False):
+            return x.float() @ self.weight.float().t()
 
 
 class Experts(nn.Module):
@@ -169,7 +172,7 @@ class MoE(nn.Module):
         E, k = self.m.experts_total, self.m.k_total
         flat = x.reshape(-1, D)
         N = flat.shape[0]
-        logits = self.router(flat).float()  # routing decisions in fp32 even under autocast
+        logits = self.router(flat)  # fp32, also under autocast
         probs = logits.softmax(dim=-1)
         gate, choice = probs.topk(k, dim=-1)  # [N, k]
         slot_token, slot_weight, counts, kept = self._slots(choice, gate, N)

@@ -20,7 +20,7 @@ def previous_dispatch(layer: MoE, x: torch.Tensor):
     E, k = layer.m.experts_total, layer.m.k_total
     flat = x.reshape(-1, D)
     N = flat.shape[0]
-    logits = layer.router(flat).float()
+    logits = layer.router(flat)
     probs = logits.softmax(dim=-1)
     gate, choice = probs.topk(k, dim=-1)
     capacity = math.ceil(layer.m.capacity_factor * N * k / E)
@@ -79,3 +79,22 @@ def test_fixed_shape_dispatch_equals_the_previous_one(top_k, granularity, capaci
         assert old[1]["dropped_frac"] > 0  # the case exercises capacity drops
     if capacity_factor == 2.0:
         assert old[1]["dropped_frac"] == 0  # ... and empty slots
+
+
+def test_router_and_loss_stay_fp32_under_bf16_autocast():
+    """Under CPU bf16 autocast the experts run in bf16, but the router's
+    logits are the fp32 product (not bf16-rounded) and the loss is fp32."""
+    from rlrs.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(d_model=32, n_heads=2, d_ff=128, seq_len=16, moe=MoEConfig(n_experts=4)))
+    x = torch.randn(64, 32)
+    router = model.blocks[0].ffn.router
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = router(x)
+        hidden = model.blocks[0].ffn.experts(x.view(4, 16, 32))
+        idx = torch.randint(0, 256, (2, 16))
+        _, (loss, ce), aux = model(idx, idx)
+    assert logits.dtype == torch.float32 and torch.equal(logits, x @ router.weight.t())
+    assert hidden.dtype == torch.bfloat16
+    assert loss.dtype == ce.dtype == aux["z_loss"].dtype == torch.float32
