@@ -164,7 +164,7 @@ def test_compiled_run_resumes_after_sigkill_within_tolerance(tmp_path):
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
     assert sb["final_eval_loss"] == pytest.approx(sa["final_eval_loss"], rel=COMPILED_RESUME_RTOL)
     # Compiled and eager train the same model: the same first-step loss up to float rounding.
-    train(tiny(moe=True, train__steps=1, train__eval_interval=1), tmp_path / "eager")
+    train(tiny(moe=True, train__steps=5, train__eval_interval=5), tmp_path / "eager")
     assert a["train_loss"][0] == pytest.approx(pl.read_parquet(tmp_path / "eager" / "metrics.parquet")["train_loss"][0], rel=1e-5)
 
 
