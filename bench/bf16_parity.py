@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
     if a.results is None:
         tmp = tempfile.TemporaryDirectory()
         a.results = Path(tmp.name) / "runs.jsonl"
-    step_times = timing(a.cases, a.timing_steps, a.timing_rounds)
+    step_times = {} if a.analyse_only else timing(a.cases, a.timing_steps, a.timing_rounds)
     if not (a.timing_only or a.analyse_only):
         sweep(a.cases, a.seeds, a.steps, a.results)
     parity = {} if a.timing_only else analyse(done(a.results), a.steps)
