@@ -248,3 +248,16 @@ def test_clipping_is_bit_identical_to_clip_grad_norm(tmp_path, clip):
     changed = not all(torch.equal(a, g) for a, g in zip(mine, grads))
     assert changed == (max_norm is not None and max_norm < norm + 1e-6)
     assert changed == (clip != 1e3 and clip is not None)  # the init's norm is above 1.0
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("update_size_interval", 0, "train.update_size_interval: 0 is not valid; expected integer >= 1 or null"),
+    ("update_size_interval", 2.5, "train.update_size_interval: 2.5 is not valid; expected integer >= 1 or null"),
+    ("compile", "yes", "train.compile: 'yes' has the wrong type; expected boolean"),
+])
+def test_bad_speed_settings_are_refused_by_name(field, value, expected):
+    from rlrs.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        resolve(tiny(**{f"train__{field}": value}))
+    assert str(e.value) == expected
