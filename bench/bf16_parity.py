@@ -123,6 +123,8 @@ def compare(fp32: list[float], bf16: list[float]) -> dict:
         "tost_margin": margin, "tost_p": float(max(lower, upper)),
         "paired_diff_mean": float(paired.mean()) if paired is not None else None,
         "paired_diff_std": float(paired.std(ddof=1)) if paired is not None else None,
+        "paired_t": float(stats.ttest_rel(b, a).statistic) if paired is not None else None,
+        "paired_p": float(stats.ttest_rel(b, a).pvalue) if paired is not None else None,
         "parity": bool(welch.pvalue >= 0.05 and abs(diff) < 2 * se),
     }
 
