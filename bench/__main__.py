@@ -24,6 +24,8 @@ BENCHMARKS = (
     "trainer_overhead",
     "hardware_efficiency",
     "moe_dispatch",
+    "compiled_step",
+    "bf16_parity",
     "results_at_scale",
     "pipeline_overhead",
     "demo_e2e",
