@@ -294,9 +294,7 @@ def resolve(raw: dict) -> dict:
         )
     micro = train["micro_batch_size"]
     if micro is not None and train["batch_size"] % micro:
-        raise ConfigError(
-            "train.micro_batch_size", f"{micro} does not divide train.batch_size={train['batch_size']}"
-        )
+        raise ConfigError("train.micro_batch_size", f"{micro} does not divide train.batch_size={train['batch_size']}")
 
     sched["multipliers"] = _resolve_multipliers(sched["multipliers"], moe is not None)
     return cfg
@@ -310,7 +308,8 @@ def check_world(cfg: dict, world: int) -> int:
     batch, micro = train["batch_size"], train["micro_batch_size"]
     if world > 1 and train["parallel"] == "none":
         raise ConfigError(
-            "train.parallel", f"none trains one process, but the job has {world} (executor.tasks_per_node x nodes); set ddp"
+            "train.parallel",
+            f"none trains one process, but the job has {world} (executor.tasks_per_node x nodes); set ddp",
         )
     if batch % world:
         raise ConfigError("train.batch_size", f"{batch} is not divisible by the job's {world} processes")

@@ -40,8 +40,8 @@ from submitit.core.utils import pickle_load
 from submitit.helpers import Checkpointable
 
 from rlrs import atomic, paths, rundir
-from rlrs.errors import ConfigError
 from rlrs.config import check_world
+from rlrs.errors import ConfigError
 from rlrs.executor import KINDS, executor_settings, slurm_parameters, world_size
 from rlrs.study.plan import chunks, load_plan, tuned_plan
 from rlrs.study.validate import load_study
@@ -142,7 +142,9 @@ def load_configs(run_dirs: list[Path], plan: Path | None, study: Path | None) ->
 def check_parallel(configs: list[dict], settings: dict, kind: str) -> None:
     """Refuse, before any job starts, a job shape the runs cannot train on."""
     if kind != "slurm" and int(settings.get("nodes", 1)) > 1:
-        raise ConfigError("executor.nodes", f"{settings['nodes']}: the {kind} executor runs on this machine; allowed: 1")
+        raise ConfigError(
+            "executor.nodes", f"{settings['nodes']}: the {kind} executor runs on this machine; allowed: 1"
+        )
     if kind == "debug" and int(settings.get("tasks_per_node", 1)) > 1:
         raise ConfigError("executor.tasks_per_node", "the debug executor runs in this one process; allowed: 1")
     for cfg in configs:

@@ -13,6 +13,7 @@ code it always did.
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,17 @@ class World:
         if self.size > 1:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
+
+    def micro_batches(self, x: torch.Tensor, y: torch.Tensor, micro: int, ddp=None):
+        """This process's share of a global batch: its contiguous run of whole
+        micro-batches (rank r of W takes micro-batches r*n .. (r+1)*n - 1 of
+        the W*n), each with the context its backward runs in: DDP's no_sync()
+        but on the last, so the gradients are all-reduced once per step."""
+        n = x.shape[0] // micro // self.size
+        for j in range(n):
+            lo = (self.rank * n + j) * micro
+            sync = ddp.no_sync() if ddp is not None and j < n - 1 else nullcontext()
+            yield x[lo : lo + micro], y[lo : lo + micro], sync
 
     def leave(self) -> None:
         if self.size > 1 and dist.is_initialized():

@@ -139,7 +139,8 @@ class Trainer:
         if self.world.size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            trained = self.ddp = DistributedDataParallel(self.model)
+            trained = DistributedDataParallel(self.model)
+        self.ddp = None if trained is self.model else trained
         self.forward = torch.compile(trained) if t["compile"] else trained
         self.counts = param_counts(cfg["model"])
         self.meta = {
@@ -218,32 +219,22 @@ class Trainer:
         cfg = self.cfg
         for group, lr in zip(self.optimizer.param_groups, self.lr_table[step].tolist()):
             group["lr"] = lr
-        # The same global batch on every process (a function of seed and step);
-        # this process's slice is micro-batches rank*n_local .. (rank+1)*n_local-1.
+        # The same global batch on every process (a function of seed and step).
         x, y = train_batch(
             self.corpus, cfg["train"]["batch_size"], cfg["model"]["seq_len"], cfg["seed"], step, self.device
         )
         self.optimizer.zero_grad(set_to_none=True)
         nan = torch.tensor(float("nan"), device=self.device)
         sums = None
-        for j in range(self.n_local):
-            lo = (self.world.rank * self.n_local + j) * self.micro
-            # DDP all-reduces on the last micro-batch's backward only.
-            last = j == self.n_local - 1
-            with nullcontext() if last or self.world.size == 1 else self.ddp.no_sync():
+        for xb, yb, sync in self.world.micro_batches(x, y, self.micro, self.ddp):
+            with sync:
                 with self.autocast:
-                    _, (loss, ce), aux = self.forward(x[lo : lo + self.micro], y[lo : lo + self.micro])
+                    _, (loss, ce), aux = self.forward(xb, yb)
                 # The step's loss is the mean over the global batch's micro-batches:
                 # 1/n_local here, and DDP's mean over the processes does the rest.
                 (loss if self.n_local == 1 else loss / self.n_local).backward()
-            micro = torch.stack(
-                [
-                    ce.detach().float(),
-                    aux.get("lb_loss", nan).detach().float(),
-                    aux.get("z_loss", nan).detach().float(),
-                    aux.get("dropped_frac", nan).detach().float(),
-                ]
-            )
+            aux = [aux.get(k, nan).detach().float() for k in ("lb_loss", "z_loss", "dropped_frac")]
+            micro = torch.stack([ce.detach().float(), *aux])
             sums = micro if sums is None else sums + micro
         if self.n_micro > 1:  # the mean over all micro-batches of the step
             sums = self.world.sum_(sums) / self.n_micro
