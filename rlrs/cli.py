@@ -26,7 +26,7 @@ from pathlib import Path
 from rlrs import config as run_config
 from rlrs import data, paths, rundir
 from rlrs.errors import ConfigError
-from rlrs.executor import KINDS, executor_settings
+from rlrs.executor import KINDS, executor_settings, world_size
 from rlrs.study.plan import tuned_plan
 from rlrs.study.searches import load_state
 from rlrs.study.validate import load_study, size_family
@@ -145,7 +145,12 @@ def cmd_plan(a) -> int:
     for device in est.devices():
         secs = est.seconds(device)
         if device == "cuda":
-            print(f"estimated GPU time: {_fmt_s(secs)} (assumes {E.GPU_FLOPS:.0e} effective FLOP/s; an estimate)")
+            gpus = world_size(executor_settings(plan.study_config))  # one GPU per process of a run's job
+            print(
+                f"estimated GPU time: {secs / 3600:,.1f} GPU-hours, {gpus} GPU(s) per run "
+                f"(executor.tasks_per_node x nodes): ~{_fmt_s(secs / gpus)} wall for the runs one after another "
+                f"(assumes {E.GPU_FLOPS:.0e} effective FLOP/s per GPU and perfect data-parallel scaling; an estimate)"
+            )
         else:
             cores = os.cpu_count() or 1
             print(

@@ -400,11 +400,18 @@ def test_executors_are_explicit_with_time_limits(tmp_path):
     }
     assert slurm_parameters(settings) == {
         "time": 90,
+        "ntasks_per_node": 1,
+        "nodes": 1,
         "partition": "gpu",
         "mem": "64GB",
         "gpus_per_node": 1,
         "array_parallelism": 8,
     }
+    # A data-parallel job: one task per GPU, across nodes.
+    multi = slurm_parameters({**settings, "tasks_per_node": 4, "nodes": 2, "slurm": {"gpus_per_node": 4}})
+    assert multi == {"time": 90, "ntasks_per_node": 4, "nodes": 2, "gpus_per_node": 4}
+    two = make_executor("local", tmp_path / "l2", {"timeout_min": 7, "tasks_per_node": 2})
+    assert two.parameters["tasks_per_node"] == 2
     if shutil.which("srun"):  # submitit refuses a SlurmExecutor without srun (tests/test_slurm.py runs a real one)
         slurm = make_executor("slurm", tmp_path / "s", settings)
         assert type(slurm) is submitit.SlurmExecutor and slurm.parameters["time"] == 90
