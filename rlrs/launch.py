@@ -147,6 +147,11 @@ def check_parallel(configs: list[dict], settings: dict, kind: str) -> None:
         )
     if kind == "debug" and int(settings.get("tasks_per_node", 1)) > 1:
         raise ConfigError("executor.tasks_per_node", "the debug executor runs in this one process; allowed: 1")
+    tasks, gpus = int(settings.get("tasks_per_node", 1)), (settings.get("slurm") or {}).get("gpus_per_node")
+    if kind == "slurm" and gpus is not None and gpus < tasks and any(c["train"]["device"] == "cuda" for c in configs):
+        raise ConfigError(
+            "executor.slurm.gpus_per_node", f"{gpus} GPUs for {tasks} processes per node; one GPU per process"
+        )
     for cfg in configs:
         check_world(cfg, world_size(settings))
 

@@ -186,3 +186,8 @@ def test_job_shapes_an_executor_cannot_run_are_refused(tmp_path):
         submit([tmp_path / rid], {rid: cfg}, {**_settings(1), "nodes": 2}, "local")
     with pytest.raises(ConfigError, match="executor.tasks_per_node"):
         submit([tmp_path / rid], {rid: cfg}, _settings(2), "debug")
+    gpu = resolve(tiny(**SHORT, train__parallel="ddp", train__device="cuda"))
+    slurm = {**_settings(4), "kind": "slurm", "slurm": {"gpus_per_node": 2}}
+    with pytest.raises(ConfigError, match="executor.slurm.gpus_per_node: 2 GPUs for 4 processes per node"):
+        submit([tmp_path / run_id(gpu)], {run_id(gpu): gpu}, slurm, "slurm")
+    assert not any(tmp_path.iterdir())  # refused before any job or run directory

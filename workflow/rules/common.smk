@@ -21,6 +21,13 @@ try:
     PLAN = rlrs.study.plan_for_snakemake(config, configfiles=workflow.overwrite_configfiles, default_file=DEFAULT_STUDY)
     # executor.runs_per_job > 1: runs are trained in batches, one job each (train.smk).
     RUNS_PER_JOB = rlrs.executor.executor_settings(PLAN.study_config)["runs_per_job"]
+    # A local data-parallel run (executor.tasks_per_node > 1) holds that many
+    # cores; a Slurm job holds none here.
+    TRAIN_THREADS = (
+        rlrs.executor.world_size(rlrs.executor.executor_settings(PLAN.study_config))
+        if rlrs.executor.executor_settings(PLAN.study_config)["kind"] == "local"
+        else 1
+    )
     # The results of the study's searches (none without a tune block): the
     # outputs of the `tune` checkpoint (workflow/rules/tune.smk).
     TUNE_RESULTS = rlrs.study.result_paths(PLAN.study_config)

@@ -47,7 +47,7 @@ rule train:
         rlrs=RLRS,
         study=STUDY,
         run_dir=run_dir,
-    threads: 1
+    threads: TRAIN_THREADS
     localrule: True
     shell:
         "{params.rlrs} submit {params.run_dir:q} --plan {input.plan:q} > {log:q} 2>&1"
@@ -71,7 +71,7 @@ rule train_batch:
         rlrs=RLRS,
         study=STUDY,
         run_dirs=batch_run_dirs,
-    threads: 1
+    threads: TRAIN_THREADS
     localrule: True
     shell:
         "{params.rlrs} submit {params.run_dirs:q} --plan {input.plan:q} > {log:q} 2>&1"
