@@ -343,7 +343,7 @@ def test_plan_json_is_atomic_and_matches_the_db_contract(tmp_path):
     validate(doc, PLAN_SCHEMA)
     assert set(doc) >= {"study", "study_file", "study_sha256", "study_config", "runs"}
     assert all(set(r) == {"run_id", "size", "arm", "sweep", "tags"} for r in doc["runs"])
-    assert doc["executor"] == {"kind": "local", "timeout_min": 60, "runs_per_job": 1}
+    assert doc["executor"] == {"kind": "local", "timeout_min": 60, "runs_per_job": 1, "tasks_per_node": 1, "nodes": 1}
     assert sorted(doc["configs"]) == sorted(plan.run_ids)
     assert [p.name for p in path.parent.iterdir()] == ["plan.json"]  # no temp file left
 
