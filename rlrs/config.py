@@ -289,8 +289,7 @@ def resolve(raw: dict) -> dict:
     if train["parallel"] == "fsdp":
         raise ConfigError(
             "train.parallel",
-            "fsdp is not built in this version (FSDP2 needs CUDA/NCCL, which this project cannot test yet); "
-            "allowed: none, ddp",
+            "fsdp (sharded weights and optimizer state) is not built in this version; allowed: none, ddp",
         )
     micro = train["micro_batch_size"]
     if micro is not None and train["batch_size"] % micro:
