@@ -313,8 +313,21 @@ def test_study_gpu_is_paper_scale():
     assert shapes == {(512, 8), (768, 12), (1536, 24)}
     for c in plan.configs.values():
         assert c["train"]["device"] == "cuda" and c["train"]["precision"] == "bf16"
+        # One run on 8 GPUs, data-parallel, micro-batches of 8 sequences (the MoE dispatch group).
+        assert (c["train"]["parallel"], c["train"]["micro_batch_size"]) == ("ddp", 8)
         if c["model"]["moe"]:
             assert (c["model"]["moe"]["n_experts"], c["model"]["moe"]["top_k"]) == (8, 1)
+
+
+def test_plan_reports_gpu_hours_of_multi_gpu_runs(capsys):
+    from rlrs.study import estimate as E
+
+    path = CONFIGS / "study-gpu.yaml"
+    assert cli_plan(path) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("estimated GPU time"))
+    secs = E.estimate(load_study(path), path).seconds("cuda")
+    assert line.startswith(f"estimated GPU time: {secs / 3600:,.1f} GPU-hours, 8 GPU(s) per run ")
+    assert f"~{secs / 8 / 3600:.1f} h wall" in line
 
 
 def test_study_cpu_transfers_to_8x_and_27x():
