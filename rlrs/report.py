@@ -47,11 +47,7 @@ from rlrs.report_text import (
     script_json,
     table,
 )
-
-# Vega-Lite version of the specs Altair writes ("v6.4.1" -> "6.4"); the bundle
-# and the PNG/SVG export must compile with the same one.
-VL_VERSION = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
-PNG_SCALE = 2
+from rlrs.vega import PNG_SCALE, VL_VERSION
 
 
 # ---------------------------------------------------------------- figures

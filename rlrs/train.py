@@ -29,6 +29,8 @@ from rlrs.components import component_of_parameters
 from rlrs.config import ConfigError, resolve, run_id
 from rlrs.data import eval_batches, load_corpus, train_batch
 from rlrs.model import GPT, ModelConfig, param_counts
+from rlrs.parametrization import groups as parametrization_groups
+from rlrs.parametrization import role_of_parameters
 from rlrs.rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, TERMINAL
 from rlrs.schedule import component_table
 
@@ -77,6 +79,28 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# --------------------------------------------------------- parameter groups
+
+
+def parameter_groups(model: GPT, weight_decay: float) -> tuple[list[dict], list[str], list[float]]:
+    """The optimizer's parameter groups: one per component, split by weight
+    role where muP's factors differ within a component (rlrs.parametrization).
+    Returns the groups (params, name, the group's weight decay: weight_decay
+    times its muP factor), each group's component, and each group's constant
+    muP lr factor; under sp the groups are the components with factor 1.
+    A group's rate at step t is its lr factor times its component's lr_g(t)."""
+    by_comp = component_of_parameters(model)
+    role = role_of_parameters(model)
+    entries = [(c, role[id(p)]) for c, ps in by_comp.items() for p in ps]
+    params = [p for ps in by_comp.values() for p in ps]
+    out = parametrization_groups(model.cfg, entries)
+    groups = [
+        {"params": [params[i] for i in g.members], "name": g.name, "weight_decay": weight_decay * g.weight_decay_factor}
+        for g in out
+    ]
+    return groups, [g.component for g in out], [g.lr_factor for g in out]
+
+
 # ------------------------------------------------------------------ trainer
 
 
@@ -101,24 +125,27 @@ class Trainer:
 
         torch.manual_seed(cfg["seed"])
         self.model = GPT(ModelConfig.from_dict(cfg["model"])).to(self.device)
-        groups = component_of_parameters(self.model)
-        self.components = list(groups)
+        groups, group_comps, lr_factors = parameter_groups(self.model, o["weight_decay"])
+        self.components = list(dict.fromkeys(group_comps))
         self.optimizer = torch.optim.AdamW(
-            [{"params": ps, "name": c} for c, ps in groups.items()],
+            groups,
             lr=o["lr"],
             betas=(o["beta1"], o["beta2"]),
             eps=o["eps"],
-            weight_decay=o["weight_decay"],  # one decay for all groups, as the paper
+            weight_decay=o["weight_decay"],  # one decay for all groups, as the paper (times muP's factor)
             # One fused kernel per step instead of PyTorch's CPU default (a
             # Python loop of ~10 elementwise ops per tensor): 3-5x cheaper on
             # CPU (bench/trainer_overhead.py, adamw_step_ms), same update rule.
             fused=self.device.type in ("cpu", "cuda"),
         )
-        # Every step's rate for every component, computed once.
+        # Every step's rate for every component (lr_g(t), logged as lr_<component>),
+        # computed once, and for every group: its constant muP factor times lr_g(t).
         self.lr_table = component_table(s, o["lr"], self.steps, self.components)
-        self.params = [p for ps in groups.values() for p in ps]
+        group_comp = [self.components.index(c) for c in group_comps]
+        self.group_lr_table = self.lr_table[:, group_comp] * np.array(lr_factors)
+        self.params = [p for g in groups for p in g["params"]]
         # Which component each parameter tensor belongs to, for per-component update norms.
-        self.param_comp = torch.tensor([j for j, ps in enumerate(groups.values()) for _ in ps], device=self.device)
+        self.param_comp = torch.tensor([j for g, j in zip(groups, group_comp) for _ in g["params"]], device=self.device)
         # W_before lives here between copy and step: allocated once, not per step.
         self.before = [torch.empty_like(p) for p in self.params]
         self.counts = param_counts(cfg["model"])
@@ -187,7 +214,7 @@ class Trainer:
 
     def train_step(self, step: int) -> tuple[list[float], torch.Tensor]:
         cfg = self.cfg
-        for group, lr in zip(self.optimizer.param_groups, self.lr_table[step].tolist()):
+        for group, lr in zip(self.optimizer.param_groups, self.group_lr_table[step].tolist()):
             group["lr"] = lr
         x, y = train_batch(
             self.corpus, cfg["train"]["batch_size"], cfg["model"]["seq_len"], cfg["seed"], step, self.device

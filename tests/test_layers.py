@@ -25,6 +25,8 @@ LAYERS = {
     "rlrs.rundir": 0,
     "rlrs.tags": 0,
     "rlrs.paper": 0,
+    "rlrs.parametrization": 0,
+    "rlrs.vega": 0,
     # L1 config
     "rlrs.config": 1,
     "rlrs.data": 1,
@@ -37,6 +39,7 @@ LAYERS = {
     # L3 running and storing
     "rlrs.launch": 3,
     "rlrs.tune": 3,
+    "rlrs.coordcheck": 3,
     "rlrs.db": 3,
     # L4 the numbers
     "rlrs.analysis": 4,

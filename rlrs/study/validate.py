@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from rlrs import tunables
-from rlrs.config import load_file
+from rlrs.config import PARAMETRIZATION_FIELDS, load_file
 from rlrs.errors import ConfigError, check_schema
 from rlrs.paths import STUDY_SCHEMA
 
@@ -155,11 +155,15 @@ def load_study(path: Path) -> dict:
     return check_study(load_file(path, "study"), default_name=path.stem)
 
 
+# The run-config model.* fields a size may set directly (the study schema's `size`).
+SIZE_MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "moe", *PARAMETRIZATION_FIELDS)
+
+
 def size_raw(study: dict, size_name: str) -> dict:
     """defaults < the size's shape < the size's overrides (no arm yet)."""
     size = study["sizes"][size_name]
     raw = copy.deepcopy(study.get("defaults") or {})
-    model = {k: size[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "moe") if k in size}
+    model = {k: size[k] for k in SIZE_MODEL_FIELDS if k in size}
     train = {k: size[k] for k in ("steps", "batch_size") if k in size}
     raw = deep_merge(raw, {"model": model, "train": train})
     return deep_merge(raw, size.get("overrides"))
