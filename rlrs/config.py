@@ -160,6 +160,20 @@ FIELDS: dict[str, dict[str, Field] | Field] = {
         "precision": Field("fp32", {"enum": ["fp32", "bf16"]}, "fp32 | bf16 (autocast)"),
         "threads": Field(1, _pos_int, "torch CPU threads", operational=True),
         "keep_checkpoint": Field(False, {"type": "boolean"}, "keep checkpoint.pt after the run", operational=True),
+        "update_size_interval": Field(
+            None,
+            _nullable(_pos_int),
+            "steps between exact per-component update sizes (update_<c>, null on the steps between); "
+            "null: log_interval",
+            operational=True,  # recording only: the same training
+        ),
+        "compile": Field(
+            False,
+            {"type": "boolean"},
+            "torch.compile the model's forward/backward for training steps (eval stays eager); "
+            "pays off on long runs only (bench/README.md: break-even)",
+            operational=True,  # like threads: the same run, float rounding aside
+        ),
     },
 }
 

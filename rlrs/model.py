@@ -166,8 +166,11 @@ class Router(nn.Module):
         self.mult = mult  # 1 / m under muP with router: mup
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = x @ self.weight.t()
-        return logits if self.mult is None else logits * self.mult
+        # fp32 even under bf16 autocast: bf16 logits (3 significant digits)
+        # would flip near-tied routing decisions and blur the z-loss.
+        with torch.autocast(x.device.type, enabled=False):
+            logits = x.float() @ self.weight.float().t()
+            return logits if self.mult is None else logits * self.mult
 
 
 class Experts(nn.Module):
@@ -214,7 +217,7 @@ class MoE(nn.Module):
         E, k = self.m.experts_total, self.m.k_total
         flat = x.reshape(-1, D)
         N = flat.shape[0]
-        logits = self.router(flat).float()  # routing decisions in fp32 even under autocast
+        logits = self.router(flat)  # fp32, also under autocast
         probs = logits.softmax(dim=-1)
         gate, choice = probs.topk(k, dim=-1)  # [N, k]
         slot_token, slot_weight, counts, kept = self._slots(choice, gate, N)
@@ -251,18 +254,22 @@ class MoE(nn.Module):
         weight = gate.t().reshape(-1)
         # Sort assignments by expert (stable keeps the priority order) and give
         # each its position within its expert; positions past capacity are dropped.
+        # Every shape here is fixed by (N, k, E): no boolean indexing and no
+        # bincount, so nothing waits on data and torch.compile sees one graph.
         order = torch.argsort(expert, stable=True)
-        counts = torch.bincount(expert, minlength=E)
+        counts = torch.zeros(E, dtype=torch.long, device=choice.device).scatter_add_(0, expert, torch.ones_like(expert))
         first = torch.cumsum(counts, 0) - counts
         expert_sorted = expert[order]
         pos = torch.arange(N * k, device=choice.device) - first[expert_sorted]
         kept = pos < capacity
-        assignment = order[kept]
-        slot = expert_sorted[kept] * capacity + pos[kept]
-        slot_token = torch.zeros(E * capacity, dtype=torch.long, device=choice.device).index_put_(
-            (slot,), assignment % N
-        )
-        slot_weight = weight.new_zeros(E * capacity).index_put((slot,), weight[assignment])
+        # A dropped assignment writes to one spare slot past the end, cut off
+        # after: it holds no token, and its gate weight gets no gradient.
+        spare = E * capacity
+        slot = torch.where(kept, expert_sorted * capacity + pos, spare)
+        slot_token = torch.zeros(spare + 1, dtype=torch.long, device=choice.device).index_put_((slot,), order % N)[
+            :spare
+        ]
+        slot_weight = weight.new_zeros(spare + 1).index_put((slot,), weight[order])[:spare]
         return slot_token, slot_weight, counts, kept
 
 

@@ -148,6 +148,18 @@ def test_forward_multipliers():
     assert sp.blocks[0].attn.scale is None  # scaled_dot_product_attention's own 1 / sqrt(d_head)
 
 
+def test_mup_router_logits_stay_fp32_under_bf16_autocast():
+    """A muP router (router_parametrization: mup) keeps the fp32 routing of
+    rlrs.model: under CPU bf16 autocast its logits are the fp32 product
+    times 1 / m exactly, not a bf16-rounded one."""
+    router = _model(True, parametrization="mup", base_d_model=8, router_parametrization="mup").blocks[0].ffn.router
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = router(x)
+    assert router.mult == 0.25
+    assert logits.dtype == torch.float32 and torch.equal(logits, (x @ router.weight.t()) * 0.25)
+
+
 @pytest.mark.parametrize("moe", [False, True])
 def test_optimizer_groups_partition_parameters_with_the_table_factors(moe):
     sp = _model(moe)

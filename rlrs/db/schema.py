@@ -251,7 +251,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "grad_norm": "gradient norm before clipping",
         **{f"lr_{c}": f"learning rate of {c} at this step; NULL where the model lacks it" for c in COMPONENTS},
         **{
-            f"update_{c}": f"relative update size ||dW||/||W|| of {c}; NULL where the model lacks it"
+            f"update_{c}": f"relative update size ||dW||/||W|| of {c}; NULL where the model lacks it "
+            "and on the steps train.update_size_interval skips"
             for c in COMPONENTS
         },
     },
