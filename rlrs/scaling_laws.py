@@ -30,10 +30,12 @@ does (that uses the held-out points for selection, so their RMSE is then no
 longer an independent check).
 
 Uncertainty: bootstrap over the training points (resampled with replacement,
-as integer weights), each replicate refit from the best fit plus the
-`boot_starts` best pre-screened grid points; percentile intervals of every
-coefficient and of every derived quantity (`Fit.interval`). Seeded:
-identical inputs give identical numbers.
+as integer weights; held-out points stay out), each replicate refit from the
+best fit plus the `boot_starts` best pre-screened grid points; percentile
+intervals of every coefficient and of every derived quantity (`Fit.interval`).
+Seeded: identical inputs give identical numbers. The coefficients reported are
+the fit to the training points; pass `holdout=None` to fit every point.
+`holdout=k` breaks ties in compute by point order.
 
 Compute is C = 6 N D with N the caller's count (exact for the Joint MoE law's
 N_act; an approximation for a non-embedding count). At a fixed E or G every
@@ -355,7 +357,7 @@ def _objective(theta, feats, target, delta, weights):
     r = lse - target
     psi = np.clip(r, -delta, delta) * weights
     grad = (psi[:, None] * soft).reshape(-1) @ feats
-    return float(huber(delta, r) @ weights), grad
+    return huber_objective(r, delta, weights), grad
 
 
 def _batch_objective(thetas, feats, target, delta, weights):
@@ -410,6 +412,11 @@ class Fit:
     @property
     def max_train_compute(self) -> float:
         return float(self.points.compute[~self.held_out].max())
+
+    def train_range(self, name: str) -> tuple[float, float]:
+        """(min, max) of points.<name> ("n", "d", ...) over the training points."""
+        v = getattr(self.points, name)[~self.held_out]
+        return float(v.min()), float(v.max())
 
     def boot_params(self) -> dict:
         return {name: self.boot[:, j] for j, name in enumerate(self.law.names)}
@@ -757,7 +764,10 @@ def compute_multiplier(base: Fit, arm: Fit, budgets, at: float | None = None,
     """The arm's compute multiplier over `base` at each baseline budget, with
     the percentile interval over the two fits' bootstrap replicates (replicate
     b of each, each refit on its own resample). `extrapolated`: the budget is
-    beyond the largest training compute of either fit."""
+    beyond the largest training compute of either fit; at a fixed N also
+    where N or the tokens C/(6N) leave either fit's training range. With the
+    same seed and the same point order the two fits resample the same grid
+    cells (a paired bootstrap); different seeds resample independently."""
     if base.law.name != arm.law.name or base.n_kind != arm.n_kind:
         raise ConfigError("arm", f"compare one law and one parameter count: {base.law.name}/{base.n_kind} "
                                  f"vs {arm.law.name}/{arm.n_kind}")
@@ -772,5 +782,9 @@ def compute_multiplier(base: Fit, arm: Fit, budgets, at: float | None = None,
         reps = multiplier_of(law.reduce(col(base), at), law.reduce(col(arm), at), budgets[None, :], fixed_n)
         lo, hi = percentile_interval(reps, base.confidence)
     extrapolated = budgets > min(base.max_train_compute, arm.max_train_compute)
+    if fixed_n is not None:
+        for name, v in (("n", np.full(len(budgets), float(fixed_n))), ("d", budgets / (6.0 * fixed_n))):
+            lo_, hi_ = zip(base.train_range(name), arm.train_range(name))
+            extrapolated |= (v < max(lo_)) | (v > min(hi_))
     return ComputeMultiplier(law.name, arm.arm, base.arm, base.n_kind, at, fixed_n, budgets, value,
                              np.asarray(lo, dtype=float), np.asarray(hi, dtype=float), extrapolated)

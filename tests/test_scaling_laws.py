@@ -12,12 +12,13 @@ from rlrs.errors import ConfigError
 
 NOISE = 0.01
 N_GRID = np.geomspace(1e7, 1e9, 5)
-D_GRID = np.geomspace(1e9, 1e11, 5)
 
 
-def synthetic(law, params, third=None, values=(), noise=NOISE, seed=0):
-    """Points of `law` at N_GRID x D_GRID (x `values` of input `third`)."""
-    axes = [N_GRID, D_GRID] + ([np.asarray(values, dtype=float)] if third else [])
+def synthetic(law, params, third=None, values=(), noise=NOISE, seed=0, steps=5):
+    """Points of `law` at N in 1e7..1e9 x D in 1e9..1e11 (`steps` log-spaced
+    values each) x `values` of input `third`."""
+    axes = [np.geomspace(1e7, 1e9, steps), np.geomspace(1e9, 1e11, steps)]
+    axes += [np.asarray(values, dtype=float)] if third else []
     grid = [a.ravel() for a in np.meshgrid(*axes, indexing="ij")]
     extra = {third: grid[2]} if third else {}
     exact = law.predict(params, sl.Points(grid[0], grid[1], np.ones(len(grid[0])), **extra))
@@ -105,6 +106,10 @@ def test_huber_objective_is_summed_not_averaged():
     points = sl.Points(n, d, exact * np.exp(-r))  # log Lhat - log L = r
     assert sl.objective("chinchilla", p, points) == pytest.approx(expected, rel=1e-9)
     assert sl.objective("chinchilla", p, points, delta=0.1) == pytest.approx(huber(0.1, r).sum(), rel=1e-9)
+    # The optimiser's own objective is the same sum.
+    feats = sl.CHINCHILLA.features(points).reshape(-1, 5)
+    inner, _ = sl._objective(sl.CHINCHILLA.to_theta(p), feats, np.log(points.loss), 1e-3, np.ones(3))
+    assert inner == pytest.approx(expected, rel=1e-9)
 
 
 def test_gradient_is_analytic_and_right():
@@ -135,11 +140,11 @@ def test_noiseless_points_give_back_the_law(law, third, values):
 
 def test_chinchilla_recovers_the_replication():
     """A=482, alpha=0.3478, B=2085, beta=0.3658, c=1.82 (the replication's E)
-    from 25 noisy points: every 95% interval contains its true value."""
+    from 36 noisy points (6 N x 6 D), the 6 largest-compute held out."""
     truth = sl.PUBLISHED["chinchilla"]
-    points = synthetic(sl.CHINCHILLA, truth, seed=1)
-    fit = sl.fit_law("chinchilla", points, holdout=3, n_starts=10, n_bootstrap=200, boot_starts=0, seed=0)
-    assert fit.n_points == 22 and fit.held_out.sum() == 3
+    points = synthetic(sl.CHINCHILLA, truth, seed=1, steps=6)
+    fit = sl.fit_law("chinchilla", points, holdout=6, n_starts=10, n_bootstrap=200, boot_starts=0, seed=0)
+    assert fit.n_points == 30 and fit.held_out.sum() == 6
     assert_recovers(fit, truth)
 
 
@@ -168,6 +173,28 @@ def test_holdout_is_the_largest_compute_and_not_fitted():
     a = sl.fit_law("chinchilla", points, holdout=3, n_starts=3, n_bootstrap=0)
     b = sl.fit_law("chinchilla", bad, holdout=mask, n_starts=3, n_bootstrap=0)
     assert a.params == b.params and b.rmse_heldout > 10 * a.rmse_heldout
+
+
+def test_select_by_rmse_keeps_a_start_with_lower_train_plus_heldout_rmse():
+    points = synthetic(sl.JOINT_MOE, sl.PUBLISHED["joint_moe"], "e", (1, 4, 16), seed=9)
+    by_obj = sl.fit_law("joint_moe", points, holdout=8, n_starts=8, n_bootstrap=0)
+    by_rmse = sl.fit_law("joint_moe", points, holdout=8, n_starts=8, n_bootstrap=0, select="rmse")
+    assert by_obj.objective <= by_rmse.objective
+    assert by_rmse.rmse_train + by_rmse.rmse_heldout <= by_obj.rmse_train + by_obj.rmse_heldout
+    with pytest.raises(ConfigError, match="select: 'heldout' is not allowed"):
+        sl.fit_law("joint_moe", points, select="heldout")
+
+
+@pytest.mark.slow
+def test_full_replication_grid_finds_the_prescreened_optimum():
+    """All 4,500 starts of the replication's grid vs the 10 best pre-screened."""
+    points = synthetic(sl.CHINCHILLA, sl.PUBLISHED["chinchilla"], seed=1)
+    full = sl.fit_law("chinchilla", points, holdout=3, n_bootstrap=0)
+    quick = sl.fit_law("chinchilla", points, holdout=3, n_starts=10, n_bootstrap=0)
+    assert full.n_starts == 4500 and quick.n_starts == 10
+    assert quick.objective == pytest.approx(full.objective, rel=1e-6)
+    for k, v in full.params.items():
+        assert quick.params[k] == pytest.approx(v, rel=1e-3), k
 
 
 def test_bootstrap_is_seeded():
@@ -254,6 +281,10 @@ def test_compute_multiplier_from_fits():
     largest = max(base.max_train_compute, arm.max_train_compute)
     assert largest < 1e20  # the held-out points sit above the training range
     assert cm.extrapolated.tolist() == [False, False, False, True, True]
+    # At N = 1e8 the tokens C/(6N) leave the fitted 1e9..1e11 below 6e17 and above 6e19.
+    at_n = sl.compute_multiplier(base, arm, budgets, fixed_n=1e8)
+    assert at_n.extrapolated.tolist() == [True, False, False, True, True]
+    assert at_n.ci_low[1] <= K_TOKENS <= at_n.ci_high[1] and at_n.ci_low[2] <= K_TOKENS <= at_n.ci_high[2]
     rows = cm.rows()
     assert rows[0].keys() == {"law", "arm", "n_kind", "compute", "multiplier", "ci_low", "ci_high", "extrapolated"}
     assert rows[-1]["extrapolated"] is True and rows[0]["arm"] == "rlrs"
