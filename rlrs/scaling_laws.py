@@ -534,16 +534,7 @@ def holdout_mask(points: Points, holdout) -> np.ndarray:
     return mask.copy()
 
 
-def fit_law(law: Law | str, points: Points, **settings) -> Fit:
-    """Fit `law` to `points` (module docstring: objective, starts, hold-out,
-    bootstrap; `_fit` lists the settings). BLAS runs on one thread here: the
-    optimiser's vectors are tiny, and multi-threaded BLAS made each L-BFGS-B
-    run 10-40x slower on a loaded 2-core machine."""
-    with threadpool_limits(1, user_api="blas"):
-        return _fit(law, points, **settings)
-
-
-def _fit(
+def fit_law(
     law: Law | str,
     points: Points,
     *,
@@ -563,13 +554,23 @@ def _fit(
     the k grid points with the lowest starting objective. `select`:
     "objective" (lowest train objective) or "rmse" (lowest train + held-out
     RMSE, as the Joint MoE paper). `n_bootstrap=0`: no intervals."""
-    law = get_law(law) if isinstance(law, str) else law
+    with threadpool_limits(1, user_api="blas"):
+        # The optimiser's vectors are tiny: multi-threaded BLAS made each
+        # L-BFGS-B run 10-40x slower on a loaded 2-core machine.
+        return _fit(get_law(law) if isinstance(law, str) else law, points, arm, n_kind, holdout, delta,
+                    n_starts, select, n_bootstrap, boot_starts, confidence, seed)
+
+
+def _fit(law, points, arm, n_kind, holdout, delta, n_starts, select, n_bootstrap, boot_starts, confidence, seed):
     if not delta > 0:
         raise ConfigError("delta", f"Huber delta must be > 0, got {delta}")
     if select not in ("objective", "rmse"):
         raise ConfigError("select", f"{select!r} is not allowed; allowed: objective, rmse")
     if not 0 < confidence < 1:
         raise ConfigError("confidence", f"must be in (0, 1), got {confidence}")
+    for name, v, low in (("n_starts", n_starts, 1), ("n_bootstrap", n_bootstrap, 0), ("boot_starts", boot_starts, 0)):
+        if v is not None and not (isinstance(v, (int, np.integer)) and v >= low):
+            raise ConfigError(name, f"must be an integer >= {low}, got {v!r}")
     feats, target = law.features(points), np.log(points.loss)
     held = holdout_mask(points, holdout)
     train = ~held

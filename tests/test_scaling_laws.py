@@ -27,10 +27,16 @@ def synthetic(law, params, third=None, values=(), noise=NOISE, seed=0, steps=5):
 
 
 def assert_recovers(fit, truth):
-    rows = {r["parameter"]: r for r in fit.rows()}
-    outside = {k: (rows[k]["ci_low"], rows[k]["ci_high"], v) for k, v in truth.items()
-               if not rows[k]["ci_low"] <= v <= rows[k]["ci_high"]}
-    assert not outside, f"true value outside the 95% interval: {outside}"
+    """Every true coefficient inside its bootstrap interval, at the level that
+    makes the statement about all P of them at once 95% (Bonferroni:
+    1 - 0.05/P). Measured over 10 other seeds (100-109, 200 replicates):
+    all inside at this level for 10/10 (Chinchilla), 10/10 (joint MoE), 9/10
+    (fine-grained); at a marginal 95% 10/10, 9/10, 7/10."""
+    level = 1 - 0.05 / len(truth)
+    boot = fit.boot_params()
+    bands = {k: sl.percentile_interval(boot[k], level) for k in truth}
+    outside = {k: (*bands[k], v) for k, v in truth.items() if not bands[k][0] <= v <= bands[k][1]}
+    assert not outside, f"true value outside its {level:.4f} interval: {outside}"
     # Held-out RMSE at the noise level (band: 0.5x to 2x sigma), train not below half of it.
     assert 0.5 * NOISE < fit.rmse_heldout < 2.0 * NOISE, fit.rmse_heldout
     assert 0.5 * NOISE < fit.rmse_train < 1.5 * NOISE, fit.rmse_train
