@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy.special import huber
 
-from rlrs import scaling_laws as sl
+from rlrs.analysis import scaling as sl
+from rlrs.analysis.scaling.fit import _objective
 from rlrs.errors import ConfigError
 
 NOISE = 0.01
@@ -45,8 +46,11 @@ def assert_recovers(fit, truth):
 # ---------------------------------------------------------------- published numbers
 
 # Table 4 of arXiv 2502.05172 (E: m, mu, n, nu).
-TABLE4 = {1: (30.364, -0.1817, 53.98, -0.1965), 8: (21.83, -0.1676, 119.9, -0.2338),
-          32: (16.54, -0.1557, 234.7, -0.2652)}
+TABLE4 = {
+    1: (30.364, -0.1817, 53.98, -0.1965),
+    8: (21.83, -0.1676, 119.9, -0.2338),
+    32: (16.54, -0.1557, 234.7, -0.2652),
+}
 
 
 @pytest.mark.parametrize("e", sorted(TABLE4))
@@ -99,6 +103,7 @@ def test_closed_form_frontier_matches_numeric_minimum(law, at):
 
 # ---------------------------------------------------------------- the objective
 
+
 def test_huber_objective_is_summed_not_averaged():
     """Residuals (5e-4, -2e-3, 1e-2) at delta 1e-3: 1.25e-7 + 1.5e-6 + 9.5e-6
     = 1.1125e-5 (the mean would be 3.708e-6), through the fit's objective."""
@@ -114,7 +119,7 @@ def test_huber_objective_is_summed_not_averaged():
     assert sl.objective("chinchilla", p, points, delta=0.1) == pytest.approx(huber(0.1, r).sum(), rel=1e-9)
     # The optimiser's own objective is the same sum.
     feats = sl.CHINCHILLA.features(points).reshape(-1, 5)
-    inner, _ = sl._objective(sl.CHINCHILLA.to_theta(p), feats, np.log(points.loss), 1e-3, np.ones(3))
+    inner, _ = _objective(sl.CHINCHILLA.to_theta(p), feats, np.log(points.loss), 1e-3, np.ones(3))
     assert inner == pytest.approx(expected, rel=1e-9)
 
 
@@ -124,15 +129,18 @@ def test_gradient_is_analytic_and_right():
     feats, target = sl.JOINT_MOE.features(points).reshape(-1, 9), np.log(points.loss)
     theta = sl.JOINT_MOE.to_theta(sl.PUBLISHED["joint_moe"]) + 0.01 * rng.standard_normal(9)
     w = np.ones(len(points))
-    _, grad = sl._objective(theta, feats, target, 1e-2, w)
+    _, grad = _objective(theta, feats, target, 1e-2, w)
     for j in range(9):
         h = np.zeros(9)
         h[j] = 1e-7
-        fd = (sl._objective(theta + h, feats, target, 1e-2, w)[0] - sl._objective(theta - h, feats, target, 1e-2, w)[0]) / 2e-7
+        fd = (
+            _objective(theta + h, feats, target, 1e-2, w)[0] - _objective(theta - h, feats, target, 1e-2, w)[0]
+        ) / 2e-7
         assert grad[j] == pytest.approx(fd, rel=1e-4, abs=1e-9)
 
 
 # ---------------------------------------------------------------- fits
+
 
 @pytest.mark.parametrize("law,third,values", [("chinchilla", None, ()), ("joint_moe", "e", (1, 4, 32))])
 def test_noiseless_points_give_back_the_law(law, third, values):
@@ -213,8 +221,18 @@ def test_rows_state_the_tables_and_the_parameter_count():
     points = synthetic(sl.JOINT_MOE, sl.PUBLISHED["joint_moe"], "e", (1, 8), seed=6)
     fit = sl.fit_law("joint_moe", points, arm="rlrs", n_kind="active", holdout=5, n_starts=3, n_bootstrap=10)
     rows = fit.rows(budgets=[1e20], at=[1])
-    assert {"law", "arm", "parameter", "value", "ci_low", "ci_high", "rmse_train", "rmse_heldout",
-            "n_points", "n_kind"} == set(rows[0])
+    assert {
+        "law",
+        "arm",
+        "parameter",
+        "value",
+        "ci_low",
+        "ci_high",
+        "rmse_train",
+        "rmse_heldout",
+        "n_points",
+        "n_kind",
+    } == set(rows[0])
     names = [r["parameter"] for r in rows]
     assert names[:11] == ["a", "alpha", "delta", "gamma", "b", "beta", "omega", "zeta", "c", "E_start", "E_max"]
     assert "N_opt@C=1e+20,E=1" in names and "mu@E=1" in names
