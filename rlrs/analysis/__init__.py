@@ -10,6 +10,7 @@ gets every table and view, only with fewer rows.
     speedup   speedup, loss gap, transfer
     sweeps    final losses, lr sweep, U-plots, regret, ablations
     curves    loss curves, update sizes, lr schedules (binned for plots)
+    scaling   scaling-law fits of the scaling sweep (laws, fit, frontier, multiplier, study)
     tables    the report's other tables (sizes, multipliers, provenance, tuning)
 
 VIEWS below is the one registry of the analysis views: name -> how it is
@@ -58,6 +59,7 @@ import duckdb
 import polars as pl
 
 from rlrs.analysis import curves, members, speedup, sweeps, tables
+from rlrs.analysis.scaling import study as scaling_study
 from rlrs.db import has_table
 from rlrs.errors import ConfigError
 
@@ -79,6 +81,7 @@ class View:
     compute: Callable[[Inputs], pl.DataFrame]
     schema: dict
     doc: str  # one row per ...
+    columns: dict[str, str] = field(default_factory=dict)  # column docs (COMMENT ON COLUMN), where given
 
 
 VIEWS: dict[str, View] = {
@@ -147,7 +150,49 @@ VIEWS: dict[str, View] = {
         tables.TUNED_SCHEMA,
         "one row per (size, arm, parameter): the search's result beside the paper's value",
     ),
+    **{  # the scaling-law fits (rlrs.analysis.scaling.study): computed once, five frames
+        name: View(
+            lambda x, name=name: _scaling(x, name),
+            getattr(scaling_study, schema),
+            doc,
+            scaling_study.COLUMN_DOCS[name],
+        )
+        for name, schema, doc in (
+            ("scaling_points", "POINTS_SCHEMA", "one row per (law, family, arm, run): a point a scaling-law fit used"),
+            ("scaling_fit", "FIT_SCHEMA", "one row per (law, family, arm, parameter): a scaling-law fit, with CI"),
+            (
+                "compute_multiplier",
+                "MULTIPLIER_SCHEMA",
+                "one row per (law, family, arm, compute): the arm's compute multiplier over the baseline, with CI",
+            ),
+            (
+                "scaling_frontier",
+                "FRONTIER_SCHEMA",
+                "one row per (law, family, arm, compute): the fitted compute-optimal frontier",
+            ),
+            (
+                "scaling_iso_loss",
+                "ISO_SCHEMA",
+                "one row per (law, family, arm, loss level, N): the fitted law's iso-loss lines in (N, D)",
+            ),
+        )
+    },
 }
+
+
+def _scaling(x: Inputs, name: str) -> pl.DataFrame:
+    """The scaling views are fitted together, once per study: the first one
+    asked for fills all five."""
+    if name not in x.frames:
+        frames = scaling_study.scaling(x.con, x.members, x.study, x.baseline)
+        x.frames |= {
+            "scaling_points": frames.points,
+            "scaling_fit": frames.fit,
+            "compute_multiplier": frames.multiplier,
+            "scaling_frontier": frames.frontier,
+            "scaling_iso_loss": frames.iso_loss,
+        }
+    return x.frames[name]
 
 
 def compute(con: duckdb.DuckDBPyConnection, study: str) -> dict[str, pl.DataFrame]:
@@ -176,6 +221,8 @@ def materialize(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, pl.DataFr
             con.unregister("_analysis_frame")
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM analysis_{name}")
         con.execute(f"COMMENT ON VIEW {name} IS '{view.doc.replace(chr(39), chr(39) * 2)}'")
+        for column, doc in view.columns.items():
+            con.execute(f"COMMENT ON COLUMN {name}.\"{column}\" IS '{doc.replace(chr(39), chr(39) * 2)}'")
     # When the views were computed: is_stale() compares it with the last ingest.
     con.execute("CREATE OR REPLACE TABLE analysis_meta AS SELECT now() AS materialized_at")
     return per_study

@@ -153,7 +153,7 @@ def check_tune(study: dict) -> None:
 def check_scaling(study: dict) -> None:
     """Cross-field checks of the scaling sweep (the schema checked the types)."""
     sw = (study.get("sweeps") or {}).get("scaling")
-    if not sw:
+    if sw is None:
         return
     sizes = sw.get("sizes", list(study["sizes"]))
     for s in sw.get("per_size", {}):

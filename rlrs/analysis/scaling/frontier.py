@@ -146,3 +146,12 @@ def multiplier_of(base: ChinchillaForm, arm: ChinchillaForm, compute, fixed_n: f
     with np.errstate(all="ignore"):
         d_arm = np.where(gap > 0, np.power(gap / arm.n, 1.0 / arm.nu), np.inf)
     return d / d_arm
+
+
+def tokens_for_loss(form: ChinchillaForm, loss, n) -> np.ndarray:
+    """The iso-loss line L(N, D) = loss at a fixed E or G: the tokens D that
+    reach `loss` at each N; NaN where N alone cannot get below it."""
+    n = np.asarray(n, dtype=float)
+    with np.errstate(all="ignore"):
+        gap = np.asarray(loss, dtype=float) - form.c - form.m * np.power(n, form.mu)
+        return np.where(gap > 0, np.power(gap / form.n, 1.0 / form.nu), np.nan)
