@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,7 +90,7 @@ def test_bad_scaling_input_is_refused_by_name(change, field, message):
 
 
 @pytest.fixture(scope="module")
-def scaling_db(tmp_path_factory):
+def scaling_path(tmp_path_factory) -> Path:
     """The study trained for real (24 scaling runs + 1 main run, ~1 min on one core) and collected."""
     root = tmp_path_factory.mktemp("scaling")
     plan = make_plan(check_study(copy.deepcopy(STUDY)))
@@ -97,7 +98,12 @@ def scaling_db(tmp_path_factory):
     assert cli_submit([root / "scal" / "runs" / rid for rid in plan.run_ids], executor="debug") == 0
     path = root / "scal.duckdb"
     assert cli_collect(path, runs_root=root / "scal" / "runs", plan=root / "scal" / "plan.json") == 0
-    con = db.connect(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scaling_db(scaling_path):
+    con = db.connect(scaling_path)
     yield con
     con.close()
 
@@ -191,3 +197,58 @@ def test_scaling_columns_are_documented_in_the_database(scaling_db):
     assert got == COLUMN_DOCS
     study_config = json.loads(scaling_db.execute("SELECT config FROM studies").fetchall()[0][0])
     assert study_config["scaling"]["holdout"] == 2
+
+
+SCALING_FIGURES = ["scaling_observed_vs_fitted", "scaling_loss_vs_compute", "scaling_iso_loss", "compute_multiplier"]
+
+
+@pytest.fixture(scope="module")
+def scaling_report(scaling_path, tmp_path_factory):
+    from rlrs import report
+
+    out = tmp_path_factory.mktemp("scaling-report") / "index.html"
+    built = report.write_report("scal", scaling_path, out, figures=False)
+    return built, out
+
+
+def test_report_shows_the_fits_and_the_multiplier(scaling_report):
+    built, out = scaling_report
+    assert set(SCALING_FIGURES) <= set(built.figures)
+    assert not set(SCALING_FIGURES) & set(built.missing)
+    html = out.read_text()
+    assert "<h3>Scaling-law fits</h3>" in html and "<h3>Compute multiplier</h3>" in html
+    assert "RMSE held out" in html and "chinchilla · dense (N: nonembedding)" in json.dumps(built.figures, ensure_ascii=False)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_scaling_charts_render_in_headless_chromium(scaling_report, tmp_path):
+    from test_report import headless, rendered_status
+
+    built, out = scaling_report
+    status = rendered_status(headless(out, tmp_path / "profile", "--dump-dom").stdout)
+    assert status["done"] == "yes" and status["errors"] == "0", status["text"]
+    assert status["rendered"] == status["charts"] == str(len(built.figures))
+
+
+def test_shipped_scaling_cpu_study_and_its_plan(capsys):
+    """scaling-cpu: per family (dense, MoE 8x top-1 capacity 1.25) and arm, 5 sizes x 3 budgets."""
+    from rlrs.study import load_study
+
+    from _cli_fixtures import cli_plan
+
+    path = Path(__file__).resolve().parent.parent / "workflow" / "configs" / "scaling-cpu.yaml"
+    plan = make_plan(load_study(path))
+    cells = {}
+    for r in plan.runs:
+        if r["sweep"] == tags.SCALING:
+            cfg = plan.configs[r["run_id"]]
+            moe = cfg["model"]["moe"]
+            fam = "moe" if moe else "dense"
+            assert moe is None or (moe["n_experts"], moe["top_k"], moe["capacity_factor"]) == (8, 1, 1.25)
+            cells.setdefault((fam, r["arm"]), set()).add((r["size"], cfg["train"]["steps"]))
+    assert set(cells) == {(f, a) for f in ("dense", "moe") for a in ("baseline", "rlrs")}
+    for got in cells.values():
+        assert len({s for s, _ in got}) >= 4 and len({t for _, t in got}) >= 3 and len(got) == 15
+    assert cli_plan(path) == 0
+    assert "scaling sweep: 60 unique runs" in capsys.readouterr().out
