@@ -217,7 +217,9 @@ def test_report_shows_the_fits_and_the_multiplier(scaling_report):
     assert not set(SCALING_FIGURES) & set(built.missing)
     html = out.read_text()
     assert "<h3>Scaling-law fits</h3>" in html and "<h3>Compute multiplier</h3>" in html
-    assert "RMSE held out" in html and "chinchilla · dense (N: nonembedding)" in json.dumps(built.figures, ensure_ascii=False)
+    assert "RMSE held out" in html and "chinchilla · dense (N: nonembedding)" in json.dumps(
+        built.figures, ensure_ascii=False
+    )
 
 
 @pytest.mark.browser
