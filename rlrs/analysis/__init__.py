@@ -61,6 +61,7 @@ import polars as pl
 from rlrs.analysis import curves, members, speedup, sweeps, tables
 from rlrs.analysis.scaling import study as scaling_study
 from rlrs.db import has_table
+from rlrs.db.schema import utc_now
 from rlrs.errors import ConfigError
 
 
@@ -180,18 +181,25 @@ VIEWS: dict[str, View] = {
 }
 
 
+SCALING_VIEWS = ("scaling_points", "scaling_fit", "compute_multiplier", "scaling_frontier", "scaling_iso_loss")
+
+
 def _scaling(x: Inputs, name: str) -> pl.DataFrame:
-    """The scaling views are fitted together, once per study: the first one
-    asked for fills all five."""
+    """The scaling views are fitted together, once per study, by `rlrs
+    collect` (the first one asked for fills all five). A reader of a fresh
+    database (the report) reads the stored fits instead of refitting: the
+    bootstrap refits are the one costly part of the analysis."""
     if name not in x.frames:
-        frames = scaling_study.scaling(x.con, x.members, x.study, x.baseline)
-        x.frames |= {
-            "scaling_points": frames.points,
-            "scaling_fit": frames.fit,
-            "compute_multiplier": frames.multiplier,
-            "scaling_frontier": frames.frontier,
-            "scaling_iso_loss": frames.iso_loss,
-        }
+        if not is_stale(x.con) and all(has_table(x.con, f"analysis_{n}") for n in SCALING_VIEWS):
+            for n in SCALING_VIEWS:
+                schema = VIEWS[n].schema
+                stored = x.con.sql(f"SELECT * FROM analysis_{n} WHERE study = $study", params={"study": x.study}).pl()
+                x.frames[n] = stored.select(list(schema)).cast(schema) if stored.height else members.frame([], schema)
+        else:
+            frames = scaling_study.scaling(x.con, x.members, x.study, x.baseline)
+            x.frames |= dict(
+                zip(SCALING_VIEWS, (frames.points, frames.fit, frames.multiplier, frames.frontier, frames.iso_loss))
+            )
     return x.frames[name]
 
 
@@ -223,15 +231,18 @@ def materialize(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, pl.DataFr
         con.execute(f"COMMENT ON VIEW {name} IS '{view.doc.replace(chr(39), chr(39) * 2)}'")
         for column, doc in view.columns.items():
             con.execute(f"COMMENT ON COLUMN {name}.\"{column}\" IS '{doc.replace(chr(39), chr(39) * 2)}'")
-    # When the views were computed: is_stale() compares it with the last ingest.
-    con.execute("CREATE OR REPLACE TABLE analysis_meta AS SELECT now() AS materialized_at")
+    # When the views were computed: is_stale() compares it with the last ingest. Naive UTC taken
+    # now, after this transaction's own ingest and plan rows (now() would be the transaction's
+    # start, before their timestamps, and the views would read as stale right after a collect).
+    con.execute("CREATE OR REPLACE TABLE analysis_meta AS SELECT CAST(? AS TIMESTAMP) AS materialized_at", [utc_now()])
     return per_study
 
 
 def is_stale(con: duckdb.DuckDBPyConnection) -> bool:
     """True when the analysis views are missing or older than the newest
-    ingested run or collected plan (now() inside the ingest transaction is
-    its start, so a hook run by that same ingest counts as fresh)."""
+    ingested run or collected plan (materialize stamps the views after the
+    rows of its own ingest, so a hook run by that same ingest counts as
+    fresh)."""
     if not has_table(con, "analysis_meta"):
         return True
     newest = (
