@@ -254,3 +254,25 @@ def test_shipped_scaling_cpu_study_and_its_plan(capsys):
         assert len({s for s, _ in got}) >= 4 and len({t for _, t in got}) >= 3 and len(got) == 15
     assert cli_plan(path) == 0
     assert "scaling sweep: 60 unique runs" in capsys.readouterr().out
+
+
+def test_a_reader_of_a_fresh_database_reads_the_stored_fits(scaling_path, tmp_path):
+    """collect fits; the report (analysis.compute on a fresh database) reads the stored rows, not a refit."""
+    import shutil
+
+    from rlrs import analysis
+
+    path = tmp_path / "copy.duckdb"
+    shutil.copy(scaling_path, path)
+    con = db.connect(path, read_only=False)
+    assert not analysis.is_stale(con)
+    con.execute("UPDATE analysis_scaling_fit SET value = 42.0 WHERE parameter = 'alpha' AND arm = 'rlrs'")
+    frames = analysis.compute(con, "scal")
+    alpha = frames["scaling_fit"].filter((frames["scaling_fit"]["parameter"] == "alpha"))
+    assert sorted(alpha["value"].to_list())[-1] == 42.0
+    # A stale database (runs ingested after the views) is refitted: the stored value is not used.
+    con.execute("UPDATE analysis_meta SET materialized_at = materialized_at - INTERVAL 1 HOUR")
+    assert analysis.is_stale(con)
+    refit = analysis.compute(con, "scal")["scaling_fit"]
+    assert 42.0 not in refit.filter(refit["parameter"] == "alpha")["value"].to_list()
+    con.close()
