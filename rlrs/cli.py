@@ -30,7 +30,7 @@ from rlrs.executor import KINDS, executor_settings
 from rlrs.study.plan import tuned_plan
 from rlrs.study.searches import load_state
 from rlrs.study.validate import load_study, size_family
-from rlrs.tags import SWEEPS
+from rlrs.tags import SCALING, SWEEPS
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -154,6 +154,9 @@ def cmd_plan(a) -> int:
                 f"(assumes {E.CPU_FLOPS_PER_THREAD / 1e9:.0f} GFLOP/s per thread + "
                 f"{E.CPU_STEP_OVERHEAD_S * 1e3:.0f} ms/step + {E.RUN_START_S:.0f} s/run; an estimate)"
             )
+    if SCALING in counts:
+        n, secs = est.sweep(SCALING)
+        print(f"scaling sweep: {n} unique runs, {_fmt_s(secs)} of one-thread runs (shared runs included)")
     return EXIT_OK
 
 

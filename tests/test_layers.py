@@ -46,6 +46,8 @@ LAYERS = {
     # L5 presentation and the command
     "rlrs.plots": 5,
     "rlrs.sweep_plots": 5,
+    "rlrs.scaling_plots": 5,
+    "rlrs.scaling_report": 5,
     "rlrs.report": 5,
     "rlrs.report_text": 5,
     "rlrs.cli": 5,

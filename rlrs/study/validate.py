@@ -119,6 +119,7 @@ def _check_references(study: dict) -> None:
     if "contribution" in sweeps:
         need_arm("sweeps.contribution.into", sweeps["contribution"].get("into", "baseline"))
     check_tune(study)
+    check_scaling(study)
 
 
 def check_tune(study: dict) -> None:
@@ -147,6 +148,34 @@ def check_tune(study: dict) -> None:
             raise ConfigError(
                 f"tune.parameters[{i}]", f"unknown parameter {p!r}; allowed: {', '.join(tunables.PARAMETERS)}"
             )
+
+
+def check_scaling(study: dict) -> None:
+    """Cross-field checks of the scaling sweep (the schema checked the types)."""
+    sw = (study.get("sweeps") or {}).get("scaling")
+    if sw is None:
+        return
+    sizes = sw.get("sizes", list(study["sizes"]))
+    for s in sw.get("per_size", {}):
+        if s not in study["sizes"]:
+            raise ConfigError(
+                f"sweeps.scaling.per_size.{s}", f"unknown size {s!r}; sizes of this study: {', '.join(study['sizes'])}"
+            )
+    for where, block in [("sweeps.scaling", sw)] + [
+        (f"sweeps.scaling.per_size.{s}", b) for s, b in sw.get("per_size", {}).items()
+    ]:
+        if "steps" in block and "tokens" in block:
+            raise ConfigError(where, "give exactly one of: steps, tokens")
+    uncovered = [s for s in sizes if s not in sw.get("per_size", {})]
+    if uncovered and "steps" not in sw and "tokens" not in sw:
+        raise ConfigError(
+            "sweeps.scaling.steps",
+            f"no token budgets for size(s) {', '.join(uncovered)}: give steps or tokens (or per_size)",
+        )
+    moe = [s for s in sizes if size_family(study, s) == "moe"]
+    for key in ("experts", "granularities"):
+        if key in sw and not moe:
+            raise ConfigError(f"sweeps.scaling.{key}", "applies to MoE sizes only, and the sweep has none")
 
 
 def load_study(path: Path) -> dict:
