@@ -63,8 +63,14 @@ def run_config(model: dict, precision: str, seed: int, steps: int) -> dict:
         "optim": {"lr": 3e-3},
         "schedule": {"shape": "cosine", "warmup_fraction": 0.01},
         "data": {"corpus": "austen", "tokenizer": "bytes"},
-        "train": {"steps": steps, "batch_size": 16, "eval_interval": steps, "checkpoint_interval": steps,
-                  "threads": 1, "precision": precision},
+        "train": {
+            "steps": steps,
+            "batch_size": 16,
+            "eval_interval": steps,
+            "checkpoint_interval": steps,
+            "threads": 1,
+            "precision": precision,
+        },
     }
 
 
@@ -87,10 +93,17 @@ def sweep(cases: list[str], seeds: int, steps: int, results: Path) -> None:
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as out:
                     s = train(run_config(CASES[case], precision, seed, steps), Path(out))
-                row = {"case": case, "seed": seed, "precision": precision, "steps": steps,
-                       "status": s["status"], "final_eval_loss": s["final_eval_loss"],
-                       "step_time_s": s["step_time_s"], "wall_s": round(time.perf_counter() - t0, 2),
-                       "load_1min": machine()["load_1min"]}
+                row = {
+                    "case": case,
+                    "seed": seed,
+                    "precision": precision,
+                    "steps": steps,
+                    "status": s["status"],
+                    "final_eval_loss": s["final_eval_loss"],
+                    "step_time_s": s["step_time_s"],
+                    "wall_s": round(time.perf_counter() - t0, 2),
+                    "load_1min": machine()["load_1min"],
+                }
                 log(row)
                 with open(results, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -114,13 +127,19 @@ def compare(fp32: list[float], bf16: list[float]) -> dict:
     paired = b - a if len(a) == len(b) else None
     return {
         "n": [len(a), len(b)],
-        "fp32_mean": float(a.mean()), "fp32_std": margin,
-        "bf16_mean": float(b.mean()), "bf16_std": float(b.std(ddof=1)),
-        "mean_diff": float(diff), "se_diff": se, "welch_df": float(df),
-        "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue),
+        "fp32_mean": float(a.mean()),
+        "fp32_std": margin,
+        "bf16_mean": float(b.mean()),
+        "bf16_std": float(b.std(ddof=1)),
+        "mean_diff": float(diff),
+        "se_diff": se,
+        "welch_df": float(df),
+        "welch_t": float(welch.statistic),
+        "welch_p": float(welch.pvalue),
         "within_2se": bool(abs(diff) < 2 * se),
         "ci90_diff": [float(diff - t90 * se), float(diff + t90 * se)],
-        "tost_margin": margin, "tost_p": float(max(lower, upper)),
+        "tost_margin": margin,
+        "tost_p": float(max(lower, upper)),
         "paired_diff_mean": float(paired.mean()) if paired is not None else None,
         "paired_diff_std": float(paired.std(ddof=1)) if paired is not None else None,
         "paired_t": float(stats.ttest_rel(b, a).statistic) if paired is not None else None,
@@ -132,16 +151,29 @@ def compare(fp32: list[float], bf16: list[float]) -> dict:
 def analyse(rows: list[dict], steps: int) -> dict:
     out = {}
     for case in CASES:
-        by = {p: sorted((r for r in rows if r["case"] == case and r["precision"] == p and r["steps"] == steps
-                         and r["status"] == "completed"), key=lambda r: r["seed"]) for p in PRECISIONS}
+        by = {
+            p: sorted(
+                (
+                    r
+                    for r in rows
+                    if r["case"] == case and r["precision"] == p and r["steps"] == steps and r["status"] == "completed"
+                ),
+                key=lambda r: r["seed"],
+            )
+            for p in PRECISIONS
+        }
         seeds = sorted({r["seed"] for r in by["fp32"]} & {r["seed"] for r in by["bf16"]})
         if len(seeds) < 2:
             continue
         loss = {p: [r["final_eval_loss"] for r in by[p] if r["seed"] in seeds] for p in PRECISIONS}
         step = {p: sum(r["step_time_s"] for r in by[p] if r["seed"] in seeds) / len(seeds) for p in PRECISIONS}
-        out[case] = {**compare(loss["fp32"], loss["bf16"]), "seeds": seeds,
-                     "fp32_losses": loss["fp32"], "bf16_losses": loss["bf16"],
-                     "sweep_step_ratio_bf16_fp32": round(step["bf16"] / step["fp32"], 3)}
+        out[case] = {
+            **compare(loss["fp32"], loss["bf16"]),
+            "seeds": seeds,
+            "fp32_losses": loss["fp32"],
+            "bf16_losses": loss["bf16"],
+            "sweep_step_ratio_bf16_fp32": round(step["bf16"] / step["fp32"], 3),
+        }
     return out
 
 
@@ -154,17 +186,22 @@ def timing(cases: list[str], steps: int, rounds: int) -> dict:
         with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
             from rlrs.config import resolve
 
-            trainers = {p: Trainer(resolve(run_config(CASES[case], p, 0, 100000)), Path(d), executor=None, job_id=None)
-                        for p, d in zip(PRECISIONS, (a, b))}
+            trainers = {
+                p: Trainer(resolve(run_config(CASES[case], p, 0, 100000)), Path(d), executor=None, job_id=None)
+                for p, d in zip(PRECISIONS, (a, b))
+            }
 
             def stepper(tr):
                 it = iter(range(10**9))
                 return lambda: tr.train_step(next(it))
 
             best = interleaved_best({p: stepper(tr) for p, tr in trainers.items()}, rounds, steps)
-        out[case] = {"fp32_step_ms": round(best["fp32"].wall * 1e3, 3), "bf16_step_ms": round(best["bf16"].wall * 1e3, 3),
-                     "step_ratio_bf16_fp32": round(best["bf16"].wall / best["fp32"].wall, 3),
-                     "step_ratio_bf16_fp32_cpu": round(best["bf16"].cpu / best["fp32"].cpu, 3)}
+        out[case] = {
+            "fp32_step_ms": round(best["fp32"].wall * 1e3, 3),
+            "bf16_step_ms": round(best["bf16"].wall * 1e3, 3),
+            "step_ratio_bf16_fp32": round(best["bf16"].wall / best["fp32"].wall, 3),
+            "step_ratio_bf16_fp32_cpu": round(best["bf16"].cpu / best["fp32"].cpu, 3),
+        }
         log(case, out[case])
     return out
 
@@ -193,10 +230,18 @@ def main(argv=None) -> dict:
     parity = {} if a.timing_only else analyse(done(a.results), a.steps)
     for case, r in parity.items():
         r.update(step_times.get(case, {}))
-    return emit("bf16_parity", "bf16 final eval loss within the fp32 seed noise (Welch p >= 0.05 and |diff| < 2 SE)",
-                {"parity": {c: r["parity"] for c, r in parity.items()},
-                 "step_ratio_bf16_fp32": {c: r["step_ratio_bf16_fp32"] for c, r in step_times.items()}},
-                steps=a.steps, seeds=a.seeds, cases=parity, timing=step_times)
+    return emit(
+        "bf16_parity",
+        "bf16 final eval loss within the fp32 seed noise (Welch p >= 0.05 and |diff| < 2 SE)",
+        {
+            "parity": {c: r["parity"] for c, r in parity.items()},
+            "step_ratio_bf16_fp32": {c: r["step_ratio_bf16_fp32"] for c, r in step_times.items()},
+        },
+        steps=a.steps,
+        seeds=a.seeds,
+        cases=parity,
+        timing=step_times,
+    )
 
 
 if __name__ == "__main__":

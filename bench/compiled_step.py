@@ -91,9 +91,13 @@ def main(argv=None) -> dict:
     if a.quick:
         a.widths, a.precisions, a.families, a.steps, a.rounds = [32], ["fp32"], ["dense"], 2, 2
     results = [measure(d, pr, f, a.steps, a.rounds) for d in a.widths for pr in a.precisions for f in a.families]
-    return emit("compiled_step", "compiled / eager step < 1 (info); break-even run length",
-                {"compiled_over_eager": {r["case"]: r["compiled_over_eager"] for r in results}},
-                results=results, inductor_cache=os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    return emit(
+        "compiled_step",
+        "compiled / eager step < 1 (info); break-even run length",
+        {"compiled_over_eager": {r["case"]: r["compiled_over_eager"] for r in results}},
+        results=results,
+        inductor_cache=os.environ["TORCHINDUCTOR_CACHE_DIR"],
+    )
 
 
 if __name__ == "__main__":

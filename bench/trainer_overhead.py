@@ -115,7 +115,11 @@ def measure(name: str, model: dict, threads: int, steps: int, rounds: int, profi
         trainer = Trainer(cfg, tmp, executor=None, job_id=None)  # sets torch's thread count
         flags = optimizer_flags(trainer.optimizer)
         interval = trainer.update_interval
-        loops = {"bare": bare_loop(trainer), "rlrs": rlrs_loop(trainer, interval), "rlrs_every_step": rlrs_loop(trainer, 1)}
+        loops = {
+            "bare": bare_loop(trainer),
+            "rlrs": rlrs_loop(trainer, interval),
+            "rlrs_every_step": rlrs_loop(trainer, 1),
+        }
         best = interleaved_best(loops, rounds, steps)
         if profile:
             log(f"--- {name}: rlrs step")
@@ -134,7 +138,9 @@ def measure(name: str, model: dict, threads: int, steps: int, rounds: int, profi
         "overhead_cpu": round(best["rlrs"].cpu / best["bare"].cpu - 1, 4) if threads == 1 else None,
         # the same trainer recording exact update sizes on every step (update_size_interval: 1)
         "overhead_every_step": round(best["rlrs_every_step"].wall / best["bare"].wall - 1, 4),
-        "overhead_every_step_cpu": round(best["rlrs_every_step"].cpu / best["bare"].cpu - 1, 4) if threads == 1 else None,
+        "overhead_every_step_cpu": round(best["rlrs_every_step"].cpu / best["bare"].cpu - 1, 4)
+        if threads == 1
+        else None,
         "adamw_step_ms": adamw_step_ms(cfg, max(2, rounds // 2)),
     }
     log(result)
@@ -154,9 +160,14 @@ def main(argv=None) -> dict:
         a.steps, a.rounds, a.cases = 2, 2, ["moe-d64"]
     results = [measure(name, CASES[name], a.threads, a.steps, a.rounds, a.profile) for name in a.cases]
     return emit(
-        "trainer_overhead", "overhead < 0.03",
-        {"max_overhead": max(r["overhead"] for r in results),
-         "max_overhead_cpu": max((r["overhead_cpu"] for r in results if r["overhead_cpu"] is not None), default=None)},
+        "trainer_overhead",
+        "overhead < 0.03",
+        {
+            "max_overhead": max(r["overhead"] for r in results),
+            "max_overhead_cpu": max(
+                (r["overhead_cpu"] for r in results if r["overhead_cpu"] is not None), default=None
+            ),
+        },
         results=results,
     )
 

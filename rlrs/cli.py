@@ -2,9 +2,9 @@
 its exit code). The work itself is the domain modules'.
 
 Light commands stay light: the modules that import torch (train, model,
-study.estimate), the plotting stack (report), the database engine and the
-analysis (db, analysis) or submitit (launch, tune) are imported by the
-command that needs them, so `rlrs submit` and `rlrs status` start without
+study.estimate, coordcheck), the plotting stack (report), the database
+engine and the analysis (db, analysis) or submitit (launch, tune) are
+imported by the command that needs them, so `rlrs submit` and `rlrs status` start without
 them. `rlrs plan` imports torch (through study.estimate: counting a model's
 parameters builds it on the meta device).
 
@@ -30,7 +30,7 @@ from rlrs.executor import KINDS, executor_settings, world_size
 from rlrs.study.plan import tuned_plan
 from rlrs.study.searches import load_state
 from rlrs.study.validate import load_study, size_family
-from rlrs.tags import SWEEPS
+from rlrs.tags import SCALING, SWEEPS
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -159,6 +159,9 @@ def cmd_plan(a) -> int:
                 f"(assumes {E.CPU_FLOPS_PER_THREAD / 1e9:.0f} GFLOP/s per thread + "
                 f"{E.CPU_STEP_OVERHEAD_S * 1e3:.0f} ms/step + {E.RUN_START_S:.0f} s/run; an estimate)"
             )
+    if SCALING in counts:
+        n, secs = est.sweep(SCALING)
+        print(f"scaling sweep: {n} unique runs, {_fmt_s(secs)} of one-thread runs (shared runs included)")
     return EXIT_OK
 
 
@@ -304,6 +307,36 @@ def cmd_report(a) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------ parametrization
+
+
+def cmd_coordcheck(a) -> int:
+    """`rlrs coordcheck CONFIG --widths W1,W2,... [--steps --seeds --lr --out]`:
+    train each width a few steps, write the activation RMS and its figure,
+    print each layer type's growth from the narrowest to the widest width."""
+    from rlrs import coordcheck as cc
+
+    try:
+        frame = cc.coordcheck(
+            run_config.load(a.config), cc.parse_widths(a.widths), steps=a.steps, seeds=a.seeds, lr=a.lr
+        )
+    except ConfigError as e:
+        print(f"rlrs coordcheck: bad input: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except data.CorpusNotFoundError as e:
+        print(f"rlrs coordcheck: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    written = cc.write(frame, a.out or paths.coordcheck_dir(Path(a.config).stem))
+    g = {(r["layer_type"], r["step"]): r["growth"] for r in cc.growth(frame).iter_rows(named=True)}
+    kinds = [k for k in cc.LAYER_TYPES if (k, 1) in g]
+    print(f"activation RMS at width {frame['width'].max()} / at width {frame['width'].min()}:")
+    print(f"{'':15}" + "".join(f"{'step ' + str(s):>9}" for s in range(1, a.steps + 1)))
+    for kind in kinds:
+        print(f"{kind:15}" + "".join(f"{g[kind, s]:9.3g}" for s in range(1, a.steps + 1)))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -373,6 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=KINDS, default=None, help="override the study's executor.kind")
     p.add_argument("--cores", type=int, default=None, help="snakemake -c for the transfer (default: all cores)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("coordcheck", help="coordinate check: activation RMS vs width after a few steps")
+    p.add_argument("config", type=Path, help="run config YAML or JSON (its d_model is the reference width)")
+    p.add_argument("--widths", required=True, help="comma-separated d_model values, e.g. 64,128,256,512")
+    p.add_argument("--steps", type=int, default=5, help="optimizer steps per width (default 5)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds averaged per width (default 3)")
+    p.add_argument("--lr", type=float, default=None, help="override optim.lr")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default results/coordcheck/<config name>)")
+    p.set_defaults(func=cmd_coordcheck)
     return parser
 
 

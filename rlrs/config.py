@@ -24,6 +24,7 @@ import yaml
 from rlrs.components import COMPONENTS
 from rlrs.data import validate_data_config, vocab_size_for
 from rlrs.errors import ConfigError, check_schema
+from rlrs.parametrization import PARAMETRIZATIONS, ROUTER_PARAMETRIZATIONS, default_attention_mult
 from rlrs.schedule import SHAPES
 
 _pos_int = {"type": "integer", "minimum": 1}
@@ -71,6 +72,30 @@ MOE_FIELDS = {
     "z_loss_weight": Field(0.001, _nonneg_num, "weight of the router z-loss"),
 }
 
+# The parametrization (rlrs.parametrization), model.* fields. Under sp the
+# muP settings are refused, and all of these are left out of the resolved
+# config, so an sp run's config and run id are those of a config without them.
+PARAMETRIZATION_FIELDS = {
+    "parametrization": Field(
+        "sp", {"enum": list(PARAMETRIZATIONS)}, "sp (standard) or mup (muP for MoE, docs/method.md)"
+    ),
+    "base_d_model": Field(
+        None, _nullable(_pos_int), "mup: the width the base lr was tuned at (required); m = d_model / base_d_model"
+    ),
+    "alpha_in": Field(1.0, _pos_num, "mup: embedding output multiplier"),
+    "alpha_out": Field(1.0, _pos_num, "mup: head logits multiplier (times 1/m)"),
+    "attention_mult": Field(
+        None,
+        _nullable(_pos_num),
+        "mup: attention logits x attention_mult / d_head; default sqrt(base_d_model / n_heads)",
+    ),
+    "router_parametrization": Field(
+        "sp",
+        {"enum": list(ROUTER_PARAMETRIZATIONS)},
+        "mup, MoE only: sp (router untouched by m, the authors' branch) or mup (router logits x 1/m)",
+    ),
+}
+
 FIELDS: dict[str, dict[str, Field] | Field] = {
     "meta": {  # labels only, not part of the run id
         "study": Field(None, _label, "study name (null for a standalone run)"),
@@ -92,6 +117,7 @@ FIELDS: dict[str, dict[str, Field] | Field] = {
             "dense SwiGLU hidden width (MoE: one expert's, before granularity); default 4 * d_model",
         ),
         "init_scale": Field(0.15, _pos_num, "truncated normal std sqrt(init_scale / fan_in)"),
+        **PARAMETRIZATION_FIELDS,
         "moe": Field(
             None,
             {"anyOf": [{"type": "null"}, _obj({k: f.schema for k, f in MOE_FIELDS.items()})]},
@@ -277,6 +303,7 @@ def resolve(raw: dict) -> dict:
                 "model.moe.granularity",
                 f"{moe['granularity']} does not divide the expert width d_ff={model['d_ff']}; allowed: {divisors}",
             )
+    _resolve_parametrization(model)
 
     if sched["warmup_steps"] is None:
         sched["warmup_steps"] = math.ceil(sched["warmup_fraction"] * steps)
@@ -299,33 +326,35 @@ def resolve(raw: dict) -> dict:
     return cfg
 
 
-def check_world(cfg: dict, world: int) -> int:
-    """Refuse a resolved config that `world` processes cannot train; returns
-    the micro-batch size. `train.batch_size` is the global batch: every
-    process takes an equal slice of whole micro-batches."""
-    train = cfg["train"]
-    batch, micro = train["batch_size"], train["micro_batch_size"]
-    if world > 1 and train["parallel"] == "none":
+def _resolve_parametrization(model: dict) -> None:
+    """muP settings: complete them under mup; under sp refuse them and leave
+    them out (with parametrization itself), so sp configs resolve as before."""
+    if model["parametrization"] == "sp":
+        for key, f in PARAMETRIZATION_FIELDS.items():
+            if model[key] != f.default:
+                raise ConfigError(
+                    f"model.{key}", "only used under model.parametrization: mup; allowed under sp: leave it out"
+                )
+            del model[key]
+        return
+    base, heads = model["base_d_model"], model["n_heads"]
+    if base is None:
         raise ConfigError(
-            "train.parallel",
-            f"none trains one process, but the job has {world} (executor.tasks_per_node x nodes); set ddp",
+            "model.base_d_model",
+            "required under model.parametrization: mup; allowed: the d_model the base lr was tuned at (an integer >= 1)",
         )
-    if batch % world:
-        raise ConfigError("train.batch_size", f"{batch} is not divisible by the job's {world} processes")
-    if micro is None:
-        if world > 1 and cfg["model"]["moe"]:
+    if model["attention_mult"] is None:
+        if base % heads:
+            allowed = f"a multiple of n_heads={heads}"
             raise ConfigError(
-                "train.micro_batch_size",
-                f"an MoE run on {world} processes must set it (it is the dispatch group of capacity and aux losses; "
-                f"null means the whole batch of {batch}); allowed: a divisor of {batch // world}",
+                "model.base_d_model",
+                f"{base} is not {allowed}: the base model keeps the heads; allowed: {allowed}, or set model.attention_mult",
             )
-        return batch // world
-    if batch % (world * micro):
-        raise ConfigError(
-            "train.micro_batch_size",
-            f"train.batch_size={batch} is not divisible by {world} processes x micro_batch_size={micro}",
-        )
-    return micro
+        model["attention_mult"] = default_attention_mult(base, heads)
+    for key in ("alpha_in", "alpha_out", "attention_mult"):
+        model[key] = float(model[key])
+    if not model["moe"]:  # a dense model has no router: one arm table serves both
+        del model["router_parametrization"]
 
 
 def present_components(is_moe: bool) -> list[str]:

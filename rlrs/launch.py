@@ -40,9 +40,8 @@ from submitit.core.utils import pickle_load
 from submitit.helpers import Checkpointable
 
 from rlrs import atomic, paths, rundir
-from rlrs.config import check_world
 from rlrs.errors import ConfigError
-from rlrs.executor import KINDS, executor_settings, slurm_parameters, world_size
+from rlrs.executor import KINDS, check_world, executor_settings, slurm_parameters, world_size
 from rlrs.study.plan import chunks, load_plan, tuned_plan
 from rlrs.study.validate import load_study
 

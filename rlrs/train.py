@@ -26,10 +26,14 @@ import torch
 import rlrs
 from rlrs import atomic
 from rlrs.components import component_of_parameters
-from rlrs.config import ConfigError, check_world, resolve, run_id
+from rlrs.config import ConfigError, resolve, run_id
 from rlrs.data import eval_batches, load_corpus, train_batch
+from rlrs.executor import check_world
 from rlrs.model import GPT, ModelConfig, param_counts
 from rlrs.parallel import join
+from rlrs.parametrization import groups as parametrization_groups
+from rlrs.parametrization import role_of_parameters
+from rlrs.progress import Progress
 from rlrs.rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, TERMINAL
 from rlrs.schedule import component_table
 
@@ -78,6 +82,28 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# --------------------------------------------------------- parameter groups
+
+
+def parameter_groups(model: GPT, weight_decay: float) -> tuple[list[dict], list[str], list[float]]:
+    """The optimizer's parameter groups: one per component, split by weight
+    role where muP's factors differ within a component (rlrs.parametrization).
+    Returns the groups (params, name, the group's weight decay: weight_decay
+    times its muP factor), each group's component, and each group's constant
+    muP lr factor; under sp the groups are the components with factor 1.
+    A group's rate at step t is its lr factor times its component's lr_g(t)."""
+    by_comp = component_of_parameters(model)
+    role = role_of_parameters(model)
+    entries = [(c, role[id(p)]) for c, ps in by_comp.items() for p in ps]
+    params = [p for ps in by_comp.values() for p in ps]
+    out = parametrization_groups(model.cfg, entries)
+    groups = [
+        {"params": [params[i] for i in g.members], "name": g.name, "weight_decay": weight_decay * g.weight_decay_factor}
+        for g in out
+    ]
+    return groups, [g.component for g in out], [g.lr_factor for g in out]
+
+
 # ------------------------------------------------------------------ trainer
 
 
@@ -107,24 +133,27 @@ class Trainer:
 
         torch.manual_seed(cfg["seed"])
         self.model = GPT(ModelConfig.from_dict(cfg["model"])).to(self.device)
-        groups = component_of_parameters(self.model)
-        self.components = list(groups)
+        groups, group_comps, lr_factors = parameter_groups(self.model, o["weight_decay"])
+        self.components = list(dict.fromkeys(group_comps))
         self.optimizer = torch.optim.AdamW(
-            [{"params": ps, "name": c} for c, ps in groups.items()],
+            groups,
             lr=o["lr"],
             betas=(o["beta1"], o["beta2"]),
             eps=o["eps"],
-            weight_decay=o["weight_decay"],  # one decay for all groups, as the paper
+            weight_decay=o["weight_decay"],  # one decay for all groups, as the paper (times muP's factor)
             # One fused kernel per step instead of PyTorch's CPU default (a
             # Python loop of ~10 elementwise ops per tensor): 3-5x cheaper on
             # CPU (bench/trainer_overhead.py, adamw_step_ms), same update rule.
             fused=self.device.type in ("cpu", "cuda"),
         )
-        # Every step's rate for every component, computed once.
+        # Every step's rate for every component (lr_g(t), logged as lr_<component>),
+        # computed once, and for every group: its constant muP factor times lr_g(t).
         self.lr_table = component_table(s, o["lr"], self.steps, self.components)
-        self.params = [p for ps in groups.values() for p in ps]
+        group_comp = [self.components.index(c) for c in group_comps]
+        self.group_lr_table = self.lr_table[:, group_comp] * np.array(lr_factors)
+        self.params = [p for g in groups for p in g["params"]]
         # Which component each parameter tensor belongs to, for per-component update norms.
-        self.param_comp = torch.tensor([j for j, ps in enumerate(groups.values()) for _ in ps], device=self.device)
+        self.param_comp = torch.tensor([j for g, j in zip(groups, group_comp) for _ in g["params"]], device=self.device)
         # W_before lives here between copy and step: allocated once, not per step.
         self.before = [torch.empty_like(p) for p in self.params]
         # Update sizes are exact on the steps that record them, absent (null)
@@ -217,7 +246,7 @@ class Trainer:
 
     def train_step(self, step: int) -> tuple[list[float], torch.Tensor | None]:
         cfg = self.cfg
-        for group, lr in zip(self.optimizer.param_groups, self.lr_table[step].tolist()):
+        for group, lr in zip(self.optimizer.param_groups, self.group_lr_table[step].tolist()):
             group["lr"] = lr
         # The same global batch on every process (a function of seed and step).
         x, y = train_batch(
@@ -303,7 +332,7 @@ class Trainer:
         self._t0 = time.perf_counter()
         resumed = self.load_checkpoint()
         t = self.cfg["train"]
-        log = _Progress(self.steps, self.step, resumed, self.run_id, quiet=not self.world.main)
+        log = Progress(self.steps, self.step, resumed, self.run_id, quiet=not self.world.main)
         status, error = "completed", None
         eval_loss = None
         while self.step < self.steps:
@@ -363,42 +392,6 @@ class Trainer:
         if self.cfg["train"]["keep_checkpoint"] and completed:
             self.save_checkpoint()
         return summary
-
-
-class _Progress:
-    """tqdm on a terminal, plain log lines (every ~10% of the run) otherwise."""
-
-    def __init__(self, total: int, start: int, resumed: bool, rid: str, quiet: bool = False):
-        self.bar = None
-        self.total, self.rid = total, rid
-        self.every = max(1, total // 10)
-        self.quiet = quiet  # data-parallel ranks other than 0 print nothing
-        if resumed and not quiet:
-            print(f"[{rid}] resuming at step {start}/{total}", file=sys.stderr, flush=True)
-        if sys.stderr.isatty() and not quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc=rid, unit="step", dynamic_ncols=True)
-        self.t0, self.s0 = time.perf_counter(), start
-
-    def update(self, step: int, loss: float, eval_loss: float | None) -> None:
-        if self.quiet:
-            return
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", **({"eval": f"{eval_loss:.3f}"} if eval_loss is not None else {}))
-        elif step % self.every == 0 or step == self.total or eval_loss is not None:
-            rate = (step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
-            ev = f" eval {eval_loss:.4f}" if eval_loss is not None else ""
-            print(
-                f"[{self.rid}] step {step}/{self.total} loss {loss:.4f}{ev} {rate:.1f} steps/s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # -------------------------------------------------------------- entry points

@@ -18,7 +18,8 @@ import polars as pl
 import pytest
 import torch
 
-from rlrs.config import ConfigError, check_world, resolve, run_id
+from rlrs.config import ConfigError, resolve, run_id
+from rlrs.executor import check_world
 from rlrs.launch import submit
 from tests._train_fixtures import tiny
 

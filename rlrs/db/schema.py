@@ -167,7 +167,7 @@ _LABELS = {
     "study": "study name",
     "size": "size label (a run shared by several parts of a study: its first requester's; all labels are in plan)",
     "arm": "arm label",
-    "sweep": "which part of the study asked for the run: main, lr, ladder, usweep, removal, contribution, tune",
+    "sweep": "which part of the study asked for the run: main, lr, ladder, usweep, removal, contribution, tune, scaling",
     "tags": 'JSON, the sweep\'s tags (rlrs.tags), e.g. {"component": "experts", "factor": 2.0}',
 }
 _SEARCH = {

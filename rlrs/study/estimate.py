@@ -64,6 +64,12 @@ class Estimate:
     def devices(self) -> list[str]:
         return sorted({c["device"] for c in self.costs.values()})
 
+    def sweep(self, sweep: str) -> tuple[int, float]:
+        """(unique runs, estimated seconds) of one sweep's requests, runs that
+        other sweeps also ask for included (they train once for both)."""
+        ids = {r["run_id"] for r in self.plan.runs if r["sweep"] == sweep}
+        return len(ids), sum(self.costs[i]["seconds"] for i in ids)
+
 
 def estimate(study: dict, study_path: Path) -> Estimate:
     """The cost of a validated study. With a tune block: each search's run
