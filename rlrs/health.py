@@ -171,6 +171,14 @@ def _cells(runs: pl.DataFrame, sweep: str = "main") -> list[_Cell]:
     return sorted(out, key=lambda c: (c.family, c.arm, c.params or 0, c.size, c.steps))
 
 
+def _grouped(items, key):
+    """(key, [items]) in first-seen order."""
+    out: dict = {}
+    for it in items:
+        out.setdefault(key(it), []).append(it)
+    return out.items()
+
+
 def _se(a: _Cell, b: _Cell) -> float | None:
     """Welch standard error of the difference of two cells' means."""
     if a.var is None or b.var is None:
@@ -209,13 +217,6 @@ def loss_falls_with_size(runs: pl.DataFrame, s: Mapping[str, float]) -> list[dic
                 status, msg = PASS, f"loss falls with size ({vs})" + ("" if se is not None else "; seed noise unknown (< 2 seeds)")
             rows.append(_row("loss_falls_with_size", status, msg, value=rise, threshold=0.0, **at))
     return rows
-
-
-def _grouped(items, key):
-    out: dict = {}
-    for it in items:
-        out.setdefault(key(it), []).append(it)
-    return out.items()
 
 
 # ---------------------------------------------------------------- check 2
@@ -299,8 +300,8 @@ def plateau(runs: pl.DataFrame, curves: pl.DataFrame, s: Mapping[str, float]) ->
     """
     rows = []
     main = runs.filter((pl.col("sweep") == "main") & pl.col("final_eval_loss").is_not_null())
-    by_run = {rid: (g.sort("step")["step"].to_numpy() + 1.0, g.sort("step")["eval_loss"].to_numpy())
-              for (rid,), g in curves.drop_nulls("eval_loss").group_by(["run_id"])}
+    by_run = {rid: (g["step"].to_numpy() + 1.0, g["eval_loss"].to_numpy())
+              for (rid,), g in curves.drop_nulls("eval_loss").sort("step").group_by(["run_id"], maintain_order=True)}
     for (family, size, arm), cell in main.group_by(["family", "size", "arm"], maintain_order=True):
         at = {"family": family, "size": size, "arm": arm}
         flagged, checked, worst, ends = 0, 0, None, []
