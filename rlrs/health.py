@@ -225,8 +225,10 @@ def lr_bracketed(lr_choices: pl.DataFrame) -> list[dict]:
     rows = []
     for r in lr_choices.iter_rows(named=True):
         at = {"family": r["family"], "size": r["size"], "arm": r["arm"]}
-        lr = "no lr" if r["lr"] is None else f"lr {r['lr']:g}"
-        if r["bracketed"]:
+        lr = f"lr {r['lr']:g}" if r["lr"] is not None else None
+        if r["lr"] is None:
+            rows.append(_row("lr_bracketed", FAIL, "no lr chosen: every point of the sweep diverged or failed", **at))
+        elif r["bracketed"]:
             rows.append(_row("lr_bracketed", PASS, f"{lr} is interior to its sweep", value=r["lr"], **at))
         else:
             why = " after the bracketing cap" if r.get("cap_reached") else ""

@@ -80,11 +80,14 @@ def test_an_unbracketed_lr_fails_and_a_bracketed_one_passes():
     choices = pl.DataFrame([
         {"size": "m", "family": "dense", "arm": "rlrs", "lr": 0.0015, "bracketed": False, "cap_reached": True},
         {"size": "m", "family": "dense", "arm": "baseline", "lr": 0.003, "bracketed": True, "cap_reached": False},
+        {"size": "l", "family": "dense", "arm": "rlrs", "lr": None, "bracketed": False, "cap_reached": True},
     ])
     rows = health.lr_bracketed(choices)
     bad, good = only(rows, "lr_bracketed", arm="rlrs"), only(rows, "lr_bracketed", arm="baseline")
     assert bad["status"] == "fail" and "lr 0.0015 is at the edge of its sweep after the bracketing cap" in bad["message"]
     assert good["status"] == "pass" and good["value"] == 0.003
+    none = only(rows, "lr_bracketed", size="l")
+    assert none["status"] == "fail" and "no lr chosen" in none["message"]
 
 
 # ---------------------------------------------------------------- check 3
