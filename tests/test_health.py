@@ -83,7 +83,7 @@ def test_an_unbracketed_lr_fails_and_a_bracketed_one_passes():
         {"size": "l", "family": "dense", "arm": "rlrs", "lr": None, "bracketed": False, "cap_reached": True},
     ])
     rows = health.lr_bracketed(choices)
-    bad, good = only(rows, "lr_bracketed", arm="rlrs"), only(rows, "lr_bracketed", arm="baseline")
+    bad, good = only(rows, "lr_bracketed", size="m", arm="rlrs"), only(rows, "lr_bracketed", arm="baseline")
     assert bad["status"] == "fail" and "lr 0.0015 is at the edge of its sweep after the bracketing cap" in bad["message"]
     assert good["status"] == "pass" and good["value"] == 0.003
     none = only(rows, "lr_bracketed", size="l")
