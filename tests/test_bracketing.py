@@ -1,4 +1,4 @@
-"""rlrs.bracketing: the lr-selection decision, driven to its end on
+"""rlrs.study.bracketing: the lr-selection decision, driven to its end on
 constructed loss(lr) functions whose optimum is known."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rlrs.bracketing import log_grid, lr_key, select_lr
+from rlrs.study.bracketing import log_grid, lr_key, select_lr
 from rlrs.errors import ConfigError
 
 SEEDS = [10, 11, 12]
