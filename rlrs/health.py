@@ -26,7 +26,7 @@ CURVES: run_id, step, eval_loss: the eval points of those runs; `step` is
   step + 1, as in the metrics table). Sparse curves are read linearly
   between their points, never beyond them.
 LR_CHOICES: size, family, arm, lr, bracketed (bool), cap_reached (bool):
-  the stage-1 decisions (rlrs.study.bracketing.select_lr), one per compared cell.
+  the stage-1 decisions (rlrs.bracketing.select_lr), one per compared cell.
 SPEEDUPS: size, family, arm, speedup, bound: the ladder speedup rows
   (rlrs.estimates.ladder_speedup), one per non-baseline compared cell.
 """
