@@ -211,6 +211,26 @@ def cmd_tune(a) -> int:
     return subprocess.run(cmd).returncode
 
 
+def cmd_select(a) -> int:
+    """`rlrs select STUDY.yaml [--executor KIND] [--cores N]`: stage 1 of a staged study."""
+    from rlrs import select_lr, tune
+
+    try:
+        study = load_study(a.study)
+        docs = select_lr.select(study, executor=a.executor, cores=a.cores, log=lambda m: print(m, flush=True))
+    except ConfigError as e:
+        return _error("select", f"{a.study}: {e}")
+    except (select_lr.SelectError, tune.TuneError) as e:
+        print(f"rlrs select: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    unbracketed = [f"{d['size']}.{d['arm']}" for d in docs if not d["bracketed"]]
+    print(
+        f"select: {len(docs)} cell(s) done"
+        + (f"; unbracketed (cap reached or no lr trained): {', '.join(unbracketed)}" if unbracketed else "")
+    )
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ results
 
 
@@ -368,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=KINDS, default=None, help="override the study's executor.kind")
     p.add_argument("--cores", type=int, default=None, help="snakemake -c for the transfer (default: all cores)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("select", help="stage 1 of a staged study: choose each (size, arm)'s lr, bracketing it")
+    p.add_argument("study", type=Path)
+    p.add_argument("--executor", choices=KINDS, default=None, help="override the study's executor.kind")
+    p.add_argument("--cores", type=int, default=None, help="local executor: jobs at once (default: all cores)")
+    p.set_defaults(func=cmd_select)
     return parser
 
 

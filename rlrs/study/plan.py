@@ -22,8 +22,9 @@ from rlrs import atomic
 from rlrs.errors import ConfigError
 from rlrs.executor import executor_settings
 from rlrs.study.expand import expand
+from rlrs.study import selection
 from rlrs.study.searches import load_state
-from rlrs.study.validate import check_study
+from rlrs.study.validate import check_study, is_staged
 
 # JSON Schema of results/<study>/plan.json (written by write_plan).
 PLAN_SCHEMA = {
@@ -105,11 +106,11 @@ class Plan:
         }
 
 
-def make_plan(study: dict, study_file: Path | None = None, tune_state=None) -> Plan:
+def make_plan(study: dict, study_file: Path | None = None, tune_state=None, select_state=None) -> Plan:
     """Validate and expand; the study's own dict is what the plan records.
-    tune_state: see expand(); `tuned_plan()` passes the one found on disk."""
+    tune_state, select_state: see expand(); `tuned_plan()` passes the ones found on disk."""
     study = check_study(study, default_name=Path(study_file).stem if study_file else None)
-    requests = expand(study, tune_state)
+    requests = expand(study, tune_state, select_state)
     configs: dict[str, dict] = {}
     for rid, cfg, _ in requests:
         configs.setdefault(rid, cfg)
@@ -129,13 +130,14 @@ def make_plan(study: dict, study_file: Path | None = None, tune_state=None) -> P
 
 def tuned_plan(study: dict, study_file: Path | None = None) -> Plan:
     """The plan as things stand: with the tuned settings of every finished
-    search of the study's tune block (results/<study>/tune/), and without the
-    sizes still waiting for one. The same as make_plan() for a study without
-    a tune block."""
+    search of the study's tune block (results/<study>/tune/), at the lrs
+    every finished selection chose (a staged study, results/<study>/select/),
+    and without the sizes still waiting for either. The same as make_plan()
+    for a study without a tune block or stages."""
     study = check_study(study, default_name=Path(study_file).stem if study_file else None)
-    if not study.get("tune"):
-        return make_plan(study, study_file)
-    return make_plan(study, study_file, tune_state=load_state(study))
+    tune_state = load_state(study) if study.get("tune") else None
+    select_state = selection.load_state(study, tune_state) if is_staged(study) else None
+    return make_plan(study, study_file, tune_state=tune_state, select_state=select_state)
 
 
 def plan_digest(plan: Plan) -> str:
