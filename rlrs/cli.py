@@ -128,17 +128,24 @@ def cmd_plan(a) -> int:
         return EXIT_BAD_INPUT
     plan = est.plan
     counts = plan.sweep_counts()
-    print(f"study {plan.name} ({a.study})  executor {executor_settings(plan.study_config)['kind']}")
+    study = plan.study_config
+    print(f"study {plan.name} ({a.study})  executor {executor_settings(study)['kind']}")
     if est.budget:
         print("tune: searches still to run (runs at most: the run budget, or 1 + passes x parameters x factors)")
         for label, n, cost in est.budget:
             print(f"  {label:<52}{n:>6} runs  <= {_fmt_s(n * cost['seconds'])}")
         print(f"  {'tune budget':<52}{sum(n for _, n, _ in est.budget):>6} runs (the transfer below starts after)")
         print("transfer (the study's sweeps with the tuned settings):")
-    print(f"{'sweep':<14}{'requests':>10}")
+    if est.selection is not None:
+        _print_stages(est, study)
+    # Unique runs per sweep, each counted under its first requester (a run two sweeps ask for trains once).
+    secs: dict[str, float] = {}
+    for rid, cfg in plan.configs.items():
+        secs[cfg["meta"]["sweep"]] = secs.get(cfg["meta"]["sweep"], 0.0) + est.costs[rid]["seconds"]
+    print(f"{'sweep':<14}{'requests':>10}{'time (1 thread)':>18}")
     for sweep in SWEEPS:
         if sweep in counts:
-            print(f"{sweep:<14}{counts[sweep]:>10}")
+            print(f"{sweep:<14}{counts[sweep]:>10}{_fmt_s(secs.get(sweep, 0.0)):>18}")
     print(f"{'total':<14}{len(plan.runs):>10}   unique runs (trained once each): {len(plan.configs)}")
     print(f"training tokens: {est.total('tokens'):,}")
     print(f"estimated FLOPs: {est.total('flops'):.3g}")
@@ -155,6 +162,32 @@ def cmd_plan(a) -> int:
                 f"{E.CPU_STEP_OVERHEAD_S * 1e3:.0f} ms/step + {E.RUN_START_S:.0f} s/run; an estimate)"
             )
     return EXIT_OK
+
+
+def _print_stages(est, study: dict) -> None:
+    """`rlrs plan` of a staged study: stage 1 still to run, and what stage 2 waits for."""
+    sel = est.selection
+    seeds = ", ".join(map(str, study["selection_seeds"]))
+    if sel:
+        print(f"stage 1, lr selection on selection seeds [{seeds}] (cells still to select):")
+        for label, n, extra, cost in sel:
+            print(
+                f"  {label:<40}{n:>6} runs + up to {extra:>3} beyond the grid  "
+                f"{_fmt_s(n * cost['seconds'])} (+ {_fmt_s(extra * cost['seconds'])})"
+            )
+        n, extra = sum(x[1] for x in sel), sum(x[2] for x in sel)
+        print(
+            f"  {'selection':<40}{n:>6} runs + up to {extra:>3} beyond the grid  "
+            f"{_fmt_s(est.stage_seconds('select:'))} (+ {_fmt_s(est.stage_seconds('select-extra:'))})"
+        )
+    else:
+        print(f"stage 1, lr selection on selection seeds [{seeds}]: done (its runs: sweep lr below)")
+    print(f"stage 2, measurement at the chosen lrs on the reported seeds [{', '.join(map(str, study['seeds']))}]:")
+    if est.pending_sizes:
+        print(
+            f"  not yet known: the lrs (hence the run ids) at {', '.join(est.pending_sizes)} wait for stage 1; "
+            "counted at the grid's centre (the same runs and cost at another lr)"
+        )
 
 
 def cmd_status(a) -> int:
@@ -254,8 +287,16 @@ def cmd_collect(a) -> int:
             raise db.DatabaseError("nothing to collect: give run directories, --runs-root or --plan")
         dirs = list(dict.fromkeys(dirs))  # a directory named twice is read once
         tune = db.tune_results(a.plan) if a.plan is not None else None
+        select = db.select_results(a.plan) if a.plan is not None else None
         result = db.ingest(
-            a.db, dirs, study=a.study, plan=a.plan, after_ingest=analysis.materialize, progress=True, tune=tune
+            a.db,
+            dirs,
+            study=a.study,
+            plan=a.plan,
+            after_ingest=analysis.materialize,
+            progress=True,
+            tune=tune,
+            select=select,
         )
     except (db.DatabaseError, ConfigError) as e:
         return _error("collect", e)

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlrs.model import train_flops_per_token
+from rlrs.study import selection
 from rlrs.study.plan import Plan, make_plan
 from rlrs.study.searches import load_state, read_result, searches
+from rlrs.study.validate import is_staged
 
 # Run-time estimate for `rlrs plan`. Calibrated on this kind of machine (2
 # cores, one torch thread per run, byte vocabulary, seq 128, batch 16; the
@@ -53,7 +55,13 @@ class Estimate:
 
     plan: Plan
     budget: list[tuple[str, int, dict]]  # (label, runs at most, one run's cost) per pending search
-    costs: dict[str, dict]  # run id (or tune:<label>:<i>) -> run_cost
+    costs: dict[str, dict]  # run id (or tune:<label>:<i>, select:<label>:<i>) -> run_cost
+    # staged studies: (cell, first-grid runs, worst-case extra runs, one run's cost) per pending selection
+    selection: list[tuple[str, int, int, dict]] = None
+    pending_sizes: list[str] = None  # sizes whose stage-2 lrs (run ids) wait for stage 1
+
+    def stage_seconds(self, prefix: str) -> float:
+        return sum(c["seconds"] for k, c in self.costs.items() if k.startswith(prefix))
 
     def total(self, key: str) -> float:
         return sum(c[key] for c in self.costs.values())
@@ -82,10 +90,29 @@ def estimate(study: dict, study_path: Path) -> Estimate:
                         cost,
                     )
                 )
-        plan = make_plan(study, study_file=study_path, tune_state=load_state(study, assume_done=True))
+        tune_state = load_state(study, assume_done=True)
     else:
-        plan = make_plan(study, study_file=study_path)
+        tune_state = None
+    pending_sel: list[tuple[str, int, int, dict]] = []
+    select_state, waiting = None, []
+    if is_staged(study):
+        # Stage 1 counted as its first grids plus every extra point the cap allows (the worst
+        # case); stage 2 as if each pending cell chose its centre (the same runs at another lr).
+        done_state = selection.load_state(study, load_state(study) if study.get("tune") else None)
+        waiting = sorted(done_state.pending)
+        for c in selection.cells(study, tune_state.tuned if tune_state is not None else None):
+            if selection.read_result(c) is None:
+                n = len(c.selection_seeds)
+                pending_sel.append(
+                    (c.key, len(c.grid) * n, c.max_extra_points * n, run_cost(c.candidate(c.centre_lr, 0)[1]))
+                )
+        select_state = selection.load_state(study, tune_state, assume_done=True)
+    plan = make_plan(study, study_file=study_path, tune_state=tune_state, select_state=select_state)
     costs = {rid: run_cost(cfg) for rid, cfg in plan.configs.items()}
     for label, n, cost in budget:
         costs.update({f"tune:{label}:{i}": cost for i in range(n)})
-    return Estimate(plan, budget, costs)
+    for label, n, extra, cost in pending_sel:
+        costs.update({f"select:{label}:{i}": cost for i in range(n)})
+        costs.update({f"select-extra:{label}:{i}": cost for i in range(extra)})
+    staged = is_staged(study)
+    return Estimate(plan, budget, costs, selection=pending_sel if staged else None, pending_sizes=waiting)

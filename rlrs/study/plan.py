@@ -21,8 +21,8 @@ from jsonschema.exceptions import best_match
 from rlrs import atomic
 from rlrs.errors import ConfigError
 from rlrs.executor import executor_settings
-from rlrs.study.expand import expand
 from rlrs.study import selection
+from rlrs.study.expand import expand
 from rlrs.study.searches import load_state
 from rlrs.study.validate import check_study, is_staged
 

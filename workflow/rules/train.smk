@@ -8,6 +8,7 @@
 rule plan:
     input:
         TUNE_RESULTS,
+        SELECT_RESULTS,
     output:
         plan=PLAN_JSON,
     log:
