@@ -27,9 +27,10 @@ from rlrs import config as run_config
 from rlrs import data, paths, rundir
 from rlrs.errors import ConfigError
 from rlrs.executor import KINDS, executor_settings
+from rlrs.study import selection
 from rlrs.study.plan import tuned_plan
 from rlrs.study.searches import load_state
-from rlrs.study.validate import load_study, size_family
+from rlrs.study.validate import is_staged, load_study, size_family
 from rlrs.tags import SWEEPS
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -108,14 +109,6 @@ def cmd_submit(a) -> int:
 # ------------------------------------------------------------------ studies
 
 
-def _fmt_s(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
-
-
 def cmd_plan(a) -> int:
     """`rlrs plan STUDY.yaml`: runs per sweep and in total, tokens, FLOPs and
     time; with a tune block, each search's run budget first."""
@@ -133,11 +126,11 @@ def cmd_plan(a) -> int:
     if est.budget:
         print("tune: searches still to run (runs at most: the run budget, or 1 + passes x parameters x factors)")
         for label, n, cost in est.budget:
-            print(f"  {label:<52}{n:>6} runs  <= {_fmt_s(n * cost['seconds'])}")
+            print(f"  {label:<52}{n:>6} runs  <= {E.fmt_seconds(n * cost['seconds'])}")
         print(f"  {'tune budget':<52}{sum(n for _, n, _ in est.budget):>6} runs (the transfer below starts after)")
         print("transfer (the study's sweeps with the tuned settings):")
     if est.selection is not None:
-        _print_stages(est, study)
+        print("\n".join(E.stage_lines(est)))
     # Unique runs per sweep, each counted under its first requester (a run two sweeps ask for trains once).
     secs: dict[str, float] = {}
     for rid, cfg in plan.configs.items():
@@ -145,49 +138,25 @@ def cmd_plan(a) -> int:
     print(f"{'sweep':<14}{'requests':>10}{'time (1 thread)':>18}")
     for sweep in SWEEPS:
         if sweep in counts:
-            print(f"{sweep:<14}{counts[sweep]:>10}{_fmt_s(secs.get(sweep, 0.0)):>18}")
+            print(f"{sweep:<14}{counts[sweep]:>10}{E.fmt_seconds(secs.get(sweep, 0.0)):>18}")
     print(f"{'total':<14}{len(plan.runs):>10}   unique runs (trained once each): {len(plan.configs)}")
     print(f"training tokens: {est.total('tokens'):,}")
     print(f"estimated FLOPs: {est.total('flops'):.3g}")
     for device in est.devices():
         secs = est.seconds(device)
         if device == "cuda":
-            print(f"estimated GPU time: {_fmt_s(secs)} (assumes {E.GPU_FLOPS:.0e} effective FLOP/s; an estimate)")
+            print(
+                f"estimated GPU time: {E.fmt_seconds(secs)} (assumes {E.GPU_FLOPS:.0e} effective FLOP/s; an estimate)"
+            )
         else:
             cores = os.cpu_count() or 1
             print(
-                f"estimated {device.upper()} time: {_fmt_s(secs)} of one-thread runs, "
-                f"~{_fmt_s(secs / cores)} wall with `snakemake -c {cores}` "
+                f"estimated {device.upper()} time: {E.fmt_seconds(secs)} of one-thread runs, "
+                f"~{E.fmt_seconds(secs / cores)} wall with `snakemake -c {cores}` "
                 f"(assumes {E.CPU_FLOPS_PER_THREAD / 1e9:.0f} GFLOP/s per thread + "
                 f"{E.CPU_STEP_OVERHEAD_S * 1e3:.0f} ms/step + {E.RUN_START_S:.0f} s/run; an estimate)"
             )
     return EXIT_OK
-
-
-def _print_stages(est, study: dict) -> None:
-    """`rlrs plan` of a staged study: stage 1 still to run, and what stage 2 waits for."""
-    sel = est.selection
-    seeds = ", ".join(map(str, study["selection_seeds"]))
-    if sel:
-        print(f"stage 1, lr selection on selection seeds [{seeds}] (cells still to select):")
-        for label, n, extra, cost in sel:
-            print(
-                f"  {label:<40}{n:>6} runs + up to {extra:>3} beyond the grid  "
-                f"{_fmt_s(n * cost['seconds'])} (+ {_fmt_s(extra * cost['seconds'])})"
-            )
-        n, extra = sum(x[1] for x in sel), sum(x[2] for x in sel)
-        print(
-            f"  {'selection':<40}{n:>6} runs + up to {extra:>3} beyond the grid  "
-            f"{_fmt_s(est.stage_seconds('select:'))} (+ {_fmt_s(est.stage_seconds('select-extra:'))})"
-        )
-    else:
-        print(f"stage 1, lr selection on selection seeds [{seeds}]: done (its runs: sweep lr below)")
-    print(f"stage 2, measurement at the chosen lrs on the reported seeds [{', '.join(map(str, study['seeds']))}]:")
-    if est.pending_sizes:
-        print(
-            f"  not yet known: the lrs (hence the run ids) at {', '.join(est.pending_sizes)} wait for stage 1; "
-            "counted at the grid's centre (the same runs and cost at another lr)"
-        )
 
 
 def cmd_status(a) -> int:
@@ -196,9 +165,13 @@ def cmd_status(a) -> int:
         study = load_study(a.study)
         plan = tuned_plan(study, study_file=a.study)
         waiting: list[str] = []
-        if study.get("tune"):
-            pending = load_state(study).pending
-            waiting = [s for s in study["sizes"] if size_family(study, s) in pending]
+        tune_state = load_state(study) if study.get("tune") else None
+        if tune_state is not None:
+            waiting = [s for s in study["sizes"] if size_family(study, s) in tune_state.pending]
+        selecting = []
+        if is_staged(study):
+            pending = selection.load_state(study, tune_state).pending
+            selecting = [s for s in study["sizes"] if s in pending and s not in waiting]
     except ConfigError as e:
         print(f"error: {a.study}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -221,6 +194,11 @@ def cmd_status(a) -> int:
         print(
             f"{plan.name}: not planned until their family's tuning search is done (`rlrs tune {a.study}`): "
             + ", ".join(waiting)
+        )
+    if selecting:
+        print(
+            f"{plan.name}: measured only once their lr selection is done (`rlrs select {a.study}`): "
+            + ", ".join(selecting)
         )
     return EXIT_OK
 

@@ -37,6 +37,7 @@ LAYERS = {
     # L3 running and storing
     "rlrs.launch": 3,
     "rlrs.tune": 3,
+    "rlrs.select_lr": 3,
     "rlrs.db": 3,
     # L4 the numbers
     "rlrs.analysis": 4,

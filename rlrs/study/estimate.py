@@ -116,3 +116,36 @@ def estimate(study: dict, study_path: Path) -> Estimate:
         costs.update({f"select-extra:{label}:{i}": cost for i in range(extra)})
     staged = is_staged(study)
     return Estimate(plan, budget, costs, selection=pending_sel if staged else None, pending_sizes=waiting)
+
+
+def fmt_seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def stage_lines(est: Estimate) -> list[str]:
+    """`rlrs plan` of a staged study: stage 1 still to run, and what stage 2 waits for."""
+    study, out = est.plan.study_config, []
+    seeds = ", ".join(map(str, study["selection_seeds"]))
+    if est.selection:
+        out.append(f"stage 1, lr selection on selection seeds [{seeds}] (cells still to select):")
+        rows = [(label, n, extra, n * c["seconds"], extra * c["seconds"]) for label, n, extra, c in est.selection]
+        total = ("selection", sum(r[1] for r in rows), sum(r[2] for r in rows))
+        rows.append(total + (est.stage_seconds("select:"), est.stage_seconds("select-extra:")))
+        for label, n, extra, secs, extra_secs in rows:
+            out.append(
+                f"  {label:<40}{n:>6} runs + up to {extra:>3} beyond the grid  "
+                f"{fmt_seconds(secs)} (+ {fmt_seconds(extra_secs)})"
+            )
+    else:
+        out.append(f"stage 1, lr selection on selection seeds [{seeds}]: done (its runs: sweep lr below)")
+    out.append(f"stage 2, measurement at the chosen lrs on the reported seeds [{', '.join(map(str, study['seeds']))}]:")
+    if est.pending_sizes:
+        out.append(
+            f"  not yet known: the lrs (hence the run ids) at {', '.join(est.pending_sizes)} wait for stage 1; "
+            "counted at the grid's centre (the same runs and cost at another lr)"
+        )
+    return out
