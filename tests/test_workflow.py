@@ -116,11 +116,13 @@ def test_gpu_study_dry_run_shows_the_grid(tmp_path):
 
 
 def test_bare_snakemake_targets_the_demo_report(tmp_path):
-    plan = make_plan(load_study(CONFIGS / "demo.yaml"), CONFIGS / "demo.yaml")
+    # The demo is staged: its run ids wait for the select checkpoint (stage 1).
     out = snakemake(tmp_path, "-n")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout)["train"] == len(plan.configs)
+    assert job_counts(out.stdout) == {"select": 1, "plan": 1, "collect": 1, "report": 1, "all": 1}
+    assert "Choosing the lrs of study demo: stage 1 on its selection seeds" in out.stdout
     assert "Writing the report of study demo: reports/demo/index.html" in out.stdout
+    assert created(tmp_path) == set()
 
 
 def test_results_and_reports_roots_are_configurable(tmp_path):
@@ -135,7 +137,7 @@ def test_results_and_reports_roots_are_configurable(tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"Writing the plan of study smoke: {tmp_path}/res/smoke/plan.json" in out.stdout
     assert f"Writing the report of study smoke: {tmp_path}/rep/smoke/index.html" in out.stdout
-    assert f"Missing output files: {tmp_path}/res/smoke/runs/" in out.stdout
+    assert f"Missing output files: {tmp_path}/res/smoke/select/tiny.baseline.json" in out.stdout
 
 
 def _set(path: str, value):
@@ -257,6 +259,7 @@ def test_smoke_study_end_to_end_rebuilds_what_is_lost(tmp_path):
     assert runs_of["main"] == sorted((a, s, chosen[a], 30) for a in chosen for s in (0, 1, 2))
     assert runs_of["ladder"] == sorted(("baseline", s, chosen["baseline"], n) for s in (0, 1, 2) for n in (15, 30))
     assert len(planned) == len(plan["runs"]) - 3  # the main baseline runs are also the ladder's x1 points
+    selected = {r["run_id"] for r in plan["runs"] if r["sweep"] == "lr"}
     assert "Choosing the lrs of study smoke" in run.stdout + run.stderr
     assert plan["study"] == "smoke" and plan["study_file"] == str(study_file)
     assert plan["study_sha256"] == hashlib.sha256(study_file.read_bytes()).hexdigest()
@@ -265,10 +268,10 @@ def test_smoke_study_end_to_end_rebuilds_what_is_lost(tmp_path):
         summary = json.loads((results / "runs" / rid / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["executor"] == "local" and summary["job_id"]
         assert not (results / "runs" / rid / "submitted.json").exists()
-        # Each job's log, under results/<study>/logs/.
+        # Each job's log, under results/<study>/logs/ (stage 1's runs: the select step's log).
+        log = "select.log" if rid in selected else f"train/{rid}.log"
         assert (
-            f"[{rid}] completed: final eval loss {summary['final_eval_loss']}"
-            in (results / "logs" / "train" / f"{rid}.log").read_text()
+            f"[{rid}] completed: final eval loss {summary['final_eval_loss']}" in (results / "logs" / log).read_text()
         )
     report = tmp_path / "reports" / "smoke" / "index.html"
     assert report.stat().st_size > 0
