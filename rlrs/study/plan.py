@@ -18,7 +18,7 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from rlrs import atomic
+from rlrs import atomic, tags
 from rlrs.errors import ConfigError
 from rlrs.executor import executor_settings
 from rlrs.study import selection
@@ -75,6 +75,13 @@ class Plan:
     def run_ids(self) -> list[str]:
         return list(self.configs)
 
+    @property
+    def workflow_run_ids(self) -> list[str]:
+        """The runs the workflow's train rules train: all but a staged study's
+        stage-1 runs, which `rlrs select` (the select checkpoint) trains."""
+        stage1 = {r["run_id"] for r in self.runs if (r.get("tags") or {}).get("stage") == tags.SELECT}
+        return [rid for rid in self.configs if rid not in stage1]
+
     def batches(self, runs_per_job: int) -> dict[str, list[str]]:
         """The plan's runs in groups of at most `runs_per_job` for batched
         submission: ordered by estimated run time so that a batch holds runs
@@ -85,7 +92,7 @@ class Plan:
             m, t = cfg["model"], cfg["train"]
             return t["steps"] * t["batch_size"] * m["seq_len"] * m["n_layers"] * m["d_model"] ** 2
 
-        ids = sorted(self.configs, key=lambda rid: (-work(self.configs[rid]), rid))
+        ids = sorted(self.workflow_run_ids, key=lambda rid: (-work(self.configs[rid]), rid))
         return {hashlib.sha256(",".join(g).encode()).hexdigest()[:12]: g for g in chunks(ids, runs_per_job)}
 
     def sweep_counts(self) -> dict[str, int]:
