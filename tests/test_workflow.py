@@ -137,7 +137,7 @@ def test_results_and_reports_roots_are_configurable(tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"Writing the plan of study smoke: {tmp_path}/res/smoke/plan.json" in out.stdout
     assert f"Writing the report of study smoke: {tmp_path}/rep/smoke/index.html" in out.stdout
-    assert f"Missing output files: {tmp_path}/res/smoke/select/tiny.baseline.json" in out.stdout
+    assert f"stage 1 on its selection seeds (progress: {tmp_path}/res/smoke/logs/select.log)" in out.stdout
 
 
 def _set(path: str, value):

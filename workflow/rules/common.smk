@@ -70,12 +70,6 @@ def current_plan():
     return _TUNED_PLAN[0]
 
 
-def plan_on_disk():
-    """The plan from the tune and select results as they are on disk (no
-    checkpoint wait): the plan rule's digest."""
-    return rlrs.study.plan_for_snakemake(config, configfiles=workflow.overwrite_configfiles, default_file=DEFAULT_STUDY)
-
-
 def summaries(wildcards=None):
     """The summaries the train rule makes: every planned run but a staged
     study's stage-1 runs (the select checkpoint trains those)."""

@@ -20,7 +20,9 @@ rule plan:
         "Writing the plan of study {params.study}: {output.plan}"
     params:
         study=STUDY,
-        digest=lambda wildcards: rlrs.study.plan_digest(plan_on_disk()),
+        digest=lambda wildcards: rlrs.study.plan_digest(
+            rlrs.study.plan_for_snakemake(config, configfiles=workflow.overwrite_configfiles, default_file=DEFAULT_STUDY)
+        ),
     localrule: True
     run:
         write_plan(output.plan, log[0])
