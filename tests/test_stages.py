@@ -101,21 +101,21 @@ def test_a_bad_staged_study_is_refused_naming_both_lists(case):
 def test_stage_two_runs_at_the_chosen_lrs_on_the_reported_seeds():
     study = check_study(staged())
     (base, rlrs) = cells(study)
-    assert (base.key, base.grid, base.factor, base.max_extra_points) == ("tiny.baseline", [0.006, 0.012, 0.024], 2.0, 1)
-    chosen = {("tiny", "baseline"): 0.024, ("tiny", "rlrs"): 0.006}
+    assert (base.key, base.grid, base.factor, base.max_extra_points) == ("tiny.baseline", [0.024, 0.048, 0.096], 2.0, 1)
+    chosen = {("tiny", "baseline"): 0.096, ("tiny", "rlrs"): 0.024}
     state = SelectState(chosen=chosen, runs=[(base, lr, 100) for lr in base.grid])
     requests = expand(study, select_state=state)
     seen = {(lb["sweep"], lb["arm"], cfg["seed"], cfg["optim"]["lr"], cfg["train"]["steps"]) for _, cfg, lb in requests}
     assert {r for r in seen if r[0] == "lr"} == {("lr", "baseline", 100, lr, 30) for lr in base.grid}
     assert {r for r in seen if r[0] == "main"} == {
-        ("main", arm, s, lr, 30) for arm, lr in (("baseline", 0.024), ("rlrs", 0.006)) for s in (0, 1, 2)
+        ("main", arm, s, lr, 30) for arm, lr in (("baseline", 0.096), ("rlrs", 0.024)) for s in (0, 1, 2)
     }
     # the baseline's ladder at the baseline's chosen lr, ladder seeds = the first 3 reported
     assert {r for r in seen if r[0] == "ladder"} == {
-        ("ladder", "baseline", s, 0.024, n) for s in (0, 1, 2) for n in (15, 30)
+        ("ladder", "baseline", s, 0.096, n) for s in (0, 1, 2) for n in (15, 30)
     }
     assert all(
-        lb["tags"] == tags.select(cfg["optim"]["lr"], cfg["optim"]["lr"] / 0.012)
+        lb["tags"] == tags.select(cfg["optim"]["lr"], cfg["optim"]["lr"] / 0.048)
         for _, cfg, lb in requests
         if lb["sweep"] == "lr"
     )
