@@ -71,8 +71,8 @@ def current_plan():
 
 
 def summaries(wildcards=None):
-    """The summaries the train rule makes: every planned run but a staged
-    study's stage-1 runs (the select checkpoint trains those)."""
+    """The summaries that training makes (every planned run but a staged
+    study's stage-1 runs, which the select checkpoint trains)."""
     return [f"{RUNS}/{run_id}/summary.json" for run_id in current_plan().workflow_run_ids]
 
 
