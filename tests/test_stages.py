@@ -99,7 +99,9 @@ def test_a_bad_staged_study_is_refused_naming_both_lists(case):
 
 
 def test_stage_two_runs_at_the_chosen_lrs_on_the_reported_seeds():
-    study = check_study(staged())
+    study = staged()
+    study["sweeps"] |= {"removal": {"arm": "rlrs", "components": ["embedding"]}, "contribution": {"arm": "rlrs"}}
+    study = check_study(study)
     (base, rlrs) = cells(study)
     assert (base.key, base.grid, base.factor, base.max_extra_points) == ("tiny.baseline", [0.024, 0.048, 0.096], 2.0, 1)
     chosen = {("tiny", "baseline"): 0.096, ("tiny", "rlrs"): 0.024}
@@ -119,6 +121,9 @@ def test_stage_two_runs_at_the_chosen_lrs_on_the_reported_seeds():
         for _, cfg, lb in requests
         if lb["sweep"] == "lr"
     )
+    # ablations at the chosen lr of the arm they run (a contribution: its `into` arm, the baseline)
+    assert {r for r in seen if r[0] == "removal"} == {("removal", "rlrs", s, 0.024, 30) for s in (0, 1, 2)}
+    assert {r[1:] for r in seen if r[0] == "contribution"} == {("baseline", s, 0.096, 30) for s in (0, 1, 2)}
     # a size whose selection is unfinished is left out of stage 2
     assert [lb for _, _, lb in expand(study, select_state=SelectState(pending={"tiny"}))] == []
 
