@@ -24,6 +24,8 @@ BENCHMARKS = (
     "trainer_overhead",
     "hardware_efficiency",
     "moe_dispatch",
+    "compiled_step",
+    "bf16_parity",
     "results_at_scale",
     "pipeline_overhead",
     "demo_e2e",
@@ -61,7 +63,9 @@ def run_one(name: str, quick: bool) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}"
+    )
     p.add_argument("--quick", action="store_true", help="each benchmark's smoke settings")
     p.add_argument("--out", type=Path, default=None, help="also write the combined JSON here")
     a = p.parse_args(argv)

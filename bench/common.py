@@ -94,7 +94,9 @@ class Measured:
     stderr: str
 
 
-def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None, timeout: float | None = None) -> Measured:
+def run_measured(
+    cmd: list[str], *, env: dict | None = None, cwd: Path | None = None, timeout: float | None = None
+) -> Measured:
     """Run a command and return its wall time and its own peak resident
     memory (os.wait4's rusage of that one child, not of all children so far).
     Output goes through temporary files so a chatty child cannot block."""
@@ -116,7 +118,13 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = 
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return Measured(proc.returncode, wall, usage.ru_maxrss / 1024, out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+        return Measured(
+            proc.returncode,
+            wall,
+            usage.ru_maxrss / 1024,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
 
 
 def check(measured: Measured, what: str) -> Measured:
@@ -140,9 +148,16 @@ def run_config(model: dict, threads: int, *, batch_size: int = 16, seq_len: int 
     and a step count far beyond what is timed, so the schedule never ends."""
     from rlrs.config import resolve
 
-    return resolve({
-        "model": {"seq_len": seq_len, **model},
-        "data": {"eval_tokens": 4096},
-        "train": {"steps": 100000, "batch_size": batch_size, "eval_interval": 100000, "threads": threads,
-                  "precision": precision},
-    })
+    return resolve(
+        {
+            "model": {"seq_len": seq_len, **model},
+            "data": {"eval_tokens": 4096},
+            "train": {
+                "steps": 100000,
+                "batch_size": batch_size,
+                "eval_interval": 100000,
+                "threads": threads,
+                "precision": precision,
+            },
+        }
+    )

@@ -35,8 +35,16 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlrs-demo-") as tmp:
         tmp = Path(tmp)
         env = child_env(RLRS_RESULTS=str(tmp / "results"), RLRS_REPORTS=str(tmp / "reports"))
-        cmd = [*SNAKEMAKE, f"-c{a.cores}", "-s", str(REPO / "Snakefile"), "-d", str(tmp),
-               "--configfile", str(a.study.resolve())]
+        cmd = [
+            *SNAKEMAKE,
+            f"-c{a.cores}",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp),
+            "--configfile",
+            str(a.study.resolve()),
+        ]
         log("running:", " ".join(cmd))
         run = check(run_measured(cmd, env=env, cwd=tmp), "snakemake")
         summaries = [json.loads(s.read_text()) for s in (tmp / "results").glob("*/runs/*/summary.json")]
@@ -46,7 +54,8 @@ def main(argv=None) -> dict:
         train_s = sum(s["wall_time_s"] for s in summaries)
         log(f"{len(summaries)} runs, {train_s:.1f} s of training, {run.wall_s:.1f} s wall")
         return emit(
-            "demo_e2e", "wall_s < 300",
+            "demo_e2e",
+            "wall_s < 300",
             {"wall_s": round(run.wall_s, 2)},
             study=str(a.study.relative_to(REPO) if a.study.is_relative_to(REPO) else a.study),
             cores=a.cores,

@@ -42,8 +42,24 @@ CLASSES = (
     ("softmax/cross-entropy", ("softmax", "nll_loss", "cross_entropy", "logsumexp")),
     ("layernorm", ("layer_norm",)),
     ("indexing (embedding, MoE dispatch)", ("index", "scatter", "gather", "topk", "sort", "bincount", "cumsum")),
-    ("elementwise", ("aten::mul", "aten::add", "aten::sub", "aten::div", "silu", "aten::copy_", "aten::fill_",
-                     "aten::pow", "aten::sqrt", "aten::clamp", "aten::zero_", "aten::to", "aten::_to_copy")),
+    (
+        "elementwise",
+        (
+            "aten::mul",
+            "aten::add",
+            "aten::sub",
+            "aten::div",
+            "silu",
+            "aten::copy_",
+            "aten::fill_",
+            "aten::pow",
+            "aten::sqrt",
+            "aten::clamp",
+            "aten::zero_",
+            "aten::to",
+            "aten::_to_copy",
+        ),
+    ),
 )
 
 
@@ -99,7 +115,9 @@ def breakdown(step, peak: float) -> dict:
     }
 
 
-def measure(arch: str, d: int, threads: int, precision: str, peak: float, steps: int, rounds: int, profile: bool) -> dict:
+def measure(
+    arch: str, d: int, threads: int, precision: str, peak: float, steps: int, rounds: int, profile: bool
+) -> dict:
     cfg = run_config(model_config(arch, d), threads, precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, tmp, executor=None, job_id=None)  # sets the thread count
@@ -129,8 +147,13 @@ def main(argv=None) -> dict:
     p.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES),
-                   help="bf16: the step under bf16 autocast, against the bf16 matmul peak")
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=list(DTYPES),
+        help="bf16: the step under bf16 autocast, against the bf16 matmul peak",
+    )
     p.add_argument("--steps", type=int, default=2, help="steps per timed block")
     p.add_argument("--rounds", type=int, default=3, help="timed blocks per case (best one counts)")
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n matmul that sets the peak")
@@ -150,9 +173,12 @@ def main(argv=None) -> dict:
                     results.append(measure(arch, d, threads, precision, peak, a.steps, a.rounds, a.profile))
     wide = [r["efficiency"] for r in results if r["precision"] == "fp32" and int(r["case"].split("-d")[1]) >= 256]
     return emit(
-        "hardware_efficiency", "fp32 efficiency >= 0.5 of measured peak at d_model >= 256",
-        {"min_efficiency_d256_up": min(wide) if wide else None,
-         "peak_gflops": {k: round(v / 1e9, 2) for k, v in peaks.items()}},
+        "hardware_efficiency",
+        "fp32 efficiency >= 0.5 of measured peak at d_model >= 256",
+        {
+            "min_efficiency_d256_up": min(wide) if wide else None,
+            "peak_gflops": {k: round(v / 1e9, 2) for k, v in peaks.items()},
+        },
         results=results,
     )
 

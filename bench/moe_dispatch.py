@@ -115,9 +115,12 @@ def main(argv=None) -> dict:
         a.cases, a.steps, a.rounds = ["d128-g2"], 1, 2
     results = [measure(name, a.threads, a.steps, a.rounds, a.profile) for name in a.cases]
     return emit(
-        "moe_dispatch", "step_ratio <= 1.3",
-        {"max_step_ratio": max(r["step_ratio"] for r in results),
-         "max_layer_ratio": max(r["layer_ratio"] for r in results)},
+        "moe_dispatch",
+        "step_ratio <= 1.3",
+        {
+            "max_step_ratio": max(r["step_ratio"] for r in results),
+            "max_layer_ratio": max(r["layer_ratio"] for r in results),
+        },
         results=results,
     )
 

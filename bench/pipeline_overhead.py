@@ -68,14 +68,27 @@ def study(n_runs: int, steps: int, executor: str = "local", runs_per_job: int = 
     return {
         "study": STUDY,
         "description": "pipeline-overhead benchmark: many tiny runs",
-        "executor": {"kind": executor, "timeout_min": 10, "runs_per_job": runs_per_job,
-                     **({"slurm": {"partition": os.environ.get("RLRS_SLURM_PARTITION", "debug"), "cpus_per_task": 1}}
-                        if executor == "slurm" else {})},
+        "executor": {
+            "kind": executor,
+            "timeout_min": 10,
+            "runs_per_job": runs_per_job,
+            **(
+                {"slurm": {"partition": os.environ.get("RLRS_SLURM_PARTITION", "debug"), "cpus_per_task": 1}}
+                if executor == "slurm"
+                else {}
+            ),
+        },
         "defaults": {
             "model": {"seq_len": 32},
             "data": {"corpus": "austen", "tokenizer": "bytes", "eval_tokens": 1024},
-            "train": {"steps": steps, "batch_size": 8, "eval_interval": steps, "checkpoint_interval": steps,
-                      "log_interval": steps, "threads": 1},
+            "train": {
+                "steps": steps,
+                "batch_size": 8,
+                "eval_interval": steps,
+                "checkpoint_interval": steps,
+                "log_interval": steps,
+                "threads": 1,
+            },
         },
         "sizes": {"tiny": {"d_model": 16, "n_layers": 1, "n_heads": 2}},
         "arms": {"baseline": {}},
@@ -84,8 +97,18 @@ def study(n_runs: int, steps: int, executor: str = "local", runs_per_job: int = 
 
 
 def snakemake(workdir: Path, study_file: Path, env: dict, *extra: str, until: str = "train"):
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(study_file), "--until", until, *extra]
+    cmd = [
+        *SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(study_file),
+        "--until",
+        until,
+        *extra,
+    ]
     return run_measured(cmd, env=env, cwd=workdir)
 
 
@@ -140,8 +163,12 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=10, help="training steps per run")
     p.add_argument("--cores", type=int, default=1, help="snakemake -c (1: runs one after another)")
     p.add_argument("--runs-per-job", type=int, default=6, help="executor.runs_per_job of the batched study")
-    p.add_argument("--executor", choices=["local", "slurm"], default="local",
-                   help="the studies' executor (slurm: a running Slurm with srun on PATH, e.g. scripts/slurm-single-node.sh up)")
+    p.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        default="local",
+        help="the studies' executor (slurm: a running Slurm with srun on PATH, e.g. scripts/slurm-single-node.sh up)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke pass: 2 runs of 2 steps")
     a = p.parse_args(argv)
     if a.quick:
@@ -155,8 +182,10 @@ def main(argv=None) -> dict:
         dry = check(snakemake(tmp, study_file, env, "-n", "-c1"), "snakemake dry run")
         log(f"dry run: {dry.wall_s:.2f} s")
         # The plan rule alone, into a results folder of its own.
-        plan_only = check(snakemake(tmp, study_file, {**env, "RLRS_RESULTS": str(tmp / "plan-only")}, "-c1", until="plan"),
-                          "snakemake --until plan")
+        plan_only = check(
+            snakemake(tmp, study_file, {**env, "RLRS_RESULTS": str(tmp / "plan-only")}, "-c1", until="plan"),
+            "snakemake --until plan",
+        )
         full = check(snakemake(tmp, study_file, env, f"-c{a.cores}"), "snakemake study")
         runs = sorted((tmp / "results" / STUDY / "runs").glob("*/summary.json"))
         train_s = trained_seconds(runs, a.runs)
@@ -167,10 +196,16 @@ def main(argv=None) -> dict:
         batched_file.parent.mkdir()
         batched_file.write_text(yaml.safe_dump(study(a.runs, a.steps, a.executor, a.runs_per_job)))
         batched_env = {**env, "RLRS_RESULTS": str(tmp / "batched" / "results")}
-        batched = check(snakemake(tmp / "batched", batched_file, batched_env, f"-c{a.cores}", until="train_batch"),
-                        "snakemake study, batched")
-        batched_train_s = trained_seconds(sorted((tmp / "batched" / "results" / STUDY / "runs").glob("*/summary.json")), a.runs)
-        log(f"batched study ({a.runs_per_job} runs per job): {batched.wall_s:.2f} s wall, {batched_train_s:.2f} s training")
+        batched = check(
+            snakemake(tmp / "batched", batched_file, batched_env, f"-c{a.cores}", until="train_batch"),
+            "snakemake study, batched",
+        )
+        batched_train_s = trained_seconds(
+            sorted((tmp / "batched" / "results" / STUDY / "runs").glob("*/summary.json")), a.runs
+        )
+        log(
+            f"batched study ({a.runs_per_job} runs per job): {batched.wall_s:.2f} s wall, {batched_train_s:.2f} s training"
+        )
 
         # One run trained by a plain `rlrs train` process, outside the workflow.
         plan = json.loads((tmp / "results" / STUDY / "plan.json").read_text())
@@ -178,22 +213,35 @@ def main(argv=None) -> dict:
         # takes 1e-08 (no dot) for a string (reported to config.py's owner).
         config_file = tmp / "one.yaml"
         config_file.write_text(yaml.safe_dump(next(iter(plan["configs"].values()))))
-        direct = check(run_measured([*RLRS, "train", str(config_file), "--out", str(tmp / "direct")], env=env), "rlrs train")
+        direct = check(
+            run_measured([*RLRS, "train", str(config_file), "--out", str(tmp / "direct")], env=env), "rlrs train"
+        )
         direct_train = json.loads((tmp / "direct" / "summary.json").read_text())["wall_time_s"]
         torch_import = check(run_measured([sys.executable, "-c", "import torch"], env=env), "import torch")
         # What grouping would save: the same runs trained one after another
         # in ONE process (torch, dynamo and rlrs imported once).
-        grouped = check(run_measured([sys.executable, "-c", GROUPED, str(tmp / "results" / STUDY / "plan.json"),
-                                      str(tmp / "grouped")], env=env), "grouped training")
+        grouped = check(
+            run_measured(
+                [sys.executable, "-c", GROUPED, str(tmp / "results" / STUDY / "plan.json"), str(tmp / "grouped")],
+                env=env,
+            ),
+            "grouped training",
+        )
         grouped_train = sum(json.loads(s.read_text())["wall_time_s"] for s in (tmp / "grouped").glob("*/summary.json"))
         dynamo = _timed_in_child("import torch", "import torch._dynamo", env)
         submitit_job = _timed_in_child(
             f"import submitit; ex = submitit.LocalExecutor(folder={str(tmp / 'noop')!r}); ex.update_parameters(timeout_min=1)",
             # polled the way rlrs.launch polls local jobs (submitit's own wait sleeps 1 s)
-            "job = ex.submit(int, 7)\nwhile not job.done(): time.sleep(0.05)\nassert job.result() == 7", env)
+            "job = ex.submit(int, 7)\nwhile not job.done(): time.sleep(0.05)\nassert job.result() == 7",
+            env,
+        )
         trivial = _snakemake_trivial(tmp / "trivial", a.runs, env)
-        noop = check(run_measured([*RLRS, "submit", str(runs[0].parent), "--plan",
-                                   str(tmp / "results" / STUDY / "plan.json")], env=env), "rlrs submit (no-op)")
+        noop = check(
+            run_measured(
+                [*RLRS, "submit", str(runs[0].parent), "--plan", str(tmp / "results" / STUDY / "plan.json")], env=env
+            ),
+            "rlrs submit (no-op)",
+        )
 
     per_run = (full.wall_s - train_s) / a.runs
     figures = {
@@ -218,12 +266,19 @@ def main(argv=None) -> dict:
         "snakemake_trivial_job_s": round(trivial, 3),
     }
     return emit(
-        "pipeline_overhead", "overhead_per_run_s < 1",
+        "pipeline_overhead",
+        "overhead_per_run_s < 1",
         figures,
         parts=parts,
-        runs=a.runs, steps=a.steps, cores=a.cores, executor=a.executor, runs_per_job=a.runs_per_job,
-        wall_s=round(full.wall_s, 3), train_s_sum=round(train_s, 3),
-        batched_wall_s=round(batched.wall_s, 3), batched_train_s_sum=round(batched_train_s, 3),
+        runs=a.runs,
+        steps=a.steps,
+        cores=a.cores,
+        executor=a.executor,
+        runs_per_job=a.runs_per_job,
+        wall_s=round(full.wall_s, 3),
+        train_s_sum=round(train_s, 3),
+        batched_wall_s=round(batched.wall_s, 3),
+        batched_train_s_sum=round(batched_train_s, 3),
     )
 
 

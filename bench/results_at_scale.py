@@ -44,8 +44,10 @@ MAIN_STEPS = 2000
 LADDER = [0.5, 0.75, 1.5]
 RUNS_PER_CELL = 2 + len(LADDER)  # baseline, rlrs, ladder
 DENSE_RLRS = {  # the paper's dense table (spec section 3)
-    "embedding": {"start": 5.0, "end": 0.667}, "head": {"start": 1.0, "end": 0.444},
-    "ffn": {"start": 1.0, "end": 0.667}, "attention": {"start": 1.0, "end": 0.2},
+    "embedding": {"start": 5.0, "end": 0.667},
+    "head": {"start": 1.0, "end": 0.444},
+    "ffn": {"start": 1.0, "end": 0.667},
+    "attention": {"start": 1.0, "end": 0.2},
 }
 COMPONENTS = ("embedding", "attention", "ffn", "head", "norm")  # a dense model's
 
@@ -129,17 +131,30 @@ def write_run(run_dir: Path, cfg: dict, rid: str, rng: np.random.Generator) -> N
     table = pa.table(cols)
     write(run_dir / "metrics.parquet", lambda p: pq.write_table(table, p))
     final = float(curve[-1])
-    write_json(run_dir / "summary.json", {
-        "run_id": rid, "status": "completed", "final_eval_loss": final, "final_eval_bpb": final / math.log(2),
-        "train_loss_last100": float(train_loss[-100:].mean()), "steps_done": steps,
-        "tokens": steps * cfg["train"]["batch_size"] * cfg["model"]["seq_len"],
-        **_counts(json.dumps(cfg["model"], sort_keys=True)),
-        "wall_time_s": steps * 0.05, "step_time_s": 0.05,
-        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:02:00+00:00",
-        "host": "bench", "job_id": None, "executor": "local",
-        "versions": {"python": "3.11", "torch": "2.13.0", "rlrs": "0", "numpy": np.__version__},
-        "git_commit": None, "corpus": "austen/bytes", "error": None,
-    })
+    write_json(
+        run_dir / "summary.json",
+        {
+            "run_id": rid,
+            "status": "completed",
+            "final_eval_loss": final,
+            "final_eval_bpb": final / math.log(2),
+            "train_loss_last100": float(train_loss[-100:].mean()),
+            "steps_done": steps,
+            "tokens": steps * cfg["train"]["batch_size"] * cfg["model"]["seq_len"],
+            **_counts(json.dumps(cfg["model"], sort_keys=True)),
+            "wall_time_s": steps * 0.05,
+            "step_time_s": 0.05,
+            "started_at": "2026-01-01T00:00:00+00:00",
+            "finished_at": "2026-01-01T00:02:00+00:00",
+            "host": "bench",
+            "job_id": None,
+            "executor": "local",
+            "versions": {"python": "3.11", "torch": "2.13.0", "rlrs": "0", "numpy": np.__version__},
+            "git_commit": None,
+            "corpus": "austen/bytes",
+            "error": None,
+        },
+    )
 
 
 def make_study(root: Path, name: str, n_runs: int) -> tuple[Path, Path, int]:
@@ -184,15 +199,23 @@ def measure(n_runs: int, keep: Path | None) -> dict:
         log(f"N={n_runs}: wrote {n_runs} run directories ({disk_mb:.0f} MB) in {gen_s:.1f} s")
         env = child_env()
         db = tmp / "rlrs.duckdb"
-        collect = check(run_measured([*RLRS, "collect", "--db", str(db), "--study", name,
-                                      "--plan", str(plan), "--runs-root", str(runs)], env=env), "rlrs collect")
+        collect = check(
+            run_measured(
+                [*RLRS, "collect", "--db", str(db), "--study", name, "--plan", str(plan), "--runs-root", str(runs)],
+                env=env,
+            ),
+            "rlrs collect",
+        )
         log(f"N={n_runs}: collect {collect.wall_s:.2f} s, {collect.maxrss_mb:.0f} MB; {collect.stdout.strip()}")
         q_s, q_rows = query_seconds(db, "SELECT * FROM speedup")
         q_cli = check(run_measured([*RLRS, "query", "SELECT * FROM speedup", "--db", str(db)], env=env), "rlrs query")
         html = tmp / "report" / "index.html"
-        report = check(run_measured([*RLRS, "report", name, "--db", str(db), "--out", str(html)], env=env),
-                       "rlrs report")
-        log(f"N={n_runs}: report {report.wall_s:.2f} s, {report.maxrss_mb:.0f} MB; {report.stdout.strip().splitlines()[0]}")
+        report = check(
+            run_measured([*RLRS, "report", name, "--db", str(db), "--out", str(html)], env=env), "rlrs report"
+        )
+        log(
+            f"N={n_runs}: report {report.wall_s:.2f} s, {report.maxrss_mb:.0f} MB; {report.stdout.strip().splitlines()[0]}"
+        )
         result = {
             "runs": n_runs,
             "metric_rows": rows,
@@ -216,8 +239,11 @@ def measure(n_runs: int, keep: Path | None) -> dict:
 
 def growth(results: list[dict], key: str) -> list[float]:
     """Exponent k of key ~ N^k between consecutive study sizes."""
-    return [round(math.log(b[key] / a[key]) / math.log(b["runs"] / a["runs"]), 2)
-            for a, b in itertools.pairwise(results) if a[key] > 0 and b[key] > 0]
+    return [
+        round(math.log(b[key] / a[key]) / math.log(b["runs"] / a["runs"]), 2)
+        for a, b in itertools.pairwise(results)
+        if a[key] > 0 and b[key] > 0
+    ]
 
 
 def main(argv=None) -> dict:
@@ -232,11 +258,18 @@ def main(argv=None) -> dict:
     at = {r["runs"]: r for r in results}
     ref = at.get(1000, results[-1])
     return emit(
-        "results_at_scale", "at N=1000: ingest < 10 s, query < 0.5 s, report < 20 s, HTML < 5 MB; growth <= linear",
-        {f"ingest_s_at_{ref['runs']}": ref["ingest_s"], f"query_s_at_{ref['runs']}": ref["speedup_query_s"],
-         f"report_s_at_{ref['runs']}": ref["report_s"], f"html_mb_at_{ref['runs']}": ref["html_mb"]},
-        growth={k: growth(results, k) for k in ("ingest_s", "speedup_query_s", "report_s", "html_mb",
-                                                 "ingest_maxrss_mb", "report_maxrss_mb")},
+        "results_at_scale",
+        "at N=1000: ingest < 10 s, query < 0.5 s, report < 20 s, HTML < 5 MB; growth <= linear",
+        {
+            f"ingest_s_at_{ref['runs']}": ref["ingest_s"],
+            f"query_s_at_{ref['runs']}": ref["speedup_query_s"],
+            f"report_s_at_{ref['runs']}": ref["report_s"],
+            f"html_mb_at_{ref['runs']}": ref["html_mb"],
+        },
+        growth={
+            k: growth(results, k)
+            for k in ("ingest_s", "speedup_query_s", "report_s", "html_mb", "ingest_maxrss_mb", "report_maxrss_mb")
+        },
         results=results,
     )
 

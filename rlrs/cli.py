@@ -2,9 +2,9 @@
 its exit code). The work itself is the domain modules'.
 
 Light commands stay light: the modules that import torch (train, model,
-study.estimate), the plotting stack (report), the database engine and the
-analysis (db, analysis) or submitit (launch, tune) are imported by the
-command that needs them, so `rlrs submit` and `rlrs status` start without
+study.estimate, coordcheck), the plotting stack (report), the database
+engine and the analysis (db, analysis) or submitit (launch, tune) are
+imported by the command that needs them, so `rlrs submit` and `rlrs status` start without
 them. `rlrs plan` imports torch (through study.estimate: counting a model's
 parameters builds it on the meta device).
 
@@ -31,7 +31,7 @@ from rlrs.study import selection
 from rlrs.study.plan import tuned_plan
 from rlrs.study.searches import load_state
 from rlrs.study.validate import is_staged, load_study, size_family
-from rlrs.tags import SWEEPS
+from rlrs.tags import SCALING
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -121,41 +121,11 @@ def cmd_plan(a) -> int:
         return EXIT_BAD_INPUT
     plan = est.plan
     counts = plan.sweep_counts()
-    study = plan.study_config
-    print(f"study {plan.name} ({a.study})  executor {executor_settings(study)['kind']}")
-    if est.budget:
-        print("tune: searches still to run (runs at most: the run budget, or 1 + passes x parameters x factors)")
-        for label, n, cost in est.budget:
-            print(f"  {label:<52}{n:>6} runs  <= {E.fmt_seconds(n * cost['seconds'])}")
-        print(f"  {'tune budget':<52}{sum(n for _, n, _ in est.budget):>6} runs (the transfer below starts after)")
-        print("transfer (the study's sweeps with the tuned settings):")
-    if est.selection is not None:
-        print("\n".join(E.stage_lines(est)))
-    # Unique runs per sweep, each counted under its first requester (a run two sweeps ask for trains once).
-    secs: dict[str, float] = {}
-    for rid, cfg in plan.configs.items():
-        secs[cfg["meta"]["sweep"]] = secs.get(cfg["meta"]["sweep"], 0.0) + est.costs[rid]["seconds"]
-    print(f"{'sweep':<14}{'requests':>10}{'time (1 thread)':>18}")
-    for sweep in SWEEPS:
-        if sweep in counts:
-            print(f"{sweep:<14}{counts[sweep]:>10}{E.fmt_seconds(secs.get(sweep, 0.0)):>18}")
-    print(f"{'total':<14}{len(plan.runs):>10}   unique runs (trained once each): {len(plan.configs)}")
-    print(f"training tokens: {est.total('tokens'):,}")
-    print(f"estimated FLOPs: {est.total('flops'):.3g}")
-    for device in est.devices():
-        secs = est.seconds(device)
-        if device == "cuda":
-            print(
-                f"estimated GPU time: {E.fmt_seconds(secs)} (assumes {E.GPU_FLOPS:.0e} effective FLOP/s; an estimate)"
-            )
-        else:
-            cores = os.cpu_count() or 1
-            print(
-                f"estimated {device.upper()} time: {E.fmt_seconds(secs)} of one-thread runs, "
-                f"~{E.fmt_seconds(secs / cores)} wall with `snakemake -c {cores}` "
-                f"(assumes {E.CPU_FLOPS_PER_THREAD / 1e9:.0f} GFLOP/s per thread + "
-                f"{E.CPU_STEP_OVERHEAD_S * 1e3:.0f} ms/step + {E.RUN_START_S:.0f} s/run; an estimate)"
-            )
+    print(f"study {plan.name} ({a.study})  executor {executor_settings(plan.study_config)['kind']}")
+    print("\n".join(E.plan_lines(est, os.cpu_count() or 1)))
+    if SCALING in counts:
+        n, secs = est.sweep(SCALING)
+        print(f"scaling sweep: {n} unique runs, {E.fmt_seconds(secs)} of one-thread runs (shared runs included)")
     return EXIT_OK
 
 
@@ -338,6 +308,36 @@ def cmd_report(a) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------ parametrization
+
+
+def cmd_coordcheck(a) -> int:
+    """`rlrs coordcheck CONFIG --widths W1,W2,... [--steps --seeds --lr --out]`:
+    train each width a few steps, write the activation RMS and its figure,
+    print each layer type's growth from the narrowest to the widest width."""
+    from rlrs import coordcheck as cc
+
+    try:
+        frame = cc.coordcheck(
+            run_config.load(a.config), cc.parse_widths(a.widths), steps=a.steps, seeds=a.seeds, lr=a.lr
+        )
+    except ConfigError as e:
+        print(f"rlrs coordcheck: bad input: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except data.CorpusNotFoundError as e:
+        print(f"rlrs coordcheck: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    written = cc.write(frame, a.out or paths.coordcheck_dir(Path(a.config).stem))
+    g = {(r["layer_type"], r["step"]): r["growth"] for r in cc.growth(frame).iter_rows(named=True)}
+    kinds = [k for k in cc.LAYER_TYPES if (k, 1) in g]
+    print(f"activation RMS at width {frame['width'].max()} / at width {frame['width'].min()}:")
+    print(f"{'':15}" + "".join(f"{'step ' + str(s):>9}" for s in range(1, a.steps + 1)))
+    for kind in kinds:
+        print(f"{kind:15}" + "".join(f"{g[kind, s]:9.3g}" for s in range(1, a.steps + 1)))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -413,6 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=KINDS, default=None, help="override the study's executor.kind")
     p.add_argument("--cores", type=int, default=None, help="local executor: jobs at once (default: all cores)")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("coordcheck", help="coordinate check: activation RMS vs width after a few steps")
+    p.add_argument("config", type=Path, help="run config YAML or JSON (its d_model is the reference width)")
+    p.add_argument("--widths", required=True, help="comma-separated d_model values, e.g. 64,128,256,512")
+    p.add_argument("--steps", type=int, default=5, help="optimizer steps per width (default 5)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds averaged per width (default 3)")
+    p.add_argument("--lr", type=float, default=None, help="override optim.lr")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default results/coordcheck/<config name>)")
+    p.set_defaults(func=cmd_coordcheck)
     return parser
 
 

@@ -24,6 +24,7 @@ import yaml
 from rlrs.components import COMPONENTS
 from rlrs.data import validate_data_config, vocab_size_for
 from rlrs.errors import ConfigError, check_schema
+from rlrs.parametrization import PARAMETRIZATIONS, ROUTER_PARAMETRIZATIONS, default_attention_mult
 from rlrs.schedule import SHAPES
 
 _pos_int = {"type": "integer", "minimum": 1}
@@ -66,6 +67,30 @@ MOE_FIELDS = {
     "z_loss_weight": Field(0.001, _nonneg_num, "weight of the router z-loss"),
 }
 
+# The parametrization (rlrs.parametrization), model.* fields. Under sp the
+# muP settings are refused, and all of these are left out of the resolved
+# config, so an sp run's config and run id are those of a config without them.
+PARAMETRIZATION_FIELDS = {
+    "parametrization": Field(
+        "sp", {"enum": list(PARAMETRIZATIONS)}, "sp (standard) or mup (muP for MoE, docs/method.md)"
+    ),
+    "base_d_model": Field(
+        None, _nullable(_pos_int), "mup: the width the base lr was tuned at (required); m = d_model / base_d_model"
+    ),
+    "alpha_in": Field(1.0, _pos_num, "mup: embedding output multiplier"),
+    "alpha_out": Field(1.0, _pos_num, "mup: head logits multiplier (times 1/m)"),
+    "attention_mult": Field(
+        None,
+        _nullable(_pos_num),
+        "mup: attention logits x attention_mult / d_head; default sqrt(base_d_model / n_heads)",
+    ),
+    "router_parametrization": Field(
+        "sp",
+        {"enum": list(ROUTER_PARAMETRIZATIONS)},
+        "mup, MoE only: sp (router untouched by m, the authors' branch) or mup (router logits x 1/m)",
+    ),
+}
+
 FIELDS: dict[str, dict[str, Field] | Field] = {
     "meta": {  # labels only, not part of the run id
         "study": Field(None, _label, "study name (null for a standalone run)"),
@@ -87,6 +112,7 @@ FIELDS: dict[str, dict[str, Field] | Field] = {
             "dense SwiGLU hidden width (MoE: one expert's, before granularity); default 4 * d_model",
         ),
         "init_scale": Field(0.15, _pos_num, "truncated normal std sqrt(init_scale / fan_in)"),
+        **PARAMETRIZATION_FIELDS,
         "moe": Field(
             None,
             {"anyOf": [{"type": "null"}, _obj({k: f.schema for k, f in MOE_FIELDS.items()})]},
@@ -134,6 +160,20 @@ FIELDS: dict[str, dict[str, Field] | Field] = {
         "precision": Field("fp32", {"enum": ["fp32", "bf16"]}, "fp32 | bf16 (autocast)"),
         "threads": Field(1, _pos_int, "torch CPU threads", operational=True),
         "keep_checkpoint": Field(False, {"type": "boolean"}, "keep checkpoint.pt after the run", operational=True),
+        "update_size_interval": Field(
+            None,
+            _nullable(_pos_int),
+            "steps between exact per-component update sizes (update_<c>, null on the steps between); "
+            "null: log_interval",
+            operational=True,  # recording only: the same training
+        ),
+        "compile": Field(
+            False,
+            {"type": "boolean"},
+            "torch.compile the model's forward/backward for training steps (eval stays eager); "
+            "pays off on long runs only (bench/README.md: break-even)",
+            operational=True,  # like threads: the same run, float rounding aside
+        ),
     },
 }
 
@@ -241,6 +281,7 @@ def resolve(raw: dict) -> dict:
                 "model.moe.granularity",
                 f"{moe['granularity']} does not divide the expert width d_ff={model['d_ff']}; allowed: {divisors}",
             )
+    _resolve_parametrization(model)
 
     if sched["warmup_steps"] is None:
         sched["warmup_steps"] = math.ceil(sched["warmup_fraction"] * steps)
@@ -252,6 +293,37 @@ def resolve(raw: dict) -> dict:
 
     sched["multipliers"] = _resolve_multipliers(sched["multipliers"], moe is not None)
     return cfg
+
+
+def _resolve_parametrization(model: dict) -> None:
+    """muP settings: complete them under mup; under sp refuse them and leave
+    them out (with parametrization itself), so sp configs resolve as before."""
+    if model["parametrization"] == "sp":
+        for key, f in PARAMETRIZATION_FIELDS.items():
+            if model[key] != f.default:
+                raise ConfigError(
+                    f"model.{key}", "only used under model.parametrization: mup; allowed under sp: leave it out"
+                )
+            del model[key]
+        return
+    base, heads = model["base_d_model"], model["n_heads"]
+    if base is None:
+        raise ConfigError(
+            "model.base_d_model",
+            "required under model.parametrization: mup; allowed: the d_model the base lr was tuned at (an integer >= 1)",
+        )
+    if model["attention_mult"] is None:
+        if base % heads:
+            allowed = f"a multiple of n_heads={heads}"
+            raise ConfigError(
+                "model.base_d_model",
+                f"{base} is not {allowed}: the base model keeps the heads; allowed: {allowed}, or set model.attention_mult",
+            )
+        model["attention_mult"] = default_attention_mult(base, heads)
+    for key in ("alpha_in", "alpha_out", "attention_mult"):
+        model[key] = float(model[key])
+    if not model["moe"]:  # a dense model has no router: one arm table serves both
+        del model["router_parametrization"]
 
 
 def present_components(is_moe: bool) -> list[str]:

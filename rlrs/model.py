@@ -9,6 +9,10 @@ layer adds a load-balancing loss and a router z-loss.
 Every module that owns parameters declares the RLRS component it belongs to
 (`component = "..."`); rlrs.components reads that to build the optimizer's
 parameter groups, so the grouping follows module roles, not parameter names.
+Each also declares the weight role of each of its parameters (`roles`, name
+-> role); rlrs.parametrization's table maps a role to its init, lr and
+weight-decay factors and its forward multiplier (all neutral under the
+standard parametrization, muP's under `parametrization="mup"`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 
 from rlrs.components import component_of_parameters
 from rlrs.config import DEFAULTS, MOE_DEFAULTS
+from rlrs.parametrization import forward_multiplier, init_factor
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,14 @@ class ModelConfig:
     d_ff: int  # dense hidden width; MoE: one expert's width before granularity
     init_scale: float  # init std = sqrt(init_scale / fan_in)
     moe: MoEConfig | None
+    # Parametrization (rlrs.parametrization): sp, or muP relative to a model
+    # base_d_model wide, with its forward multipliers.
+    parametrization: str
+    base_d_model: int | None
+    alpha_in: float  # embedding output multiplier
+    alpha_out: float  # head logits multiplier (times 1 / m)
+    attention_mult: float | None  # attention logits scale mult / d_head
+    router_parametrization: str  # mup: router logits times 1 / m
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -64,6 +77,10 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def init_scale_of(self, role: str) -> float:
+        """init_scale for a weight of this role (init_scale itself under sp)."""
+        return self.init_scale * init_factor(self, role)
+
 
 def _init(w: torch.Tensor, init_scale: float, fan_in: int) -> None:
     # Truncated normal at +-2 std, as the paper's code; std shrinks with fan-in.
@@ -73,6 +90,7 @@ def _init(w: torch.Tensor, init_scale: float, fan_in: int) -> None:
 
 class Embedding(nn.Module):
     component = "embedding"
+    roles = {"tok": "embedding_token", "pos": "embedding_position"}
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -80,15 +98,18 @@ class Embedding(nn.Module):
         self.pos = nn.Parameter(torch.empty(cfg.seq_len, cfg.d_model))
         # An embedding row is read, not multiplied: use d_model as its fan-in so
         # its scale matches the activations the first block expects.
-        _init(self.tok, cfg.init_scale, cfg.d_model)
-        _init(self.pos, cfg.init_scale, cfg.d_model)
+        _init(self.tok, cfg.init_scale_of("embedding_token"), cfg.d_model)
+        _init(self.pos, cfg.init_scale_of("embedding_position"), cfg.d_model)
+        self.mult = forward_multiplier(cfg, "embedding_token")  # alpha_in under muP
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.tok[idx] + self.pos[: idx.shape[1]]
+        x = self.tok[idx] + self.pos[: idx.shape[1]]
+        return x if self.mult is None else x * self.mult
 
 
 class Norm(nn.LayerNorm):
     component = "norm"
+    roles = {"weight": "norm"}
 
     def __init__(self, d: int):
         super().__init__(d, bias=False)
@@ -97,9 +118,10 @@ class Norm(nn.LayerNorm):
 class Linear(nn.Linear):
     """Bias-free linear layer with the paper's init; `component` is set by the owner."""
 
-    def __init__(self, d_in: int, d_out: int, init_scale: float):
+    def __init__(self, d_in: int, d_out: int, cfg: ModelConfig, role: str):
         super().__init__(d_in, d_out, bias=False)
-        _init(self.weight, init_scale, d_in)
+        self.roles = {"weight": role}
+        _init(self.weight, cfg.init_scale_of(role), d_in)
 
 
 class Attention(nn.Module):
@@ -109,13 +131,14 @@ class Attention(nn.Module):
         super().__init__()
         assert cfg.d_model % cfg.n_heads == 0
         self.n_heads = cfg.n_heads
-        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, cfg.init_scale)
-        self.proj = Linear(cfg.d_model, cfg.d_model, cfg.init_scale)
+        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, cfg, "attention_qkv")
+        self.proj = Linear(cfg.d_model, cfg.d_model, cfg, "attention_out")
+        self.scale = forward_multiplier(cfg, "attention_qkv")  # None: 1 / sqrt(d_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -124,9 +147,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate = Linear(cfg.d_model, cfg.d_ff, cfg.init_scale)
-        self.up = Linear(cfg.d_model, cfg.d_ff, cfg.init_scale)
-        self.down = Linear(cfg.d_ff, cfg.d_model, cfg.init_scale)
+        self.gate = Linear(cfg.d_model, cfg.d_ff, cfg, "ffn_in")
+        self.up = Linear(cfg.d_model, cfg.d_ff, cfg, "ffn_in")
+        self.down = Linear(cfg.d_ff, cfg.d_model, cfg, "ffn_out")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         return self.down(F.silu(self.gate(x)) * self.up(x)), {}
@@ -134,28 +157,39 @@ class SwiGLU(nn.Module):
 
 class Router(nn.Module):
     component = "router"
+    roles = {"weight": "router"}
 
-    def __init__(self, d_model: int, n_experts: int, init_scale: float):
+    def __init__(self, d_model: int, n_experts: int, init_scale: float, mult: float | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_experts, d_model))
         _init(self.weight, init_scale, d_model)
+        self.mult = mult  # 1 / m under muP with router: mup
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight.t()
+        # fp32 even under bf16 autocast: bf16 logits (3 significant digits)
+        # would flip near-tied routing decisions and blur the z-loss.
+        with torch.autocast(x.device.type, enabled=False):
+            logits = x.float() @ self.weight.float().t()
+            return logits if self.mult is None else logits * self.mult
 
 
 class Experts(nn.Module):
     """All experts' SwiGLU weights stacked, so one batched matmul serves them all."""
 
     component = "experts"
+    roles = {"gate": "experts_in", "up": "experts_in", "down": "experts_out"}
 
-    def __init__(self, n: int, d_model: int, width: int, init_scale: float):
+    def __init__(self, n: int, d_model: int, width: int, init_scale: float, init_scale_out: float):
         super().__init__()
         self.gate = nn.Parameter(torch.empty(n, d_model, width))
         self.up = nn.Parameter(torch.empty(n, d_model, width))
         self.down = nn.Parameter(torch.empty(n, width, d_model))
-        for w, fan_in in ((self.gate, d_model), (self.up, d_model), (self.down, width)):
-            _init(w, init_scale, fan_in)
+        for w, scale, fan_in in (
+            (self.gate, init_scale, d_model),
+            (self.up, init_scale, d_model),
+            (self.down, init_scale_out, width),
+        ):
+            _init(w, scale, fan_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, capacity, d] -> [n, capacity, d]
         return torch.bmm(F.silu(torch.bmm(x, self.gate)) * torch.bmm(x, self.up), self.down)
@@ -167,15 +201,23 @@ class MoE(nn.Module):
         m = cfg.moe
         assert m is not None and cfg.d_ff % m.granularity == 0
         self.m = m
-        self.router = Router(cfg.d_model, m.experts_total, cfg.init_scale)
-        self.experts = Experts(m.experts_total, cfg.d_model, cfg.d_ff // m.granularity, cfg.init_scale)
+        self.router = Router(
+            cfg.d_model, m.experts_total, cfg.init_scale_of("router"), forward_multiplier(cfg, "router")
+        )
+        self.experts = Experts(
+            m.experts_total,
+            cfg.d_model,
+            cfg.d_ff // m.granularity,
+            cfg.init_scale_of("experts_in"),
+            cfg.init_scale_of("experts_out"),
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         B, T, D = x.shape
         E, k = self.m.experts_total, self.m.k_total
         flat = x.reshape(-1, D)
         N = flat.shape[0]
-        logits = self.router(flat).float()  # routing decisions in fp32 even under autocast
+        logits = self.router(flat)  # fp32, also under autocast
         probs = logits.softmax(dim=-1)
         gate, choice = probs.topk(k, dim=-1)  # [N, k]
         slot_token, slot_weight, counts, kept = self._slots(choice, gate, N)
@@ -212,18 +254,22 @@ class MoE(nn.Module):
         weight = gate.t().reshape(-1)
         # Sort assignments by expert (stable keeps the priority order) and give
         # each its position within its expert; positions past capacity are dropped.
+        # Every shape here is fixed by (N, k, E): no boolean indexing and no
+        # bincount, so nothing waits on data and torch.compile sees one graph.
         order = torch.argsort(expert, stable=True)
-        counts = torch.bincount(expert, minlength=E)
+        counts = torch.zeros(E, dtype=torch.long, device=choice.device).scatter_add_(0, expert, torch.ones_like(expert))
         first = torch.cumsum(counts, 0) - counts
         expert_sorted = expert[order]
         pos = torch.arange(N * k, device=choice.device) - first[expert_sorted]
         kept = pos < capacity
-        assignment = order[kept]
-        slot = expert_sorted[kept] * capacity + pos[kept]
-        slot_token = torch.zeros(E * capacity, dtype=torch.long, device=choice.device).index_put_(
-            (slot,), assignment % N
-        )
-        slot_weight = weight.new_zeros(E * capacity).index_put((slot,), weight[assignment])
+        # A dropped assignment writes to one spare slot past the end, cut off
+        # after: it holds no token, and its gate weight gets no gradient.
+        spare = E * capacity
+        slot = torch.where(kept, expert_sorted * capacity + pos, spare)
+        slot_token = torch.zeros(spare + 1, dtype=torch.long, device=choice.device).index_put_((slot,), order % N)[
+            :spare
+        ]
+        slot_weight = weight.new_zeros(spare + 1).index_put((slot,), weight[order])[:spare]
         return slot_token, slot_weight, counts, kept
 
 
@@ -244,6 +290,14 @@ class Block(nn.Module):
 class Head(Linear):
     component = "head"
 
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg.d_model, cfg.vocab_size, cfg, "head")
+        self.mult = forward_multiplier(cfg, "head")  # alpha_out / m under muP
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        return logits if self.mult is None else logits * self.mult
+
 
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -252,7 +306,7 @@ class GPT(nn.Module):
         self.embed = Embedding(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = Norm(cfg.d_model)
-        self.head = Head(cfg.d_model, cfg.vocab_size, cfg.init_scale)
+        self.head = Head(cfg)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Returns (logits, loss, aux). loss = cross-entropy + weighted aux

@@ -10,6 +10,7 @@ move them (so the Snakefile, the commands and the tests agree).
         batches/                      Snakemake's batch markers
         rlrs.duckdb                   the study's database (rlrs.db)
     $RLRS_REPORTS/<study>/index.html  the report (rlrs.report), figures/ beside it
+    $RLRS_RESULTS/coordcheck/<name>/  `rlrs coordcheck`'s default output (rlrs.coordcheck)
     $RLRS_DATA_DIR                    corpora and tokenizers (default ~/.cache/rlrs)
 """
 
@@ -66,6 +67,11 @@ def tune_dir(study: str, root: Path | None = None) -> Path:
 def select_dir(study: str, root: Path | None = None) -> Path:
     """results/<study>/select/, or select/ below `root` (a results/<study>/ folder)."""
     return (root if root is not None else results_dir(study)) / SELECT_DIR
+
+
+def coordcheck_dir(name: str) -> Path:
+    """`rlrs coordcheck CONFIG`'s default output: results/coordcheck/<config name>/."""
+    return Path(os.environ.get(RESULTS_ENV, "results")) / "coordcheck" / name
 
 
 def report_html(study: str) -> Path:

@@ -29,7 +29,7 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from rlrs import analysis, atomic, db, plots, sweep_plots
+from rlrs import analysis, atomic, db, plots, scaling_report, sweep_plots
 from rlrs.analysis import members, tables
 from rlrs.report_text import (
     FINAL_COLUMNS,
@@ -47,11 +47,7 @@ from rlrs.report_text import (
     script_json,
     table,
 )
-
-# Vega-Lite version of the specs Altair writes ("v6.4.1" -> "6.4"); the bundle
-# and the PNG/SVG export must compile with the same one.
-VL_VERSION = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
-PNG_SCALE = 2
+from rlrs.vega import PNG_SCALE, VL_VERSION
 
 
 # ---------------------------------------------------------------- figures
@@ -187,6 +183,8 @@ FIGURES = (
         "no update sizes in the metrics",
         _if_rows("update_sizes", plots.update_sizes),
     ),
+    # the scaling-law fits, for a study with a scaling sweep (rlrs.scaling_report)
+    *(Figure(*spec, part=scaling_report.PART) for spec in scaling_report.FIGURES),
 )
 
 
@@ -320,6 +318,7 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         "<h3>Speedups</h3>",
         table(sp, SPEEDUP_COLUMNS) if sp.height else "<p>None computed.</p>",
         *(_tuned_section(frames["tuned_settings"]) if "tune" in extra.get("parts", ()) else []),
+        *(scaling_report.section(frames) if scaling_report.PART in extra.get("parts", ()) else []),
         "<h3>Transfer regret</h3>",
         "<p>For each swept parameter: the factor that was best at the smallest size, used at a larger size, "
         "minus the best loss at that larger size (0 = the small-scale choice is still optimal).</p>",
@@ -382,7 +381,7 @@ def write_report(study: str, db_path: Path, out_html: Path, *, figures: bool = T
             "multipliers": tables.arm_multipliers(con, runs),
             "problems": tables.problem_runs(con, runs),
             "provenance": tables.provenance(con, study),
-            "parts": members.study_parts(con, study),
+            "parts": members.study_parts(con, study) | scaling_report.parts(runs),
         }
     finally:
         con.close()

@@ -17,6 +17,8 @@ reads and nothing writes.
     contribution   the `into` arm (baseline)   component, source_arm (the arm whose
                                                value of the component was added)
     tune           the searched arm            pass, parameter, factor, step
+    scaling        the arm                     tokens (the run's training tokens, its
+                                               budget D for the scaling-law fits)
 
 The reference a derived run is compared with is its own arm label, at the
 same size, lr and length: the scaled arm for a U-sweep, the arm itself for a
@@ -35,7 +37,8 @@ MAIN, LR, LADDER, USWEEP, REMOVAL, CONTRIBUTION, TUNE = (
     "contribution",
     "tune",
 )
-SWEEPS = (TUNE, MAIN, LR, LADDER, USWEEP, REMOVAL, CONTRIBUTION)  # the order `rlrs plan` lists them in
+SCALING = "scaling"
+SWEEPS = (TUNE, MAIN, LR, LADDER, USWEEP, REMOVAL, CONTRIBUTION, SCALING)  # the order `rlrs plan` lists them in
 LR_SWEEPS = (MAIN, LR)  # sweeps whose runs compete for an arm's best lr at its main length
 LENGTH_SWEEPS = (MAIN, LR, LADDER)  # sweeps that give the baseline's L(T) points
 ABLATIONS = (REMOVAL, CONTRIBUTION)
@@ -49,6 +52,7 @@ TAG_COLUMNS = {
     "factor": "DOUBLE",
     "source_arm": "VARCHAR",
     "stage": "VARCHAR",
+    "tokens": "BIGINT",
 }
 
 
@@ -83,3 +87,7 @@ def contribution(component: str, source_arm: str) -> dict:
 def tune(pass_: int, parameter: str | None, factor: float | None, step: int | None = None) -> dict:
     tags = {"pass": pass_, "parameter": parameter, "factor": factor}
     return tags if step is None else tags | {"step": step}
+
+
+def scaling(tokens: int) -> dict:
+    return {"tokens": tokens}

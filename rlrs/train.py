@@ -29,6 +29,8 @@ from rlrs.components import component_of_parameters
 from rlrs.config import ConfigError, resolve, run_id
 from rlrs.data import eval_batches, load_corpus, train_batch
 from rlrs.model import GPT, ModelConfig, param_counts
+from rlrs.parametrization import groups as parametrization_groups
+from rlrs.parametrization import role_of_parameters
 from rlrs.rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, TERMINAL
 from rlrs.schedule import component_table
 
@@ -77,6 +79,28 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# --------------------------------------------------------- parameter groups
+
+
+def parameter_groups(model: GPT, weight_decay: float) -> tuple[list[dict], list[str], list[float]]:
+    """The optimizer's parameter groups: one per component, split by weight
+    role where muP's factors differ within a component (rlrs.parametrization).
+    Returns the groups (params, name, the group's weight decay: weight_decay
+    times its muP factor), each group's component, and each group's constant
+    muP lr factor; under sp the groups are the components with factor 1.
+    A group's rate at step t is its lr factor times its component's lr_g(t)."""
+    by_comp = component_of_parameters(model)
+    role = role_of_parameters(model)
+    entries = [(c, role[id(p)]) for c, ps in by_comp.items() for p in ps]
+    params = [p for ps in by_comp.values() for p in ps]
+    out = parametrization_groups(model.cfg, entries)
+    groups = [
+        {"params": [params[i] for i in g.members], "name": g.name, "weight_decay": weight_decay * g.weight_decay_factor}
+        for g in out
+    ]
+    return groups, [g.component for g in out], [g.lr_factor for g in out]
+
+
 # ------------------------------------------------------------------ trainer
 
 
@@ -101,26 +125,36 @@ class Trainer:
 
         torch.manual_seed(cfg["seed"])
         self.model = GPT(ModelConfig.from_dict(cfg["model"])).to(self.device)
-        groups = component_of_parameters(self.model)
-        self.components = list(groups)
+        groups, group_comps, lr_factors = parameter_groups(self.model, o["weight_decay"])
+        self.components = list(dict.fromkeys(group_comps))
         self.optimizer = torch.optim.AdamW(
-            [{"params": ps, "name": c} for c, ps in groups.items()],
+            groups,
             lr=o["lr"],
             betas=(o["beta1"], o["beta2"]),
             eps=o["eps"],
-            weight_decay=o["weight_decay"],  # one decay for all groups, as the paper
+            weight_decay=o["weight_decay"],  # one decay for all groups, as the paper (times muP's factor)
             # One fused kernel per step instead of PyTorch's CPU default (a
             # Python loop of ~10 elementwise ops per tensor): 3-5x cheaper on
             # CPU (bench/trainer_overhead.py, adamw_step_ms), same update rule.
             fused=self.device.type in ("cpu", "cuda"),
         )
-        # Every step's rate for every component, computed once.
+        # Every step's rate for every component (lr_g(t), logged as lr_<component>),
+        # computed once, and for every group: its constant muP factor times lr_g(t).
         self.lr_table = component_table(s, o["lr"], self.steps, self.components)
-        self.params = [p for ps in groups.values() for p in ps]
+        group_comp = [self.components.index(c) for c in group_comps]
+        self.group_lr_table = self.lr_table[:, group_comp] * np.array(lr_factors)
+        self.params = [p for g in groups for p in g["params"]]
         # Which component each parameter tensor belongs to, for per-component update norms.
-        self.param_comp = torch.tensor([j for j, ps in enumerate(groups.values()) for _ in ps], device=self.device)
+        self.param_comp = torch.tensor([j for g, j in zip(groups, group_comp) for _ in g["params"]], device=self.device)
         # W_before lives here between copy and step: allocated once, not per step.
         self.before = [torch.empty_like(p) for p in self.params]
+        # Update sizes are exact on the steps that record them, absent (null)
+        # on the others: the bookkeeping is ~7 passes over all parameters.
+        self.update_interval = t["update_size_interval"] or t["log_interval"]
+        # The forward (and through AOTAutograd the backward) as one compiled
+        # graph for training steps; evaluation and checkpoints use the eager
+        # module (the same parameters), so state_dict keys stay unprefixed.
+        self.forward = torch.compile(self.model) if t["compile"] else self.model
         self.counts = param_counts(cfg["model"])
         self.meta = {
             "executor": executor,
@@ -185,33 +219,41 @@ class Trainer:
             count += y.numel()
         return total / count
 
-    def train_step(self, step: int) -> tuple[list[float], torch.Tensor]:
+    def records_update(self, step: int) -> bool:
+        """Whether step `step` records the update sizes (as eval steps: every
+        interval-th step, counted from 1, and the last)."""
+        return (step + 1) % self.update_interval == 0 or step + 1 == self.steps
+
+    def train_step(self, step: int) -> tuple[list[float], torch.Tensor | None]:
         cfg = self.cfg
-        for group, lr in zip(self.optimizer.param_groups, self.lr_table[step].tolist()):
+        for group, lr in zip(self.optimizer.param_groups, self.group_lr_table[step].tolist()):
             group["lr"] = lr
         x, y = train_batch(
             self.corpus, cfg["train"]["batch_size"], cfg["model"]["seq_len"], cfg["seed"], step, self.device
         )
         with self.autocast:
-            _, (loss, ce), aux = self.model(x, y)
+            _, (loss, ce), aux = self.forward(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = cfg["optim"]["grad_clip"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip is not None else math.inf, foreach=True)
+        grad_norm = self._clip(cfg["optim"]["grad_clip"])
 
-        # Relative update size per component: ||W_after - W_before|| / ||W_after||.
-        before = self.before
-        torch._foreach_copy_(before, self.params)
-        self.optimizer.step()
-        torch._foreach_sub_(before, self.params)
-        n = len(self.components)
-        delta_sq = torch.zeros(n, device=self.device).index_add_(
-            0, self.param_comp, torch.stack(torch._foreach_norm(before)).float() ** 2
-        )
-        weight_sq = torch.zeros(n, device=self.device).index_add_(
-            0, self.param_comp, torch.stack(torch._foreach_norm(self.params)).float() ** 2
-        )
-        update = delta_sq.sqrt() / weight_sq.sqrt().clamp_min(1e-30)
+        update = None
+        if self.records_update(step):
+            # Relative update size per component: ||W_after - W_before|| / ||W_after||.
+            before = self.before
+            torch._foreach_copy_(before, self.params)
+            self.optimizer.step()
+            torch._foreach_sub_(before, self.params)
+            n = len(self.components)
+            delta_sq = torch.zeros(n, device=self.device).index_add_(
+                0, self.param_comp, torch.stack(torch._foreach_norm(before)).float() ** 2
+            )
+            weight_sq = torch.zeros(n, device=self.device).index_add_(
+                0, self.param_comp, torch.stack(torch._foreach_norm(self.params)).float() ** 2
+            )
+            update = delta_sq.sqrt() / weight_sq.sqrt().clamp_min(1e-30)
+        else:
+            self.optimizer.step()
 
         nan = torch.tensor(float("nan"), device=self.device)
         scalars = torch.stack(
@@ -225,7 +267,21 @@ class Trainer:
         )
         return scalars.tolist(), update
 
-    def record(self, step: int, scalars: list[float], update: torch.Tensor, eval_loss: float | None) -> None:
+    def _clip(self, clip: float | None) -> torch.Tensor:
+        """torch.nn.utils.clip_grad_norm_ without its unconditional rescale:
+        the norm once, and the gradients multiplied only where the clip
+        coefficient max_norm / (norm + 1e-6) is below 1 (or NaN). Where it is
+        not, clip_grad_norm_ multiplies by exactly 1.0, so skipping that is
+        bit-identical; where it is, the same function does the same multiply.
+        Returns the total gradient norm."""
+        max_norm = clip if clip is not None else math.inf  # no clip: inf, as before (an inf norm still gives NaN)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if not bool(max_norm / (norm + 1e-6) >= 1.0):
+            torch.nn.utils.clip_grads_with_norm_(self.params, max_norm, norm, foreach=True)
+        return norm
+
+    def record(self, step: int, scalars: list[float], update: torch.Tensor | None, eval_loss: float | None) -> None:
         ce, lb, z, dropped, gnorm = scalars
         if not self.cfg["model"]["moe"]:  # a dense model has no MoE losses: null, not NaN
             lb = z = dropped = None
@@ -240,7 +296,8 @@ class Trainer:
             "grad_norm": gnorm,
             "eval_loss": eval_loss,
         }
-        for c, lr, u in zip(self.components, self.lr_table[step].tolist(), update.tolist()):
+        updates = update.tolist() if update is not None else [None] * len(self.components)
+        for c, lr, u in zip(self.components, self.lr_table[step].tolist(), updates):
             row[f"lr_{c}"] = lr
             row[f"update_{c}"] = u
         for k, v in row.items():

@@ -68,10 +68,12 @@ class StudyDB:
         error: str | None = None,
         eval_interval: int | None = None,
         moe: bool = False,
+        columns: dict | None = None,
     ) -> str:
         """Add one run. Its final eval loss is `loss` (or curve(steps)); its
         eval curve is `curve` (steps trained -> loss) shifted to end at the
-        final loss. `also`: more (sweep, tags) plan rows for the same run."""
+        final loss. `also`: more (sweep, tags) plan rows for the same run;
+        `columns`: `runs` columns set as given (parameter counts, n_experts)."""
         tags = tags or {}
         key = json.dumps([self.study, size, arm, sweep, seed, lr, steps, tags, loss, status, moe], sort_keys=True)
         comps = MOE if moe else self.components
@@ -123,7 +125,7 @@ class StudyDB:
         for c in comps:
             if c != "norm":
                 row[f"mult_{c}_start"], row[f"mult_{c}_end"] = mult_full[c]["start"], mult_full[c]["end"]
-        self.runs.append(row)
+        self.runs.append(row | (columns or {}))
         for sw, tg in ((sweep, tags), *also):
             self.plan.append((self.study, rid, size, arm, sw, json.dumps(tg)))
         interval = eval_interval or max(1, steps // 10)

@@ -86,10 +86,33 @@ def _check_demo_e2e(r):
     assert r["report_mb"] > 0
 
 
+def _check_compiled_step(r):
+    (case,) = r["results"]
+    assert case["case"] == "dense-d32-fp32"
+    assert case["eager_step_ms"] > 0 and case["compiled_step_ms"] > 0 and case["compile_s"] > 0
+    assert r["compiled_over_eager"] == {"dense-d32-fp32": case["compiled_over_eager"]}
+    if case["compiled_step_ms"] < case["eager_step_ms"]:
+        assert case["break_even_steps"] > 0
+    else:
+        assert case["break_even_steps"] is None
+
+
+def _check_bf16_parity(r):
+    assert r["steps"] == 20 and r["seeds"] == 2
+    (name,) = r["cases"]
+    case = r["cases"][name]
+    assert name == "moe-d32" and case["seeds"] == [0, 1] and len(case["bf16_losses"]) == 2
+    assert 0 <= case["welch_p"] <= 1 and case["parity"] == (case["welch_p"] >= 0.05 and case["within_2se"])
+    assert case["ci90_diff"][0] <= case["mean_diff"] <= case["ci90_diff"][1]
+    assert r["timing"][name]["step_ratio_bf16_fp32"] > 0
+
+
 CHECKS = {
     "trainer_overhead": _check_trainer_overhead,
     "hardware_efficiency": _check_hardware_efficiency,
     "moe_dispatch": _check_moe_dispatch,
+    "compiled_step": _check_compiled_step,
+    "bf16_parity": _check_bf16_parity,
     "results_at_scale": _check_results_at_scale,
     "pipeline_overhead": _check_pipeline_overhead,
     "demo_e2e": _check_demo_e2e,

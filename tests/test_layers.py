@@ -25,6 +25,8 @@ LAYERS = {
     "rlrs.rundir": 0,
     "rlrs.tags": 0,
     "rlrs.paper": 0,
+    "rlrs.parametrization": 0,
+    "rlrs.vega": 0,
     # L1 config
     "rlrs.config": 1,
     "rlrs.data": 1,
@@ -38,12 +40,15 @@ LAYERS = {
     "rlrs.launch": 3,
     "rlrs.tune": 3,
     "rlrs.select_lr": 3,
+    "rlrs.coordcheck": 3,
     "rlrs.db": 3,
     # L4 the numbers
     "rlrs.analysis": 4,
     # L5 presentation and the command
     "rlrs.plots": 5,
     "rlrs.sweep_plots": 5,
+    "rlrs.scaling_plots": 5,
+    "rlrs.scaling_report": 5,
     "rlrs.report": 5,
     "rlrs.report_text": 5,
     "rlrs.cli": 5,

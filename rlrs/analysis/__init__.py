@@ -10,6 +10,7 @@ gets every table and view, only with fewer rows.
     speedup   speedup, loss gap, transfer
     sweeps    final losses, lr sweep, U-plots, regret, ablations
     curves    loss curves, update sizes, lr schedules (binned for plots)
+    scaling   scaling-law fits of the scaling sweep (laws, fit, frontier, multiplier, study)
     tables    the report's other tables (sizes, multipliers, provenance, tuning)
 
 VIEWS below is the one registry of the analysis views: name -> how it is
@@ -58,7 +59,9 @@ import duckdb
 import polars as pl
 
 from rlrs.analysis import curves, members, speedup, sweeps, tables
+from rlrs.analysis.scaling import study as scaling_study
 from rlrs.db import has_table
+from rlrs.db.schema import utc_now
 from rlrs.errors import ConfigError
 
 
@@ -79,6 +82,7 @@ class View:
     compute: Callable[[Inputs], pl.DataFrame]
     schema: dict
     doc: str  # one row per ...
+    columns: dict[str, str] = field(default_factory=dict)  # column docs (COMMENT ON COLUMN), where given
 
 
 VIEWS: dict[str, View] = {
@@ -147,7 +151,56 @@ VIEWS: dict[str, View] = {
         tables.TUNED_SCHEMA,
         "one row per (size, arm, parameter): the search's result beside the paper's value",
     ),
+    **{  # the scaling-law fits (rlrs.analysis.scaling.study): computed once, five frames
+        name: View(
+            lambda x, name=name: _scaling(x, name),
+            getattr(scaling_study, schema),
+            doc,
+            scaling_study.COLUMN_DOCS[name],
+        )
+        for name, schema, doc in (
+            ("scaling_points", "POINTS_SCHEMA", "one row per (law, family, arm, run): a point a scaling-law fit used"),
+            ("scaling_fit", "FIT_SCHEMA", "one row per (law, family, arm, parameter): a scaling-law fit, with CI"),
+            (
+                "compute_multiplier",
+                "MULTIPLIER_SCHEMA",
+                "one row per (law, family, arm, compute): the arm's compute multiplier over the baseline, with CI",
+            ),
+            (
+                "scaling_frontier",
+                "FRONTIER_SCHEMA",
+                "one row per (law, family, arm, compute): the fitted compute-optimal frontier",
+            ),
+            (
+                "scaling_iso_loss",
+                "ISO_SCHEMA",
+                "one row per (law, family, arm, loss level, N): the fitted law's iso-loss lines in (N, D)",
+            ),
+        )
+    },
 }
+
+
+SCALING_VIEWS = ("scaling_points", "scaling_fit", "compute_multiplier", "scaling_frontier", "scaling_iso_loss")
+
+
+def _scaling(x: Inputs, name: str) -> pl.DataFrame:
+    """The scaling views are fitted together, once per study, by `rlrs
+    collect` (the first one asked for fills all five). A reader of a fresh
+    database (the report) reads the stored fits instead of refitting: the
+    bootstrap refits are the one costly part of the analysis."""
+    if name not in x.frames:
+        if not is_stale(x.con) and all(has_table(x.con, f"analysis_{n}") for n in SCALING_VIEWS):
+            for n in SCALING_VIEWS:
+                schema = VIEWS[n].schema
+                stored = x.con.sql(f"SELECT * FROM analysis_{n} WHERE study = $study", params={"study": x.study}).pl()
+                x.frames[n] = stored.select(list(schema)).cast(schema) if stored.height else members.frame([], schema)
+        else:
+            frames = scaling_study.scaling(x.con, x.members, x.study, x.baseline)
+            x.frames |= dict(
+                zip(SCALING_VIEWS, (frames.points, frames.fit, frames.multiplier, frames.frontier, frames.iso_loss))
+            )
+    return x.frames[name]
 
 
 def compute(con: duckdb.DuckDBPyConnection, study: str) -> dict[str, pl.DataFrame]:
@@ -176,15 +229,20 @@ def materialize(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, pl.DataFr
             con.unregister("_analysis_frame")
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM analysis_{name}")
         con.execute(f"COMMENT ON VIEW {name} IS '{view.doc.replace(chr(39), chr(39) * 2)}'")
-    # When the views were computed: is_stale() compares it with the last ingest.
-    con.execute("CREATE OR REPLACE TABLE analysis_meta AS SELECT now() AS materialized_at")
+        for column, doc in view.columns.items():
+            con.execute(f"COMMENT ON COLUMN {name}.\"{column}\" IS '{doc.replace(chr(39), chr(39) * 2)}'")
+    # When the views were computed: is_stale() compares it with the last ingest. Naive UTC taken
+    # now, after this transaction's own ingest and plan rows (now() would be the transaction's
+    # start, before their timestamps, and the views would read as stale right after a collect).
+    con.execute("CREATE OR REPLACE TABLE analysis_meta AS SELECT CAST(? AS TIMESTAMP) AS materialized_at", [utc_now()])
     return per_study
 
 
 def is_stale(con: duckdb.DuckDBPyConnection) -> bool:
     """True when the analysis views are missing or older than the newest
-    ingested run or collected plan (now() inside the ingest transaction is
-    its start, so a hook run by that same ingest counts as fresh)."""
+    ingested run or collected plan (materialize stamps the views after the
+    rows of its own ingest, so a hook run by that same ingest counts as
+    fresh)."""
     if not has_table(con, "analysis_meta"):
         return True
     newest = (

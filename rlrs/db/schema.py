@@ -186,7 +186,7 @@ _LABELS = {
     "study": "study name",
     "size": "size label (a run shared by several parts of a study: its first requester's; all labels are in plan)",
     "arm": "arm label",
-    "sweep": "which part of the study asked for the run: main, lr, ladder, usweep, removal, contribution, tune",
+    "sweep": "which part of the study asked for the run: main, lr, ladder, usweep, removal, contribution, tune, scaling",
     "tags": 'JSON, the sweep\'s tags (rlrs.tags), e.g. {"component": "experts", "factor": 2.0}',
 }
 _SEARCH = {
@@ -270,7 +270,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "grad_norm": "gradient norm before clipping",
         **{f"lr_{c}": f"learning rate of {c} at this step; NULL where the model lacks it" for c in COMPONENTS},
         **{
-            f"update_{c}": f"relative update size ||dW||/||W|| of {c}; NULL where the model lacks it"
+            f"update_{c}": f"relative update size ||dW||/||W|| of {c}; NULL where the model lacks it "
+            "and on the steps train.update_size_interval skips"
             for c in COMPONENTS
         },
     },

@@ -11,6 +11,7 @@ from rlrs.study import selection
 from rlrs.study.plan import Plan, make_plan
 from rlrs.study.searches import load_state, read_result, searches
 from rlrs.study.validate import is_staged
+from rlrs.tags import SWEEPS
 
 # Run-time estimate for `rlrs plan`. Calibrated on this kind of machine (2
 # cores, one torch thread per run, byte vocabulary, seq 128, batch 16; the
@@ -71,6 +72,12 @@ class Estimate:
 
     def devices(self) -> list[str]:
         return sorted({c["device"] for c in self.costs.values()})
+
+    def sweep(self, sweep: str) -> tuple[int, float]:
+        """(unique runs, estimated seconds) of one sweep's requests, runs that
+        other sweeps also ask for included (they train once for both)."""
+        ids = {r["run_id"] for r in self.plan.runs if r["sweep"] == sweep}
+        return len(ids), sum(self.costs[i]["seconds"] for i in ids)
 
 
 def estimate(study: dict, study_path: Path) -> Estimate:
@@ -148,4 +155,38 @@ def stage_lines(est: Estimate) -> list[str]:
             f"  not yet known: the lrs (hence the run ids) at {', '.join(est.pending_sizes)} wait for stage 1; "
             "counted at the grid's centre (the same runs and cost at another lr)"
         )
+    return out
+
+
+def plan_lines(est: Estimate, cores: int) -> list[str]:
+    """`rlrs plan`'s body: the tune budget, the stages, runs per sweep, tokens, FLOPs and time."""
+    plan, out = est.plan, []
+    if est.budget:
+        out.append("tune: searches still to run (runs at most: the run budget, or 1 + passes x parameters x factors)")
+        for label, n, cost in est.budget:
+            out.append(f"  {label:<52}{n:>6} runs  <= {fmt_seconds(n * cost['seconds'])}")
+        out.append(f"  {'tune budget':<52}{sum(n for _, n, _ in est.budget):>6} runs (the transfer below starts after)")
+        out.append("transfer (the study's sweeps with the tuned settings):")
+    if est.selection is not None:
+        out += stage_lines(est)
+    # Unique runs per sweep, each counted under its first requester (a run two sweeps ask for trains once).
+    counts, secs = plan.sweep_counts(), {}
+    for rid, cfg in plan.configs.items():
+        secs[cfg["meta"]["sweep"]] = secs.get(cfg["meta"]["sweep"], 0.0) + est.costs[rid]["seconds"]
+    out.append(f"{'sweep':<14}{'requests':>10}{'time (1 thread)':>18}")
+    out += [f"{sw:<14}{counts[sw]:>10}{fmt_seconds(secs.get(sw, 0.0)):>18}" for sw in SWEEPS if sw in counts]
+    out.append(f"{'total':<14}{len(plan.runs):>10}   unique runs (trained once each): {len(plan.configs)}")
+    out.append(f"training tokens: {est.total('tokens'):,}")
+    out.append(f"estimated FLOPs: {est.total('flops'):.3g}")
+    for device in est.devices():
+        s = est.seconds(device)
+        if device == "cuda":
+            out.append(f"estimated GPU time: {fmt_seconds(s)} (assumes {GPU_FLOPS:.0e} effective FLOP/s; an estimate)")
+        else:
+            out.append(
+                f"estimated {device.upper()} time: {fmt_seconds(s)} of one-thread runs, "
+                f"~{fmt_seconds(s / cores)} wall with `snakemake -c {cores}` "
+                f"(assumes {CPU_FLOPS_PER_THREAD / 1e9:.0f} GFLOP/s per thread + "
+                f"{CPU_STEP_OVERHEAD_S * 1e3:.0f} ms/step + {RUN_START_S:.0f} s/run; an estimate)"
+            )
     return out

@@ -281,7 +281,60 @@ def expand(study: dict, tune_state=None, select_state=None) -> list[tuple[str, d
                         tags.contribution(comp, src),
                         f"sweeps.contribution ({size}, {comp})",
                     )
+
+    # scaling: per arm, sizes x token budgets (x experts or granularities), for the scaling-law fits
+    if "scaling" in sweeps:
+        for size, arm, seed, raw, run_tags, where in scaling_points(ex, sweeps["scaling"], sizes, arms, seeds_default):
+            emit(raw, size, arm, tags.SCALING, run_tags, where)
     return out
+
+
+def scaling_lr(cell: _Cell, size: str, arm: str) -> dict:
+    """The base lr of a scaling run: the arm's lr at that size (the study's
+    per_size / overrides / tuned settings, as every other sweep). HOOK: a
+    staged study (one with selection_seeds) will take the lr its selection
+    stage chose for (size, arm) here instead; until then this is the one
+    place that decides it. Returns a partial run config."""
+    return {"optim": {"lr": cell.resolved["optim"]["lr"]}}
+
+
+def scaling_points(ex: Expander, sw: dict, sizes: list, arms: list, seeds_default: list):
+    """(size, arm, seed, raw config, tags, where) of every scaling run: each
+    listed size x its token budgets (`steps`, or `tokens` rounded up to whole
+    steps of batch_size x seq_len; `per_size` replaces them at a size) x, at
+    MoE sizes, the listed numbers of experts and granularities."""
+    for size in sw.get("sizes", sizes):
+        budget = sw.get("per_size", {}).get(size, sw)
+        for arm in sw.get("arms", arms):
+            for seed in sw.get("seeds", seeds_default):
+                cell = ex.cell(size, arm, seed)
+                model = cell.resolved["model"]
+                per_step = cell.resolved["train"]["batch_size"] * model["seq_len"]
+                if "steps" in budget:
+                    steps = list(budget["steps"])
+                else:
+                    steps = [max(1, -(-int(t) // per_step)) for t in budget["tokens"]]
+                shapes = [{}]
+                if model["moe"] is not None:
+                    shapes = [
+                        {"n_experts": e, "granularity": g}
+                        for e in sw.get("experts", [model["moe"]["n_experts"]])
+                        for g in sw.get("granularities", [model["moe"]["granularity"]])
+                    ]
+                for shape in shapes:
+                    for n_steps in sorted(set(steps)):
+                        over = deep_merge(scaling_lr(cell, size, arm), {"train": {"steps": n_steps}})
+                        if shape:
+                            over = deep_merge(over, {"model": {"moe": shape}})
+                        label = ", ".join(f"{k}={v}" for k, v in {"steps": n_steps, **shape}.items())
+                        yield (
+                            size,
+                            arm,
+                            seed,
+                            deep_merge(cell.raw, over),
+                            tags.scaling(n_steps * per_step),
+                            f"sweeps.scaling ({size}, {arm}, {label})",
+                        )
 
 
 def _components(sw: dict, default: dict, where: str, size: str, all_present: dict | None = None) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from rlrs import tunables
-from rlrs.config import load_file
+from rlrs.config import PARAMETRIZATION_FIELDS, load_file
 from rlrs.errors import ConfigError, check_schema
 from rlrs.paths import STUDY_SCHEMA
 
@@ -120,6 +120,7 @@ def _check_references(study: dict) -> None:
         need_arm("sweeps.contribution.into", sweeps["contribution"].get("into", "baseline"))
     check_tune(study)
     check_stages(study)
+    check_scaling(study)
 
 
 def check_tune(study: dict) -> None:
@@ -238,17 +239,49 @@ def check_stages(study: dict) -> None:
         )
 
 
+def check_scaling(study: dict) -> None:
+    """Cross-field checks of the scaling sweep (the schema checked the types)."""
+    sw = (study.get("sweeps") or {}).get("scaling")
+    if sw is None:
+        return
+    sizes = sw.get("sizes", list(study["sizes"]))
+    for s in sw.get("per_size", {}):
+        if s not in study["sizes"]:
+            raise ConfigError(
+                f"sweeps.scaling.per_size.{s}", f"unknown size {s!r}; sizes of this study: {', '.join(study['sizes'])}"
+            )
+    for where, block in [("sweeps.scaling", sw)] + [
+        (f"sweeps.scaling.per_size.{s}", b) for s, b in sw.get("per_size", {}).items()
+    ]:
+        if "steps" in block and "tokens" in block:
+            raise ConfigError(where, "give exactly one of: steps, tokens")
+    uncovered = [s for s in sizes if s not in sw.get("per_size", {})]
+    if uncovered and "steps" not in sw and "tokens" not in sw:
+        raise ConfigError(
+            "sweeps.scaling.steps",
+            f"no token budgets for size(s) {', '.join(uncovered)}: give steps or tokens (or per_size)",
+        )
+    moe = [s for s in sizes if size_family(study, s) == "moe"]
+    for key in ("experts", "granularities"):
+        if key in sw and not moe:
+            raise ConfigError(f"sweeps.scaling.{key}", "applies to MoE sizes only, and the sweep has none")
+
+
 def load_study(path: Path) -> dict:
     """Read, validate and cross-check a study file (name defaults to the file stem)."""
     path = Path(path)
     return check_study(load_file(path, "study"), default_name=path.stem)
 
 
+# The run-config model.* fields a size may set directly (the study schema's `size`).
+SIZE_MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "moe", *PARAMETRIZATION_FIELDS)
+
+
 def size_raw(study: dict, size_name: str) -> dict:
     """defaults < the size's shape < the size's overrides (no arm yet)."""
     size = study["sizes"][size_name]
     raw = copy.deepcopy(study.get("defaults") or {})
-    model = {k: size[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "moe") if k in size}
+    model = {k: size[k] for k in SIZE_MODEL_FIELDS if k in size}
     train = {k: size[k] for k in ("steps", "batch_size") if k in size}
     raw = deep_merge(raw, {"model": model, "train": train})
     return deep_merge(raw, size.get("overrides"))
