@@ -36,6 +36,7 @@ rlrs.config.yaml12_numbers(config)
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tune.smk"
+include: "workflow/rules/select.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/collect.smk"
 include: "workflow/rules/report.smk"
@@ -44,7 +45,7 @@ include: "workflow/rules/report.smk"
 # Every output a user can lose is named here, so that the next call rebuilds
 # it: Snakemake does not rebuild a missing intermediate file when the files
 # made from it are up to date. The report, the database, plan.json, the tune
-# results, and every run's summary (or batch marker). Rebuilding the database
+# and select results, and every run's summary (or batch marker). Rebuilding the database
 # or plan.json retrains nothing (the train rules read plan.json as `ancient`).
 rule all:
     default_target: True
@@ -53,6 +54,7 @@ rule all:
         DB,
         PLAN_JSON,
         TUNE_RESULTS,
+        SELECT_RESULTS,
         trained,
     message:
         f"Study {STUDY} is complete: report {REPORT}, database {DB}"

@@ -26,11 +26,12 @@ from pathlib import Path
 from rlrs import config as run_config
 from rlrs import data, paths, rundir
 from rlrs.errors import ConfigError
-from rlrs.executor import KINDS, executor_settings, world_size
+from rlrs.executor import KINDS, executor_settings
+from rlrs.study import selection
 from rlrs.study.plan import tuned_plan
 from rlrs.study.searches import load_state
-from rlrs.study.validate import load_study, size_family
-from rlrs.tags import SCALING, SWEEPS
+from rlrs.study.validate import is_staged, load_study, size_family
+from rlrs.tags import SCALING
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -108,14 +109,6 @@ def cmd_submit(a) -> int:
 # ------------------------------------------------------------------ studies
 
 
-def _fmt_s(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
-
-
 def cmd_plan(a) -> int:
     """`rlrs plan STUDY.yaml`: runs per sweep and in total, tokens, FLOPs and
     time; with a tune block, each search's run budget first."""
@@ -129,39 +122,10 @@ def cmd_plan(a) -> int:
     plan = est.plan
     counts = plan.sweep_counts()
     print(f"study {plan.name} ({a.study})  executor {executor_settings(plan.study_config)['kind']}")
-    if est.budget:
-        print("tune: searches still to run (runs at most: the run budget, or 1 + passes x parameters x factors)")
-        for label, n, cost in est.budget:
-            print(f"  {label:<52}{n:>6} runs  <= {_fmt_s(n * cost['seconds'])}")
-        print(f"  {'tune budget':<52}{sum(n for _, n, _ in est.budget):>6} runs (the transfer below starts after)")
-        print("transfer (the study's sweeps with the tuned settings):")
-    print(f"{'sweep':<14}{'requests':>10}")
-    for sweep in SWEEPS:
-        if sweep in counts:
-            print(f"{sweep:<14}{counts[sweep]:>10}")
-    print(f"{'total':<14}{len(plan.runs):>10}   unique runs (trained once each): {len(plan.configs)}")
-    print(f"training tokens: {est.total('tokens'):,}")
-    print(f"estimated FLOPs: {est.total('flops'):.3g}")
-    for device in est.devices():
-        secs = est.seconds(device)
-        if device == "cuda":
-            gpus = world_size(executor_settings(plan.study_config))  # one GPU per process of a run's job
-            print(
-                f"estimated GPU time: {secs / 3600:,.1f} GPU-hours, {gpus} GPU(s) per run "
-                f"(executor.tasks_per_node x nodes): ~{_fmt_s(secs / gpus)} wall for the runs one after another "
-                f"(assumes {E.GPU_FLOPS:.0e} effective FLOP/s per GPU and perfect data-parallel scaling; an estimate)"
-            )
-        else:
-            cores = os.cpu_count() or 1
-            print(
-                f"estimated {device.upper()} time: {_fmt_s(secs)} of one-thread runs, "
-                f"~{_fmt_s(secs / cores)} wall with `snakemake -c {cores}` "
-                f"(assumes {E.CPU_FLOPS_PER_THREAD / 1e9:.0f} GFLOP/s per thread + "
-                f"{E.CPU_STEP_OVERHEAD_S * 1e3:.0f} ms/step + {E.RUN_START_S:.0f} s/run; an estimate)"
-            )
+    print("\n".join(E.plan_lines(est, os.cpu_count() or 1)))
     if SCALING in counts:
         n, secs = est.sweep(SCALING)
-        print(f"scaling sweep: {n} unique runs, {_fmt_s(secs)} of one-thread runs (shared runs included)")
+        print(f"scaling sweep: {n} unique runs, {E.fmt_seconds(secs)} of one-thread runs (shared runs included)")
     return EXIT_OK
 
 
@@ -171,9 +135,13 @@ def cmd_status(a) -> int:
         study = load_study(a.study)
         plan = tuned_plan(study, study_file=a.study)
         waiting: list[str] = []
-        if study.get("tune"):
-            pending = load_state(study).pending
-            waiting = [s for s in study["sizes"] if size_family(study, s) in pending]
+        tune_state = load_state(study) if study.get("tune") else None
+        if tune_state is not None:
+            waiting = [s for s in study["sizes"] if size_family(study, s) in tune_state.pending]
+        selecting = []
+        if is_staged(study):
+            pending = selection.load_state(study, tune_state).pending
+            selecting = [s for s in study["sizes"] if s in pending and s not in waiting]
     except ConfigError as e:
         print(f"error: {a.study}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -197,6 +165,11 @@ def cmd_status(a) -> int:
             f"{plan.name}: not planned until their family's tuning search is done (`rlrs tune {a.study}`): "
             + ", ".join(waiting)
         )
+    if selecting:
+        print(
+            f"{plan.name}: measured only once their lr selection is done (`rlrs select {a.study}`): "
+            + ", ".join(selecting)
+        )
     return EXIT_OK
 
 
@@ -217,6 +190,26 @@ def cmd_tune(a) -> int:
     cmd = tune.transfer_command(a.study, a.cores)
     print("transfer: " + " ".join(cmd), flush=True)
     return subprocess.run(cmd).returncode
+
+
+def cmd_select(a) -> int:
+    """`rlrs select STUDY.yaml [--executor KIND] [--cores N]`: stage 1 of a staged study."""
+    from rlrs import select_lr, tune
+
+    try:
+        study = load_study(a.study)
+        docs = select_lr.select(study, executor=a.executor, cores=a.cores, log=lambda m: print(m, flush=True))
+    except ConfigError as e:
+        return _error("select", f"{a.study}: {e}")
+    except (select_lr.SelectError, tune.TuneError) as e:
+        print(f"rlrs select: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    unbracketed = [f"{d['size']}.{d['arm']}" for d in docs if not d["bracketed"]]
+    print(
+        f"select: {len(docs)} cell(s) done"
+        + (f"; unbracketed (cap reached or no lr trained): {', '.join(unbracketed)}" if unbracketed else "")
+    )
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------ results
@@ -242,8 +235,16 @@ def cmd_collect(a) -> int:
             raise db.DatabaseError("nothing to collect: give run directories, --runs-root or --plan")
         dirs = list(dict.fromkeys(dirs))  # a directory named twice is read once
         tune = db.tune_results(a.plan) if a.plan is not None else None
+        select = db.select_results(a.plan) if a.plan is not None else None
         result = db.ingest(
-            a.db, dirs, study=a.study, plan=a.plan, after_ingest=analysis.materialize, progress=True, tune=tune
+            a.db,
+            dirs,
+            study=a.study,
+            plan=a.plan,
+            after_ingest=analysis.materialize,
+            progress=True,
+            tune=tune,
+            select=select,
         )
     except (db.DatabaseError, ConfigError) as e:
         return _error("collect", e)
@@ -406,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=KINDS, default=None, help="override the study's executor.kind")
     p.add_argument("--cores", type=int, default=None, help="snakemake -c for the transfer (default: all cores)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("select", help="stage 1 of a staged study: choose each (size, arm)'s lr, bracketing it")
+    p.add_argument("study", type=Path)
+    p.add_argument("--executor", choices=KINDS, default=None, help="override the study's executor.kind")
+    p.add_argument("--cores", type=int, default=None, help="local executor: jobs at once (default: all cores)")
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("coordcheck", help="coordinate check: activation RMS vs width after a few steps")
     p.add_argument("config", type=Path, help="run config YAML or JSON (its d_model is the reference width)")

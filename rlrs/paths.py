@@ -6,6 +6,7 @@ move them (so the Snakefile, the commands and the tests agree).
         plan.json                     the expanded study (rlrs.study.plan)
         runs/<run_id>/                one run directory each (rlrs.rundir)
         tune/<size>.<arm>.json        a search's result (rlrs.tune)
+        select/<size>.<arm>.json      an lr selection's result (rlrs.select)
         batches/                      Snakemake's batch markers
         rlrs.duckdb                   the study's database (rlrs.db)
     $RLRS_REPORTS/<study>/index.html  the report (rlrs.report), figures/ beside it
@@ -30,6 +31,7 @@ PLAN_FILE = "plan.json"
 DB_FILE = "rlrs.duckdb"
 RUNS_DIR = "runs"
 TUNE_DIR = "tune"
+SELECT_DIR = "select"
 REPORT_FILE = "index.html"
 FIGURES_DIR = "figures"
 
@@ -60,6 +62,11 @@ def runs_dir(study: str) -> Path:
 def tune_dir(study: str, root: Path | None = None) -> Path:
     """results/<study>/tune/, or tune/ below `root` (a results/<study>/ folder)."""
     return (root if root is not None else results_dir(study)) / TUNE_DIR
+
+
+def select_dir(study: str, root: Path | None = None) -> Path:
+    """results/<study>/select/, or select/ below `root` (a results/<study>/ folder)."""
+    return (root if root is not None else results_dir(study)) / SELECT_DIR
 
 
 def coordcheck_dir(name: str) -> Path:

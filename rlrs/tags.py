@@ -8,7 +8,8 @@ reads and nothing writes.
 
     sweep          run's arm label             tags
     main           the arm                     {}
-    lr             the arm                     lr, lr_factor
+    lr             the arm                     lr, lr_factor (+ stage: select for the
+                                               selection runs of a staged study)
     ladder         the arm (the baseline)      length_factor, steps
     usweep         the scaled arm              component, which, factor
     removal        the arm a component is      component
@@ -50,12 +51,21 @@ TAG_COLUMNS = {
     "which": "VARCHAR",
     "factor": "DOUBLE",
     "source_arm": "VARCHAR",
+    "stage": "VARCHAR",
     "tokens": "BIGINT",
 }
 
 
 def lr(lr: float, factor: float) -> dict:
     return {"lr": lr, "lr_factor": factor}
+
+
+SELECT = "select"  # the `stage` tag of a staged study's selection runs (sweep lr)
+
+
+def select(lr: float, factor: float) -> dict:
+    """A stage-1 selection run (sweep lr) of a staged study."""
+    return {"lr": lr, "lr_factor": factor, "stage": SELECT}
 
 
 def ladder(factor: float, steps: int) -> dict:

@@ -215,14 +215,14 @@ def run_search(search: Search, runner: Runner, runs_dir: Path, log=print) -> dic
     return doc
 
 
-class _Lock:
+class Lock:
     """One search process per study at a time (two would train the same run
     directories at once). An flock: the kernel releases it when the holder
     dies, even by SIGKILL."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, command: str = "rlrs tune"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.fd = path, None
+        self.path, self.fd, self.command = path, None, command
 
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -230,7 +230,7 @@ class _Lock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise TuneError(f"another `rlrs tune` holds {self.path}; wait for it to finish") from None
+            raise TuneError(f"another `{self.command}` holds {self.path}; wait for it to finish") from None
         return self
 
     def __exit__(self, *exc):
@@ -248,7 +248,7 @@ def tune(study: dict, executor: str | None = None, log=print) -> list[dict]:
     root = paths.results_dir(todo[0].study)
     runner = Runner(root / "runs", settings, kind)
     out = []
-    with _Lock(paths.tune_dir(todo[0].study) / ".lock"):
+    with Lock(paths.tune_dir(todo[0].study) / ".lock"):
         for s in todo:
             doc = read_result(s)
             if doc is not None:

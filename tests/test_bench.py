@@ -79,7 +79,9 @@ def _check_pipeline_overhead(r):
 
 def _check_demo_e2e(r):
     assert r["study"] == "workflow/configs/smoke.yaml"
-    assert r["runs"] == r["completed"] == 3  # baseline, rlrs, and the x0.5 ladder run
+    # stage 1 on seed 100: rlrs 3 grid points (bracketed), the baseline 3 + 1 beyond its high edge;
+    # stage 2: 2 arms x 3 seeds + 3 x0.5 ladder runs
+    assert r["runs"] == r["completed"] == 16
     assert r["wall_s"] > r["train_s_sum"] / r["cores"]
     assert r["report_mb"] > 0
 

@@ -20,8 +20,8 @@ def rlrs(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_a_refused_study_prints_only_the_error_line(tmp_path, command):
     study = tmp_path / "bad.yaml"
     study.write_text(
-        SMOKE.read_text().replace("optim: {lr: 0.003}", "optim: {lr: -0.003}")
-        + "tune: {sizes: [tiny], arms: {baseline: global}}\n"
+        SMOKE.read_text().replace("optim: {lr: 0.048}", "optim: {lr: -0.003}")
+        + "tune: {sizes: [tiny], arms: {baseline: global}, seed: 7, max_runs: 5}\n"
     )
     done = rlrs(command, str(study), cwd=tmp_path)
     assert done.returncode == 2, done.stderr

@@ -57,6 +57,7 @@ def test_every_table_view_and_column_is_documented_in_the_database(con):
         "studies",
         "tune_trajectory",
         "tuned",
+        "lr_selection",
         "schema_version",
         "final_losses",
         "component_metrics",

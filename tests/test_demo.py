@@ -17,7 +17,7 @@ import pytest
 from test_report import ARTIFACTS, headless, rendered_status
 from test_workflow import BIN, CONFIGS, REPO, user_env
 
-from rlrs.study import load_study, make_plan
+from rlrs.study import load_study, tuned_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -35,21 +35,24 @@ NOT_IN_A_CLONE = (
 )
 
 
-def test_make_demo_end_to_end_and_its_report_renders(tmp_path):
+def test_make_demo_end_to_end_and_its_report_renders(tmp_path, monkeypatch):
     clone = tmp_path / "rlrs"
     shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(*NOT_IN_A_CLONE))
     (clone / ".venv").symlink_to(BIN.parent)
-    planned = set(make_plan(load_study(CONFIGS / "demo.yaml")).run_ids)
 
     make = subprocess.run(
         ["make", "-o", "setup", "demo"], cwd=clone, env=user_env(), capture_output=True, text=True, timeout=1200
     )
     assert make.returncode == 0, make.stdout[-3000:] + make.stderr[-3000:]
     results = clone / "results" / "demo"
+    # The demo is staged: its plan is known once stage 1 has chosen the lrs (results/demo/select/).
+    monkeypatch.setenv("RLRS_RESULTS", str(clone / "results"))
+    planned = set(tuned_plan(load_study(CONFIGS / "demo.yaml")).run_ids)
     con = duckdb.connect(str(results / "rlrs.duckdb"), read_only=True)
     try:
         ids = {r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'completed'").fetchall()}
         assert ids == planned
+        assert con.execute("SELECT count(*) FROM lr_selection WHERE chosen_lr IS NOT NULL").fetchall() == [(8,)]
         families = {r[0] for r in con.execute("SELECT DISTINCT moe FROM runs").fetchall()}
         assert families == {True, False}  # dense and MoE
         speedups = con.execute("SELECT size, arm, definition FROM speedup").fetchall()

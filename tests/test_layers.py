@@ -41,6 +41,7 @@ LAYERS = {
     # L3 running and storing
     "rlrs.launch": 3,
     "rlrs.tune": 3,
+    "rlrs.select_lr": 3,
     "rlrs.coordcheck": 3,
     "rlrs.db": 3,
     # L4 the numbers

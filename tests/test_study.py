@@ -361,13 +361,19 @@ def test_plan_json_is_atomic_and_matches_the_db_contract(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["plan.json"]  # no temp file left
 
 
-def test_plan_cli_prints_counts_and_estimates(capsys):
+def test_plan_cli_prints_counts_and_estimates(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLRS_RESULTS", str(tmp_path))  # nothing selected yet
     assert cli_plan(CONFIGS / "smoke.yaml") == 0
     out = capsys.readouterr().out
-    assert "main                   2" in out and "ladder                 2" in out
-    assert "total                  4   unique runs (trained once each): 3" in out
-    # 2 runs x 30 steps + 15 steps, batch 8 x seq 32
-    assert f"training tokens: {75 * 8 * 32:,}" in out
+    # stage 1: 2 cells x 3 grid points x 1 selection seed, + 1 point each beyond an edge at most
+    assert "  tiny.baseline                                3 runs + up to   1 beyond the grid" in out
+    assert "  selection                                    6 runs + up to   2 beyond the grid" in out
+    assert "not yet known: the lrs (hence the run ids) at tiny wait for stage 1" in out
+    # stage 2: 2 arms x 3 reported seeds, and the x0.5 ladder on the same seeds
+    assert "main                   6" in out and "ladder                 6" in out
+    assert "total                 12   unique runs (trained once each): 9" in out
+    # (8 selection runs + 6 main runs) x 30 steps + 3 x 15 steps, batch 8 x seq 32
+    assert f"training tokens: {(14 * 30 + 3 * 15) * 8 * 32:,}" in out
     assert "an estimate" in out
 
 

@@ -22,7 +22,9 @@ MUP = {"embedding": (2.0, 0.5), "head": (0.5, 0.5)}
 
 def two_relative_arms() -> dict:
     """The smoke study with a second relative arm and every derived sweep on it."""
-    study = load_file(SMOKE, "study") | {"study": "two"}
+    study = load_file(SMOKE, "study") | {"study": "two", "seeds": [0]}  # unstaged: one seed, its lr sweep as is
+    for key in ("selection_seeds", "min_reported_seeds"):
+        study.pop(key)
     study["arms"]["rlrs_mup"] = {"multipliers": {c: {"start": s, "end": e} for c, (s, e) in MUP.items()}}
     study["sweeps"] = copy.deepcopy(study["sweeps"]) | {
         "usweep": {"arm": "rlrs_mup", "factors": {"tiny": [2.0]}, "components": ["embedding"], "which": ["start"]},

@@ -226,7 +226,7 @@ def test_sigkill_mid_search_then_rerun(full, tmp_path):
 
 def test_only_one_search_per_study_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setenv("RLRS_RESULTS", str(tmp_path))
-    with T._Lock(tmp_path / "tinytune" / "tune" / ".lock"):
+    with T.Lock(tmp_path / "tinytune" / "tune" / ".lock"):
         with pytest.raises(T.TuneError, match="another `rlrs tune` holds"):
             T.tune(check_study(tiny()), log=quiet)
     assert not (tmp_path / "tinytune" / "runs").exists()  # refused before training anything

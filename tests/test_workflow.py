@@ -82,6 +82,20 @@ def job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
+def unstaged(study: dict) -> dict:
+    """The smoke study without its stages (one seed, no selection), for the
+    tests of the train, batch and failure machinery."""
+    for key in ("selection_seeds", "min_reported_seeds"):
+        study.pop(key, None)
+    study["seeds"] = [0]
+    study.get("sweeps", {}).pop("lr", None)
+    return study
+
+
+def smoke() -> dict:
+    return unstaged(yaml.safe_load((CONFIGS / "smoke.yaml").read_text()))
+
+
 def created(workdir: Path) -> set[str]:
     return {p.name for p in workdir.iterdir()} - {".snakemake"}
 
@@ -102,11 +116,13 @@ def test_gpu_study_dry_run_shows_the_grid(tmp_path):
 
 
 def test_bare_snakemake_targets_the_demo_report(tmp_path):
-    plan = make_plan(load_study(CONFIGS / "demo.yaml"), CONFIGS / "demo.yaml")
+    # The demo is staged: its run ids wait for the select checkpoint (stage 1).
     out = snakemake(tmp_path, "-n")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout)["train"] == len(plan.configs)
+    assert job_counts(out.stdout) == {"select": 1, "plan": 1, "collect": 1, "report": 1, "all": 1}
+    assert "Choosing the lrs of study demo: stage 1 on its selection seeds" in out.stdout
     assert "Writing the report of study demo: reports/demo/index.html" in out.stdout
+    assert created(tmp_path) == set()
 
 
 def test_results_and_reports_roots_are_configurable(tmp_path):
@@ -121,7 +137,7 @@ def test_results_and_reports_roots_are_configurable(tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"Writing the plan of study smoke: {tmp_path}/res/smoke/plan.json" in out.stdout
     assert f"Writing the report of study smoke: {tmp_path}/rep/smoke/index.html" in out.stdout
-    assert f"Missing output files: {tmp_path}/res/smoke/runs/" in out.stdout
+    assert f"stage 1 on its selection seeds (progress: {tmp_path}/res/smoke/logs/select.log)" in out.stdout
 
 
 def _set(path: str, value):
@@ -144,11 +160,11 @@ BAD = {
     # A study missing `sizes` must not inherit the demo's (the configfile pitfall).
     "missing sizes": (
         lambda s: s.pop("sizes"),
-        "sizes: required key is missing (keys here: arms, defaults, description, executor, seeds, sizes, study, sweeps, tune)",
+        "sizes: required key is missing (keys here: arms, defaults, description, executor, min_reported_seeds, seeds, selection_seeds, sizes, study, sweeps, tune)",
     ),
     "unknown key": (
         _set("colour", "blue"),
-        "colour: unknown key; allowed keys here: arms, defaults, description, executor, seeds, sizes, study, sweeps, tune",
+        "colour: unknown key; allowed keys here: arms, defaults, description, executor, min_reported_seeds, seeds, selection_seeds, sizes, study, sweeps, tune",
     ),
     "unknown executor": (
         _set("executor.kind", "cluster"),
@@ -217,7 +233,34 @@ def test_smoke_study_end_to_end_rebuilds_what_is_lost(tmp_path):
     results = tmp_path / "results" / "smoke"
     plan = json.loads((results / "plan.json").read_text())
     planned = sorted({r["run_id"] for r in plan["runs"]})
-    assert len(planned) == 3 and len(plan["runs"]) == 4  # the main baseline is also the ladder's x1 point
+    # Stage 1 chose each arm's lr on seed 100; stage 2 ran at the chosen lrs on seeds 0-2.
+    chosen = {}
+    for arm in ("baseline", "rlrs"):
+        doc = json.loads((results / "select" / f"tiny.{arm}.json").read_text())
+        assert doc["status"] == "done" and doc["chosen_lr"] is not None
+        chosen[arm] = doc["chosen_lr"]
+        assert {r["run_id"] for r in plan["runs"] if r["sweep"] == "lr" and r["arm"] == arm} == {
+            p["runs"]["100"] for p in doc["points"]
+        }
+    configs = plan["configs"]
+    runs_of = {
+        sweep: sorted(
+            (
+                r["arm"],
+                configs[r["run_id"]]["seed"],
+                configs[r["run_id"]]["optim"]["lr"],
+                configs[r["run_id"]]["train"]["steps"],
+            )
+            for r in plan["runs"]
+            if r["sweep"] == sweep
+        )
+        for sweep in ("main", "ladder")
+    }
+    assert runs_of["main"] == sorted((a, s, chosen[a], 30) for a in chosen for s in (0, 1, 2))
+    assert runs_of["ladder"] == sorted(("baseline", s, chosen["baseline"], n) for s in (0, 1, 2) for n in (15, 30))
+    assert len(planned) == len(plan["runs"]) - 3  # the main baseline runs are also the ladder's x1 points
+    selected = {r["run_id"] for r in plan["runs"] if r["sweep"] == "lr"}
+    assert "Choosing the lrs of study smoke" in run.stdout + run.stderr
     assert plan["study"] == "smoke" and plan["study_file"] == str(study_file)
     assert plan["study_sha256"] == hashlib.sha256(study_file.read_bytes()).hexdigest()
     assert db_runs(results / "rlrs.duckdb") == planned
@@ -225,10 +268,10 @@ def test_smoke_study_end_to_end_rebuilds_what_is_lost(tmp_path):
         summary = json.loads((results / "runs" / rid / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["executor"] == "local" and summary["job_id"]
         assert not (results / "runs" / rid / "submitted.json").exists()
-        # Each job's log, under results/<study>/logs/.
+        # Each job's log, under results/<study>/logs/ (stage 1's runs: the select step's log).
+        log = "select.log" if rid in selected else f"train/{rid}.log"
         assert (
-            f"[{rid}] completed: final eval loss {summary['final_eval_loss']}"
-            in (results / "logs" / "train" / f"{rid}.log").read_text()
+            f"[{rid}] completed: final eval loss {summary['final_eval_loss']}" in (results / "logs" / log).read_text()
         )
     report = tmp_path / "reports" / "smoke" / "index.html"
     assert report.stat().st_size > 0
@@ -253,7 +296,7 @@ def test_smoke_study_end_to_end_rebuilds_what_is_lost(tmp_path):
         results / "rlrs.duckdb": {"collect": 1, "report": 1, "all": 1},
         report: {"report": 1, "all": 1},
         # plan.json: the train jobs find their runs finished and train nothing.
-        results / "plan.json": {"plan": 1, "train": 3, "collect": 1, "report": 1, "all": 1},
+        results / "plan.json": {"plan": 1, "train": len(planned) - len(selected), "collect": 1, "report": 1, "all": 1},
     }
     for lost, jobs in lost_and_redone.items():
         before = lost.read_bytes()
@@ -266,14 +309,14 @@ def test_smoke_study_end_to_end_rebuilds_what_is_lost(tmp_path):
         assert {rid: (results / "runs" / rid / "summary.json").read_bytes() for rid in planned} == summaries
         if lost.name == "plan.json":
             assert lost.read_bytes() == before
-            for rid in planned:
+            for rid in set(planned) - selected:
                 assert (
                     results / "logs" / "train" / f"{rid}.log"
                 ).read_text() == f"[{rid}] already completed: nothing to do\n"
         assert db_runs(results / "rlrs.duckdb") == planned
 
     # Losing one run's summary retrains that run only (then re-collects and re-reports).
-    victim = planned[0]
+    victim = next(r["run_id"] for r in plan["runs"] if r["sweep"] == "main")
     (results / "runs" / victim / "summary.json").unlink()
     dry = snakemake(tmp_path, "-n", "--configfile", str(study_file))
     assert job_counts(dry.stdout) == {"train": 1, "collect": 1, "report": 1, "all": 1}
@@ -287,7 +330,7 @@ def test_smoke_study_end_to_end_rebuilds_what_is_lost(tmp_path):
 def test_failed_run_names_its_log_and_is_redone_alone(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"not utf-8 \xff\xfe\n" * 100)  # passes the parse-time check, fails when loaded
-    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study = smoke()
     study["study"] = "fail"
     study["sweeps"] = {}
     study["arms"]["rlrs"]["overrides"] = {"data": {"corpus": f"text:{corpus}"}}
@@ -322,7 +365,7 @@ def test_diverged_run_is_a_result_not_a_failure(tmp_path):
 
     from _cli_fixtures import cli_submit
 
-    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study = smoke()
     study.update(study="div", sweeps={"main": {"arms": ["baseline"]}})
     study["defaults"]["optim"].update(lr=1.0e4, grad_clip=None)
     study["defaults"]["train"].update(steps=200, eval_interval=50)
@@ -402,7 +445,7 @@ def test_stopping_submit_cancels_its_job(tmp_path):
 
     from rlrs.study import check_study, write_plan
 
-    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study = smoke()
     study.update(study="stop", sweeps={"main": {"arms": ["baseline"]}})
     study["defaults"]["train"].update(steps=100000, eval_interval=50000)
     plan = make_plan(check_study(study))
@@ -433,7 +476,7 @@ def test_stopping_submit_cancels_its_job(tmp_path):
 
 
 def _study_file(tmp_path: Path, name: str, **executor) -> Path:
-    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study = smoke()
     study["study"] = name
     study["executor"].update(executor)
     path = tmp_path / f"{name}.yaml"
@@ -474,7 +517,7 @@ def test_batched_study_trains_runs_in_shared_jobs_and_redoes_a_lost_one(tmp_path
 def test_a_failing_run_does_not_stop_the_rest_of_its_batch(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"not utf-8 \xff\xfe\n" * 100)
-    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study = smoke()
     study.update(study="batchfail", sweeps={})
     study["executor"]["runs_per_job"] = 2
     study["arms"]["rlrs"]["overrides"] = {"data": {"corpus": f"text:{corpus}"}}

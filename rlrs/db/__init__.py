@@ -13,7 +13,7 @@ also without any access to the file system.
 """
 
 from rlrs.db.connect import DatabaseError, connect, query_connection, read_frame
-from rlrs.db.ingest import IngestResult, ingest, tune_results
+from rlrs.db.ingest import IngestResult, ingest, select_results, tune_results
 from rlrs.db.rundirs import Skipped
 from rlrs.db.schema import SCHEMA_VERSION, has_table
 
@@ -27,5 +27,6 @@ __all__ = [
     "ingest",
     "query_connection",
     "read_frame",
+    "select_results",
     "tune_results",
 ]

@@ -15,6 +15,7 @@ import duckdb
 from rlrs.db.connect import DatabaseError, first_line, open_rw
 from rlrs.db.rundirs import RunRow, Skipped, read_run_dirs
 from rlrs.db.schema import (
+    LR_SELECTION_COLUMNS,
     METRIC_COLUMNS,
     PLAN_COLUMNS,
     RUN_COLUMNS,
@@ -25,6 +26,7 @@ from rlrs.db.schema import (
     utc_now,
 )
 from rlrs.errors import ConfigError
+from rlrs.study import selection
 from rlrs.study.plan import load_plan
 from rlrs.study.searches import finished_results
 
@@ -173,6 +175,35 @@ def _write_tune(con: duckdb.DuckDBPyConnection, study: str, results: list[Mappin
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _{table}_new")
 
 
+def _write_select(con: duckdb.DuckDBPyConnection, study: str, results: list[Mapping]) -> None:
+    """Replace this study's `lr_selection` rows with the given finished
+    selection results (rlrs.select_lr result documents)."""
+    rows = []
+    for doc in results:
+        if doc.get("study") != study:
+            raise DatabaseError(
+                f"lr selection for {doc.get('size')}.{doc.get('arm')} belongs to study {doc.get('study')!r}, not {study!r}"
+            )
+        row = {k: doc.get(k) for k in LR_SELECTION_COLUMNS}
+        rows.append(
+            row
+            | {
+                "study": study,
+                "n_points": len(doc["points"]),
+                "selection_seeds": json.dumps(doc["selection_seeds"]),
+                "ranked_on": json.dumps(doc["ranked_on"]),
+            }
+        )
+    con.execute("DELETE FROM lr_selection WHERE study = ?", [study])
+    _temp_table_from(
+        con,
+        "_lr_selection_new",
+        {k: [r.get(k) for r in rows] for k in LR_SELECTION_COLUMNS},
+        schema=_arrow_schema(LR_SELECTION_COLUMNS),
+    )
+    con.execute("INSERT INTO lr_selection BY NAME SELECT * FROM _lr_selection_new")
+
+
 def ingest(
     db_path: Path | str,
     run_dirs: Iterable[Path | str],
@@ -182,6 +213,7 @@ def ingest(
     after_ingest: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
     progress: bool = False,
     tune: list[Mapping] | None = None,
+    select: list[Mapping] | None = None,
 ) -> IngestResult:
     """Write the given run directories (and the plan) into the database in
     one transaction, and return what was written, left alone and skipped.
@@ -193,6 +225,8 @@ def ingest(
       then inserted, so re-ingesting gives identical rows either way.
     - `tune`: the study's finished search results (rlrs.tune.finished_results);
       they replace its `tune_trajectory` and `tuned` rows (None: left alone).
+    - `select`: a staged study's finished lr selections (select_results);
+      they replace its `lr_selection` rows (None: left alone).
     - `after_ingest(con)` runs inside the transaction (rlrs.analysis adds
       derived tables there); if it raises, nothing is written.
     - A new database file is built under a temporary name and renamed into
@@ -239,6 +273,10 @@ def ingest(
                     if study is None:
                         raise DatabaseError("tune results need a study name (--study or --plan)")
                     _write_tune(con, study, tune)
+                if select is not None:
+                    if study is None:
+                        raise DatabaseError("lr selections need a study name (--study or --plan)")
+                    _write_select(con, study, select)
                 if after_ingest is not None:
                     after_ingest(con)
                 con.execute("COMMIT")
@@ -275,5 +313,17 @@ def tune_results(plan: Path) -> list[dict] | None:
         return None
     try:
         return finished_results(config, root=Path(plan).parent)
+    except ConfigError as e:
+        raise DatabaseError(f"{plan}: study_config: {e}") from None
+
+
+def select_results(plan: Path) -> list[dict] | None:
+    """The finished, current lr selections of the plan's study, read from the
+    select/ folder beside plan.json; None when the study is not staged."""
+    config = load_plan(plan).get("study_config") or {}
+    if "selection_seeds" not in config:
+        return None
+    try:
+        return selection.finished_results(config, root=Path(plan).parent)
     except ConfigError as e:
         raise DatabaseError(f"{plan}: study_config: {e}") from None

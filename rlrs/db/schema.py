@@ -150,6 +150,24 @@ TUNED_COLUMNS: dict[str, str] = {
 }
 
 
+LR_SELECTION_COLUMNS: dict[str, str] = {
+    "study": "VARCHAR NOT NULL",
+    "size": "VARCHAR NOT NULL",
+    "family": "VARCHAR",
+    "arm": "VARCHAR NOT NULL",
+    "centre_lr": "DOUBLE",
+    "chosen_lr": "DOUBLE",
+    "bracketed": "BOOLEAN",
+    "cap_reached": "BOOLEAN",
+    "n_extra": "BIGINT",
+    "n_points": "BIGINT",
+    "factor": "DOUBLE",
+    "selection_seeds": "JSON",
+    "ranked_on": "JSON",
+    "note": "VARCHAR",
+}
+
+
 TABLE_DOCS = {
     "runs": "one row per run (primary key run_id), from its config.json and summary.json",
     "metrics": "one row per (run_id, step) (primary key), from metrics.parquet",
@@ -157,6 +175,7 @@ TABLE_DOCS = {
     "studies": "one row per study whose plan was collected (primary key name)",
     "tune_trajectory": "one row per candidate run of the study's searches (rlrs.tune), in search order",
     "tuned": "one row per (study, size, arm, parameter): a search's result",
+    "lr_selection": "one row per (study, size, arm) of a staged study: stage 1's lr choice (rlrs.select_lr)",
     "schema_version": "the schema version this database was written with",
     "final_losses": "one row per planned (run_id, size, arm, sweep); labels from plan, else from runs",
     "component_metrics": "long format of the per-component metrics (rows where both are NULL left out)",
@@ -291,6 +310,22 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "passes": "passes made",
         "stop_reason": "converged | max_passes | max_runs",
     },
+    "lr_selection": {
+        "study": "study name",
+        "size": "the size",
+        "family": "dense | moe",
+        "arm": "the arm",
+        "centre_lr": "the first grid's centre: the tuned lr where the family was tuned, else the arm's lr",
+        "chosen_lr": "the lr every later stage runs the cell at (lowest mean loss); NULL when no lr trained",
+        "bracketed": "the chosen lr has a ranked point on each side (interior to the grid)",
+        "cap_reached": "still at an edge after max_extra_points extra points: the cell is unbracketed",
+        "n_extra": "points run beyond the first grid",
+        "n_points": "lrs run in all",
+        "factor": "the step from an edge to the next point",
+        "selection_seeds": "JSON, the seeds the selection ran on",
+        "ranked_on": "JSON, the seeds the ranking used (those every lr has)",
+        "note": "why, in words (unbracketed, diverged points, seeds left out), or NULL",
+    },
     "schema_version": {"version": "the schema version", "created_at": "UTC, when the database was created"},
     "final_losses": {
         **{k: f"{v} (from plan where the run is planned, else runs)" for k, v in _LABELS.items()},
@@ -349,6 +384,7 @@ CREATE TABLE IF NOT EXISTS studies (
     name VARCHAR PRIMARY KEY, file VARCHAR, sha256 VARCHAR, config JSON, collected_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS tune_trajectory ({", ".join(f'"{k}" {v}' for k, v in TRAJECTORY_COLUMNS.items())});
 CREATE TABLE IF NOT EXISTS tuned ({", ".join(f'"{k}" {v}' for k, v in TUNED_COLUMNS.items())});
+CREATE TABLE IF NOT EXISTS lr_selection ({", ".join(f'"{k}" {v}' for k, v in LR_SELECTION_COLUMNS.items())});
 """
 
 

@@ -19,7 +19,7 @@ from rlrs import tags
 from rlrs.config import resolve, run_id
 from rlrs.errors import ConfigError
 from rlrs.executor import check_world, executor_settings, world_size
-from rlrs.study.validate import check_study, deep_merge, size_family, size_raw
+from rlrs.study.validate import check_study, deep_merge, is_staged, ladder_seeds, size_family, size_raw
 from rlrs.tunables import apply_settings
 
 
@@ -43,6 +43,9 @@ class Expander:
     # (family, arm) -> tuned settings (rlrs.study.searches): they replace the arm's own
     # settings at every size of that family.
     tuned: dict = field(default_factory=dict)
+    # (size, arm) -> the lr stage 1 chose (rlrs.study.selection): a staged study's
+    # every sweep runs there.
+    chosen: dict = field(default_factory=dict)
     _resolved: dict = field(default_factory=dict)  # canonical raw JSON -> resolved
 
     def resolve(self, raw: dict, where: str) -> dict:
@@ -71,6 +74,8 @@ class Expander:
         raw.setdefault("schedule", {})["multipliers"] = copy.deepcopy(table)
         if (family, arm_name) in self.tuned:  # tune small, transfer large
             raw = apply_settings(raw, self.tuned[(family, arm_name)])
+        if (size_name, arm_name) in self.chosen:
+            raw = deep_merge(raw, {"optim": {"lr": self.chosen[(size_name, arm_name)]}})
         raw["seed"] = seed
         return _Cell(raw, self.resolve(raw, f"sizes.{size_name} x arms.{arm_name}"))
 
@@ -109,7 +114,7 @@ def _without_sizes(study: dict, drop: set[str]) -> dict:
     return study
 
 
-def expand(study: dict, tune_state=None) -> list[tuple[str, dict, dict]]:
+def expand(study: dict, tune_state=None, select_state=None) -> list[tuple[str, dict, dict]]:
     """Every requested run: (run_id, resolved config, labels), in sweep order.
 
     labels = {size, arm, sweep, tags}. A run requested by several sweeps
@@ -121,12 +126,24 @@ def expand(study: dict, tune_state=None) -> list[tuple[str, dict, dict]]:
     arms' own at every size of the tuned family, and the sizes of a family
     whose search has not finished are left out until it has. Without it the
     study expands with its arms' own settings (a pure function of the file).
+
+    select_state (rlrs.study.selection.SelectState, for a staged study): the
+    selection runs come first after the searches' (sweep `lr`, stage
+    select), every other sweep runs at each (size, arm)'s chosen lr, and the
+    sizes whose selection has not finished are left out until it has.
     """
     study = check_study(study, default_name=study.get("study"))
     tuned = tune_state.tuned if tune_state is not None else {}
+    drop = set()
     if tune_state is not None and tune_state.pending:
-        study = _without_sizes(study, {s for s in study["sizes"] if size_family(study, s) in tune_state.pending})
-    ex = Expander(study, tuned=tuned)
+        drop |= {s for s in study["sizes"] if size_family(study, s) in tune_state.pending}
+    staged = is_staged(study)
+    if select_state is not None:
+        drop |= select_state.pending
+    if staged and "ladder" in (study.get("sweeps") or {}):
+        study["sweeps"]["ladder"]["seeds"] = ladder_seeds(study)
+    study = _without_sizes(study, drop)
+    ex = Expander(study, tuned=tuned, chosen=select_state.chosen if select_state is not None else {})
     sizes, arms = list(study["sizes"]), list(study["arms"])
     seeds_default = study.get("seeds", [0])
     sweeps = study.get("sweeps") or {}
@@ -157,6 +174,18 @@ def expand(study: dict, tune_state=None) -> list[tuple[str, dict, dict]]:
                 f"tune ({search.key})",
             )
 
+    # lr selection (stage 1 of a staged study): every run a finished selection asked for
+    if select_state is not None:
+        for cell, lr, seed in select_state.runs:
+            emit(
+                deep_merge(cell.base_raw, {"optim": {"lr": lr}, "seed": seed}),
+                cell.size,
+                cell.arm,
+                tags.LR,
+                tags.select(lr, cell.lr_factor(lr)),
+                f"select ({cell.key}, lr={lr})",
+            )
+
     # main: every arm at every size (or the listed ones)
     main = sweeps.get("main", {})
     for size in main.get("sizes", sizes):
@@ -164,8 +193,9 @@ def expand(study: dict, tune_state=None) -> list[tuple[str, dict, dict]]:
             for seed in seeds_of(main):
                 emit(ex.cell(size, arm, seed).raw, size, arm, tags.MAIN, {}, f"sweeps.main ({size}, {arm})")
 
-    # lr: each arm's base lr times factors, or absolute values, per size
-    if "lr" in sweeps:
+    # lr: each arm's base lr times factors, or absolute values, per size (a
+    # staged study's lr sweep is its stage 1: the selection runs above)
+    if "lr" in sweeps and not staged:
         sw = sweeps["lr"]
         for size in sw.get("sizes", sizes):
             grid = sw.get("per_size", {}).get(size, sw)

@@ -18,12 +18,13 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from rlrs import atomic
+from rlrs import atomic, tags
 from rlrs.errors import ConfigError
 from rlrs.executor import executor_settings
+from rlrs.study import selection
 from rlrs.study.expand import expand
 from rlrs.study.searches import load_state
-from rlrs.study.validate import check_study
+from rlrs.study.validate import check_study, is_staged
 
 # JSON Schema of results/<study>/plan.json (written by write_plan).
 PLAN_SCHEMA = {
@@ -74,6 +75,13 @@ class Plan:
     def run_ids(self) -> list[str]:
         return list(self.configs)
 
+    @property
+    def workflow_run_ids(self) -> list[str]:
+        """The runs the workflow's train rules train: all but a staged study's
+        stage-1 runs, which `rlrs select` (the select checkpoint) trains."""
+        stage1 = {r["run_id"] for r in self.runs if (r.get("tags") or {}).get("stage") == tags.SELECT}
+        return [rid for rid in self.configs if rid not in stage1]
+
     def batches(self, runs_per_job: int) -> dict[str, list[str]]:
         """The plan's runs in groups of at most `runs_per_job` for batched
         submission: ordered by estimated run time so that a batch holds runs
@@ -84,7 +92,7 @@ class Plan:
             m, t = cfg["model"], cfg["train"]
             return t["steps"] * t["batch_size"] * m["seq_len"] * m["n_layers"] * m["d_model"] ** 2
 
-        ids = sorted(self.configs, key=lambda rid: (-work(self.configs[rid]), rid))
+        ids = sorted(self.workflow_run_ids, key=lambda rid: (-work(self.configs[rid]), rid))
         return {hashlib.sha256(",".join(g).encode()).hexdigest()[:12]: g for g in chunks(ids, runs_per_job)}
 
     def sweep_counts(self) -> dict[str, int]:
@@ -105,11 +113,11 @@ class Plan:
         }
 
 
-def make_plan(study: dict, study_file: Path | None = None, tune_state=None) -> Plan:
+def make_plan(study: dict, study_file: Path | None = None, tune_state=None, select_state=None) -> Plan:
     """Validate and expand; the study's own dict is what the plan records.
-    tune_state: see expand(); `tuned_plan()` passes the one found on disk."""
+    tune_state, select_state: see expand(); `tuned_plan()` passes the ones found on disk."""
     study = check_study(study, default_name=Path(study_file).stem if study_file else None)
-    requests = expand(study, tune_state)
+    requests = expand(study, tune_state, select_state)
     configs: dict[str, dict] = {}
     for rid, cfg, _ in requests:
         configs.setdefault(rid, cfg)
@@ -129,13 +137,14 @@ def make_plan(study: dict, study_file: Path | None = None, tune_state=None) -> P
 
 def tuned_plan(study: dict, study_file: Path | None = None) -> Plan:
     """The plan as things stand: with the tuned settings of every finished
-    search of the study's tune block (results/<study>/tune/), and without the
-    sizes still waiting for one. The same as make_plan() for a study without
-    a tune block."""
+    search of the study's tune block (results/<study>/tune/), at the lrs
+    every finished selection chose (a staged study, results/<study>/select/),
+    and without the sizes still waiting for either. The same as make_plan()
+    for a study without a tune block or stages."""
     study = check_study(study, default_name=Path(study_file).stem if study_file else None)
-    if not study.get("tune"):
-        return make_plan(study, study_file)
-    return make_plan(study, study_file, tune_state=load_state(study))
+    tune_state = load_state(study) if study.get("tune") else None
+    select_state = selection.load_state(study, tune_state) if is_staged(study) else None
+    return make_plan(study, study_file, tune_state=tune_state, select_state=select_state)
 
 
 def plan_digest(plan: Plan) -> str:

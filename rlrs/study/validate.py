@@ -119,6 +119,7 @@ def _check_references(study: dict) -> None:
     if "contribution" in sweeps:
         need_arm("sweeps.contribution.into", sweeps["contribution"].get("into", "baseline"))
     check_tune(study)
+    check_stages(study)
     check_scaling(study)
 
 
@@ -148,6 +149,94 @@ def check_tune(study: dict) -> None:
             raise ConfigError(
                 f"tune.parameters[{i}]", f"unknown parameter {p!r}; allowed: {', '.join(tunables.PARAMETERS)}"
             )
+
+
+# ------------------------------------------------------------ staged studies
+# A study with `selection_seeds` is staged (docs/design.md, Stages): stage 1
+# chooses each (size, arm)'s lr on the selection seeds (rlrs.study.selection),
+# stage 2 measures at the chosen lrs on the reported `seeds`.
+
+STAGE_DEFAULTS = {"min_reported_seeds": 5, "min_ladder_seeds": 3, "max_extra_points": 2}
+
+
+def is_staged(study: dict) -> bool:
+    return "selection_seeds" in study
+
+
+def ladder_seeds(study: dict) -> list[int]:
+    """A staged study's ladder seeds: sweeps.ladder.seeds, else the first 3 reported seeds."""
+    ladder = (study.get("sweeps") or {}).get("ladder") or {}
+    return list(ladder.get("seeds", study["seeds"][: STAGE_DEFAULTS["min_ladder_seeds"]]))
+
+
+def _seed_list(seeds) -> str:
+    return "[" + ", ".join(map(str, seeds)) + "]"
+
+
+def check_stages(study: dict) -> None:
+    """Cross-field checks of a staged study: the reported seeds are disjoint
+    from the selection and tuning seeds and numerous enough for an interval;
+    the ladder and the ablations run on reported seeds; the lr grid is
+    centred (factors); a tune block gives every arm the same run budget."""
+    if not is_staged(study):
+        return
+    sel = study["selection_seeds"]
+    if "seeds" not in study:
+        raise ConfigError("seeds", "a staged study (it has selection_seeds) must list its reported seeds")
+    seeds = study["seeds"]
+    overlap = sorted(set(seeds) & set(sel))
+    if overlap:
+        raise ConfigError(
+            "seeds",
+            f"the reported seeds {_seed_list(seeds)} overlap the selection seeds {_seed_list(sel)} "
+            f"(both hold {_seed_list(overlap)}): a seed that chose the lr must not report the result",
+        )
+    tune = study.get("tune")
+    if tune and tune.get("seed", 0) in seeds:
+        raise ConfigError(
+            "seeds",
+            f"the reported seeds {_seed_list(seeds)} overlap the tuning seeds [{tune.get('seed', 0)}] "
+            "(tune.seed): a seed that tuned the settings must not report the result",
+        )
+    least = study.get("min_reported_seeds", STAGE_DEFAULTS["min_reported_seeds"])
+    if len(seeds) < least:
+        raise ConfigError(
+            "seeds",
+            f"{len(seeds)} reported seed(s) {_seed_list(seeds)}; a staged study needs >= {least} "
+            "(min_reported_seeds, default 5, at least 3: no interval below 3 seeds)",
+        )
+    sweeps = study.get("sweeps") or {}
+    lr = sweeps.get("lr")
+    if lr is None:
+        raise ConfigError("sweeps.lr", "a staged study chooses its lrs on an lr grid: give sweeps.lr.factors")
+    if "values" in lr or any("values" in g for g in (lr.get("per_size") or {}).values()):
+        raise ConfigError("sweeps.lr.values", "a staged study's grid is centred on each arm's lr: give factors")
+    if "seeds" in lr:
+        raise ConfigError("sweeps.lr.seeds", "a staged study selects on selection_seeds; leave sweeps.lr.seeds out")
+    if "ladder" in sweeps:
+        lseeds = ladder_seeds(study)
+        outside = [s for s in lseeds if s not in seeds]
+        if outside:
+            raise ConfigError(
+                "sweeps.ladder.seeds",
+                f"{_seed_list(outside)} not among the reported seeds {_seed_list(seeds)}; the ladder runs on reported seeds",
+            )
+        if len(lseeds) < STAGE_DEFAULTS["min_ladder_seeds"]:
+            raise ConfigError("sweeps.ladder.seeds", f"{len(lseeds)} seed(s); the ladder needs >= 3 per length")
+    for name in ("main", "usweep", "removal", "contribution"):
+        outside = [s for s in (sweeps.get(name) or {}).get("seeds", []) if s not in seeds]
+        if outside:
+            raise ConfigError(
+                f"sweeps.{name}.seeds",
+                f"{_seed_list(outside)} not among the reported seeds {_seed_list(seeds)}: "
+                "each run is compared with the reference run of its own seed",
+            )
+    if tune and "max_runs" not in tune:
+        raise ConfigError(
+            "tune.max_runs",
+            "a staged study's searches need one run budget for every arm (e.g. max_runs: 40): a search "
+            "that stops at max_passes may stop one arm unconverged and let another converge",
+        )
 
 
 def check_scaling(study: dict) -> None:

@@ -1,5 +1,5 @@
-# Every planned run, the plan and the tune results (results/<study>/tune/,
-# found next to plan.json) into one DuckDB file, in one transaction
+# Every planned run, the plan, the tune results and the lr selections
+# (results/<study>/tune/ and select/, found next to plan.json) into one DuckDB file, in one transaction
 # (rlrs.db.ingest). Rebuilt from the run directories whenever a run changes,
 # or when the file is lost (`rule all` names it).
 
@@ -9,6 +9,7 @@ rule collect:
         plan=PLAN_JSON,
         trained=trained,
         tune=TUNE_RESULTS,
+        select=SELECT_RESULTS,
     output:
         db=DB,
     log:

@@ -31,6 +31,9 @@ try:
     # The results of the study's searches (none without a tune block): the
     # outputs of the `tune` checkpoint (workflow/rules/tune.smk).
     TUNE_RESULTS = rlrs.study.result_paths(PLAN.study_config)
+    # A staged study's lr selections (none unless it has selection_seeds): the
+    # outputs of the `select` checkpoint (workflow/rules/select.smk).
+    SELECT_RESULTS = rlrs.study.select_paths(PLAN.study_config)
 except ConfigError as error:
     print(f"error: {GIVEN_STUDY}: {error}", file=sys.stderr)
     sys.exit(2)
@@ -54,24 +57,30 @@ wildcard_constraints:
     batch="[0-9a-f]{12}",
 
 
-# The run ids of a tune study depend on the searches' results, so every step
-# that lists runs asks through these functions: they wait for the tune
-# checkpoint, then expand the study again with the tuned settings. Without a
-# tune block they return the parse-time plan.
+# The run ids of a tune study depend on the searches' results, and those of a
+# staged study on the chosen lrs, so every step that lists runs asks through
+# these functions: they wait for the tune and select checkpoints, then expand
+# the study again with the tuned settings at the chosen lrs. Without either
+# they return the parse-time plan.
 _TUNED_PLAN = []
 
 
 def current_plan():
-    if not TUNE_RESULTS:
+    if not TUNE_RESULTS and not SELECT_RESULTS:
         return PLAN
-    checkpoints.tune.get()
+    if TUNE_RESULTS:
+        checkpoints.tune.get()
+    if SELECT_RESULTS:
+        checkpoints.select.get()
     if not _TUNED_PLAN:
         _TUNED_PLAN.append(rlrs.study.plan_for_snakemake(config, configfiles=workflow.overwrite_configfiles, default_file=DEFAULT_STUDY))
     return _TUNED_PLAN[0]
 
 
 def summaries(wildcards=None):
-    return [f"{RUNS}/{run_id}/summary.json" for run_id in current_plan().run_ids]
+    """The summaries that training makes (every planned run but a staged
+    study's stage-1 runs, which the select checkpoint trains)."""
+    return [f"{RUNS}/{run_id}/summary.json" for run_id in current_plan().workflow_run_ids]
 
 
 def run_dirs(wildcards=None):

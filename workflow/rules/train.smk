@@ -1,6 +1,9 @@
 # plan.json: what the study asks for (runs with their labels, each run's
 # resolved config, the executor settings). Rewritten whenever its content
-# would change (the digest is a params rerun trigger); the train rules read it
+# would change (the digest is a params rerun trigger; computed from the tune and
+# select results on disk, without waiting on their checkpoints: a param that
+# waits on a checkpoint counts as changed until the checkpoint is checked,
+# which reran collect and report after every finished run); the train rules read it
 # as `ancient` so that rewriting it (or rebuilding a lost one) does not retrain
 # finished runs.
 
@@ -8,6 +11,7 @@
 rule plan:
     input:
         TUNE_RESULTS,
+        SELECT_RESULTS,
     output:
         plan=PLAN_JSON,
     log:
@@ -16,7 +20,9 @@ rule plan:
         "Writing the plan of study {params.study}: {output.plan}"
     params:
         study=STUDY,
-        digest=lambda wildcards: rlrs.study.plan_digest(current_plan()),
+        digest=lambda wildcards: rlrs.study.plan_digest(
+            rlrs.study.plan_for_snakemake(config, configfiles=workflow.overwrite_configfiles, default_file=DEFAULT_STUDY)
+        ),
     localrule: True
     run:
         write_plan(output.plan, log[0])
