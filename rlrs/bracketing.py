@@ -42,7 +42,9 @@ def log_grid(centre: float, factor: float, n_below: int = 1, n_above: int = 1) -
     if not centre > 0:
         raise ConfigError("lr", f"the grid's centre must be > 0, got {centre!r}")
     if not factor > 1:
-        raise ConfigError("sweeps.lr.bracket.factor", f"the grid's step factor must be > 1 (e.g. 2 or 1.41), got {factor!r}")
+        raise ConfigError(
+            "sweeps.lr.bracket.factor", f"the grid's step factor must be > 1 (e.g. 2 or 1.41), got {factor!r}"
+        )
     return [lr_key(centre * factor**k) for k in range(-n_below, n_above + 1)]
 
 
@@ -83,10 +85,21 @@ def select_lr(
     if max_extra_points < 0:
         raise ConfigError("sweeps.lr.bracket.max_extra_points", f"must be >= 0, got {max_extra_points!r}")
     grid_lrs = sorted({lr_key(x) for x in grid})
-    ran = {lr_key(lr): {int(s): float(v) for s, v in r.items() if int(s) in set(selection_seeds)}
-           for lr, r in results.items()}
-    out = {"action": "run", "run": [], "lr": None, "bracketed": False, "cap_reached": False,
-           "n_extra": len(set(ran) - set(grid_lrs)), "ranked_on": [], "mean_loss": {}, "note": None}
+    ran = {
+        lr_key(lr): {int(s): float(v) for s, v in r.items() if int(s) in set(selection_seeds)}
+        for lr, r in results.items()
+    }
+    out = {
+        "action": "run",
+        "run": [],
+        "lr": None,
+        "bracketed": False,
+        "cap_reached": False,
+        "n_extra": len(set(ran) - set(grid_lrs)),
+        "ranked_on": [],
+        "mean_loss": {},
+        "note": None,
+    }
     missing = [lr for lr in grid_lrs if lr not in ran]
     if missing:
         return out | {"run": missing}
@@ -98,7 +111,10 @@ def select_lr(
     ranked = {lr: r for lr, r in ran.items() if r}
     shared = set.intersection(*(set(r) for r in ranked.values())) if ranked else set()
     if not shared:
-        return out | {"action": "done", "note": "; ".join(notes + ["no selection seed finished at every lr: nothing to rank"])}
+        return out | {
+            "action": "done",
+            "note": "; ".join(notes + ["no selection seed finished at every lr: nothing to rank"]),
+        }
     if any(set(r) != shared for r in ranked.values()):
         notes.append(f"ranked on the seed(s) every lr has ({', '.join(map(str, sorted(shared)))})")
     means = {lr: _mean(r, shared) for lr, r in sorted(ranked.items())}
@@ -114,7 +130,13 @@ def select_lr(
     if out["n_extra"] < max_extra_points:
         nxt = lr_key(tried[0] / factor) if best == lrs[0] else lr_key(tried[-1] * factor)
         return out | {"run": [nxt], "note": "; ".join(notes) or None}
-    notes.append(f"best lr {best:g} still at the {'low' if best == lrs[0] else 'high'} edge after "
-                 f"{out['n_extra']} extra point(s) (cap {max_extra_points}): unbracketed")
-    return out | {"action": "done", "lr": best if means[best] < math.inf else None, "cap_reached": True,
-                  "note": "; ".join(notes)}
+    notes.append(
+        f"best lr {best:g} still at the {'low' if best == lrs[0] else 'high'} edge after "
+        f"{out['n_extra']} extra point(s) (cap {max_extra_points}): unbracketed"
+    )
+    return out | {
+        "action": "done",
+        "lr": best if means[best] < math.inf else None,
+        "cap_reached": True,
+        "note": "; ".join(notes),
+    }

@@ -101,8 +101,11 @@ def test_a_convex_loss_far_outside_the_grid_ends_interior_after_k_points():
 def test_a_diverged_run_counts_as_infinite_loss():
     # lr 0.006 has the lowest loss on two seeds and diverges on the third:
     # not a candidate. The best is 0.003, bracketed by the diverged point.
-    results = {0.0015: {10: 2.3, 11: 2.31, 12: 2.29}, 0.003: {10: 2.2, 11: 2.21, 12: 2.19},
-               0.006: {10: 2.0, 11: math.inf, 12: 2.0}}
+    results = {
+        0.0015: {10: 2.3, 11: 2.31, 12: 2.29},
+        0.003: {10: 2.2, 11: 2.21, 12: 2.19},
+        0.006: {10: 2.0, 11: math.inf, 12: 2.0},
+    }
     step = select_lr([0.0015, 0.003, 0.006], 2.0, results, SEEDS, 2)
     assert step["lr"] == 0.003 and step["bracketed"]
     assert step["mean_loss"][0.006] == math.inf
@@ -129,8 +132,7 @@ def test_lrs_are_ranked_on_the_seeds_every_point_has():
     # (mean 2.3) would beat 0.006 (mean 2.47, seed 12 a bad draw); on the
     # seeds every point has, {10, 11}, 0.006 is best, at the high edge: the
     # next point above it is asked for.
-    results = {0.0015: {10: 2.5, 11: 2.5, 12: 2.5}, 0.003: {10: 2.3, 11: 2.3},
-               0.006: {10: 2.2, 11: 2.2, 12: 3.0}}
+    results = {0.0015: {10: 2.5, 11: 2.5, 12: 2.5}, 0.003: {10: 2.3, 11: 2.3}, 0.006: {10: 2.2, 11: 2.2, 12: 3.0}}
     step = select_lr([0.0015, 0.003, 0.006], 2.0, results, SEEDS, 1)
     assert step["ranked_on"] == [10, 11] and step["run"] == [0.012]
     assert "ranked on the seed(s) every lr has (10, 11)" in step["note"]

@@ -34,6 +34,7 @@ LAYERS = {
     "rlrs.model": 2,
     "rlrs.train": 2,
     "rlrs.study": 2,
+    "rlrs.bracketing": 2,
     # L3 running and storing
     "rlrs.launch": 3,
     "rlrs.tune": 3,

@@ -85,9 +85,16 @@ def loss_gap(
     if only:
         notes.append(f"seed(s) {_seeds(only)} in one arm only: left out of the paired estimate")
     out = {
-        "loss_gap": None, "ci_low": None, "ci_high": None, "se": None, "method": "point",
-        "n_pairs": len(paired), "n_baseline": len(base), "n_arm": len(test),
-        "confidence": confidence, "reference": reference,
+        "loss_gap": None,
+        "ci_low": None,
+        "ci_high": None,
+        "se": None,
+        "method": "point",
+        "n_pairs": len(paired),
+        "n_baseline": len(base),
+        "n_arm": len(test),
+        "confidence": confidence,
+        "reference": reference,
     } | _welch(list(base.values()), list(test.values()), confidence)
 
     if paired:
@@ -103,10 +110,16 @@ def loss_gap(
         out["loss_gap"] = out["welch_gap"]
         notes.append("no seed in both arms: unpaired difference of means")
         if out["welch_ci_low"] is not None:
-            out |= {"ci_low": out["welch_ci_low"], "ci_high": out["welch_ci_high"], "method": "welch",
-                    "se": out["welch_se"]}
+            out |= {
+                "ci_low": out["welch_ci_low"],
+                "ci_high": out["welch_ci_high"],
+                "method": "welch",
+                "se": out["welch_se"],
+            }
     if out["welch_ci_low"] is None and base and test:
-        notes.append(f"fewer than {MIN_SEEDS} seeds in an arm ({len(base)} baseline, {len(test)} arm): no Welch interval")
+        notes.append(
+            f"fewer than {MIN_SEEDS} seeds in an arm ({len(base)} baseline, {len(test)} arm): no Welch interval"
+        )
     out.pop("welch_se")
     return out | {"note": "; ".join(notes) or None}
 
@@ -124,7 +137,12 @@ def _welch(base: list[float], test: list[float], confidence: float) -> dict:
         return out | {"welch_ci_low": out["welch_gap"], "welch_ci_high": out["welch_gap"], "welch_se": 0.0}
     res = stats.ttest_ind(base, test, equal_var=False)
     ci = res.confidence_interval(confidence)
-    return out | {"welch_ci_low": float(ci.low), "welch_ci_high": float(ci.high), "welch_df": float(res.df), "welch_se": se}
+    return out | {
+        "welch_ci_low": float(ci.low),
+        "welch_ci_high": float(ci.high),
+        "welch_df": float(res.df),
+        "welch_se": se,
+    }
 
 
 # ---------------------------------------------------------------- ladder speedup
@@ -179,15 +197,27 @@ def ladder_speedup(
     lengths = np.array(sorted(ladder), float)
     notes: list[str] = []
     out = {
-        "speedup": None, "t_star": None, "bound": None, "bound_value": None, "ci_low": None, "ci_high": None,
-        "method": "point", "n_pairs": len(set.intersection(*(set(c) for c in cells))) if cells[0] else 0,
-        "n_seeds": len(cells[0]), "baseline_lengths": len(lengths),
+        "speedup": None,
+        "t_star": None,
+        "bound": None,
+        "bound_value": None,
+        "ci_low": None,
+        "ci_high": None,
+        "method": "point",
+        "n_pairs": len(set.intersection(*(set(c) for c in cells))) if cells[0] else 0,
+        "n_seeds": len(cells[0]),
+        "baseline_lengths": len(lengths),
         "baseline_seeds": min((len(c) for c in cells[1:]), default=0),
-        "n_resamples": None, "n_dropped": None, "confidence": confidence, "reference": reference,
+        "n_resamples": None,
+        "n_dropped": None,
+        "confidence": confidence,
+        "reference": reference,
     }
     if len(lengths) < 2 or any(not c for c in cells):
-        notes.append(f"needs the arm's runs and baseline runs at >= 2 ladder lengths; have {len(lengths)} length(s)"
-                     + ("" if cells[0] else " and no arm run"))
+        notes.append(
+            f"needs the arm's runs and baseline runs at >= 2 ladder lengths; have {len(lengths)} length(s)"
+            + ("" if cells[0] else " and no arm run")
+        )
         return _with_saved(out | {"note": "; ".join(notes)})
     lo_edge, hi_edge = lengths[0] / steps - 1.0, lengths[-1] / steps - 1.0
 
@@ -234,7 +264,9 @@ def ladder_speedup(
         notes.append(f"lower CI end outside the ladder ({'< %.2f' % lo_edge if low < lo_edge else '> %.2f' % hi_edge})")
         low = None
     if not lo_edge <= high <= hi_edge:
-        notes.append(f"upper CI end outside the ladder ({'> %.2f' % hi_edge if high > hi_edge else '< %.2f' % lo_edge})")
+        notes.append(
+            f"upper CI end outside the ladder ({'> %.2f' % hi_edge if high > hi_edge else '< %.2f' % lo_edge})"
+        )
         high = None
     return _with_saved(out | {"ci_low": low, "ci_high": high, "note": "; ".join(notes) or None})
 
@@ -245,5 +277,8 @@ def _saved(value: float | None) -> float | None:
 
 
 def _with_saved(row: dict) -> dict:
-    return row | {"saved": _saved(row["speedup"]), "saved_ci_low": _saved(row["ci_low"]),
-                  "saved_ci_high": _saved(row["ci_high"])}
+    return row | {
+        "saved": _saved(row["speedup"]),
+        "saved_ci_low": _saved(row["ci_low"]),
+        "saved_ci_high": _saved(row["ci_high"]),
+    }
