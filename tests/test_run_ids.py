@@ -10,7 +10,7 @@ import pytest
 
 from rlrs.config import resolve, run_id
 
-RUNS = sorted((Path(__file__).resolve().parent.parent / "results" / "study-cpu" / "runs").glob("*/config.json"))
+RUNS = sorted((Path(__file__).resolve().parent.parent / "results" / "study-cpu-v1" / "runs").glob("*/config.json"))
 
 
 def test_the_committed_study_is_there():

@@ -296,7 +296,7 @@ def test_study_name_defaults_to_file_stem(tmp_path):
     assert make_plan(load_study(path), path).name == "my-study"
 
 
-@pytest.mark.parametrize("name", ["demo", "smoke", "study-cpu", "study-gpu"])
+@pytest.mark.parametrize("name", ["demo", "smoke", "study-cpu-v1", "study-gpu"])
 def test_shipped_studies_validate(name):
     path = CONFIGS / f"{name}.yaml"
     plan = make_plan(load_study(path), path)
@@ -320,7 +320,7 @@ def test_study_gpu_is_paper_scale():
 def test_study_cpu_transfers_to_8x_and_27x():
     from rlrs.model import param_counts
 
-    plan = make_plan(load_study(CONFIGS / "study-cpu.yaml"), CONFIGS / "study-cpu.yaml")
+    plan = make_plan(load_study(CONFIGS / "study-cpu-v1.yaml"), CONFIGS / "study-cpu-v1.yaml")
     by_size = {c["meta"]["size"]: c for c in plan.configs.values() if c["meta"]["sweep"] == "main"}
     for fam in ("dense", "moe"):
         n = {s: param_counts(by_size[f"{fam}-{s}"]["model"])["params_nonembedding"] for s in "sml"}
