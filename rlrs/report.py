@@ -29,7 +29,7 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from rlrs import analysis, atomic, db, plots, sweep_plots
+from rlrs import analysis, atomic, db, plots, report_health, sweep_plots
 from rlrs.analysis import members, tables
 from rlrs.report_text import (
     FINAL_COLUMNS,
@@ -38,11 +38,7 @@ from rlrs.report_text import (
     SIZES_COLUMNS,
     SPEEDUP_COLUMNS,
     TUNED_COLUMNS,
-    caveat,
     esc,
-    gap_sentence,
-    headline,
-    headline_rows,
     multipliers_table,
     script_json,
     table,
@@ -194,7 +190,7 @@ FIGURES = (
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-.meta{color:#666} .headline li{margin:.3em 0} .note{color:#777;font-size:12px} .missing{color:#8a5a00;background:#fff7e6;padding:.4em .7em;border-left:3px solid #e0a030}
+.meta{color:#666} .description{font-size:1.05em;max-width:900px} .note{color:#777;font-size:12px} .missing{color:#8a5a00;background:#fff7e6;padding:.4em .7em;border-left:3px solid #e0a030}
 figure{margin:1.2em 0 2em} figcaption{color:#444;max-width:900px;margin-top:.4em} .chart{min-height:120px}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:12.5px} th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f4f4f4} td{max-width:420px;overflow-wrap:anywhere} .downloads{font-size:12px}
@@ -269,14 +265,7 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         )
 
     sp = frames["speedup"]
-    heads = headline_rows(sp) if sp.height else []
-    headline_html = (
-        "<ul class='headline'>"
-        + "".join(f"<li>{esc(headline(r) + gap_sentence(r))}{caveat(r)}</li>" for r in heads)
-        + "</ul>"
-        if heads
-        else '<p class="missing">No speedup: the study has no completed non-baseline arm next to a completed baseline.</p>'
-    )
+    headline_html, blocked_html, footnotes_html = report_health.headline_sections(sp, frames["health"])
     problems = extra["problems"]
     problems_html = (
         f"<p>{problems.height} run(s) did not complete; their losses are excluded from every number above.</p>"
@@ -304,11 +293,18 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         f"<style>{_CSS}</style>",
         f"<script>{bundle}</script></head><body>",
         f"<h1>RLRS study report: {esc(study)}</h1>",
+        report_health.description(extra.get("config") or {}),
         f"<p class='meta'>Generated {esc(dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} from "
         f"{esc(extra['db_path'])}. Speedup = T*/T - 1: how many more steps the baseline needs to match an arm's "
-        "final eval loss; steps saved = 1 - T/T*. Intervals: 95% percentile bootstrap over seeds.</p>",
+        "final eval loss; steps saved = 1 - T/T*. Intervals (95%): the loss gap's is Student-t on the seed-paired "
+        "differences; a speedup's is a bootstrap that resamples seeds jointly across the arm and the baseline; none "
+        "below 3 seeds.</p>",
+        '<h2 id="health">Study health</h2>',
+        report_health.health_section(frames["health"]),
         "<h2>Headline</h2>",
         headline_html,
+        footnotes_html,
+        blocked_html,
         *sections,
         "<h2>Tables</h2>",
         "<h3>Model sizes</h3>",
@@ -320,6 +316,8 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         "<h3>Speedups</h3>",
         table(sp, SPEEDUP_COLUMNS) if sp.height else "<p>None computed.</p>",
         *(_tuned_section(frames["tuned_settings"]) if "tune" in extra.get("parts", ()) else []),
+        report_health.tuning_section(extra["budgets"]) if "budgets" in extra else "",
+        report_health.lr_choice_section(frames["health"]),
         "<h3>Transfer regret</h3>",
         "<p>For each swept parameter: the factor that was best at the smallest size, used at a larger size, "
         "minus the best loss at that larger size (0 = the small-scale choice is still optimal).</p>",
@@ -383,6 +381,8 @@ def write_report(study: str, db_path: Path, out_html: Path, *, figures: bool = T
             "problems": tables.problem_runs(con, runs),
             "provenance": tables.provenance(con, study),
             "parts": members.study_parts(con, study),
+            "config": tables.study_config(con, study),
+            "budgets": tables.tuning_budgets(con, study),
         }
     finally:
         con.close()

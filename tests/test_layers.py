@@ -46,6 +46,7 @@ LAYERS = {
     "rlrs.sweep_plots": 5,
     "rlrs.report": 5,
     "rlrs.report_text": 5,
+    "rlrs.report_health": 5,
     "rlrs.cli": 5,
 }
 

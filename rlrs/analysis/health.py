@@ -243,23 +243,11 @@ def health_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame([{k: r[k] for k in HEALTH_SCHEMA} for r in rows], schema=HEALTH_SCHEMA, orient="row")
 
 
-def blocking_failures(
-    health_rows,
-    size: str,
-    arm: str,
-    *,
-    baseline: str = "baseline",
-    estimate: str = "speedup",
-    family: str | None = None,
-) -> list[str]:
-    """The checks that fail for the (size, arm) `estimate` ('speedup' or
-    'loss_gap'): the report shows that number under these failures, not as
-    a headline. A failed row qualifies it when its check qualifies that
-    estimate and its scope covers the cell: the study; the size's family;
-    the size; or the cell itself, or the baseline's cell at that size (the
-    number compares with it). `health_rows`: rows or a frame of them."""
-    if estimate not in ("speedup", "loss_gap"):
-        raise ValueError(f"estimate: {estimate!r}; allowed: speedup, loss_gap")
+def covering(health_rows, size: str, arm: str, *, baseline: str = "baseline", family: str | None = None) -> list[dict]:
+    """The rows whose scope covers the (size, arm) cell: the study's; the
+    size's family's; the size's; the cell's own or the baseline's cell at
+    that size (a number of the cell compares with it). `health_rows`: rows
+    or a frame of them."""
     rows = health_rows.to_dicts() if isinstance(health_rows, pl.DataFrame) else list(health_rows)
     if family is None:
         family = next((r["family"] for r in rows if r["size"] == size and r["family"] is not None), None)
@@ -272,9 +260,27 @@ def blocking_failures(
             "arm": r["size"] == size and r["arm"] in (arm, baseline),
         }[r["scope"]]
 
+    return [r for r in rows if covers(r)]
+
+
+def blocking_failures(
+    health_rows,
+    size: str,
+    arm: str,
+    *,
+    baseline: str = "baseline",
+    estimate: str = "speedup",
+    family: str | None = None,
+) -> list[str]:
+    """The checks that fail for the (size, arm) `estimate` ('speedup' or
+    'loss_gap'): the report shows that number under these failures, not as
+    a headline. A failed row qualifies it when its check qualifies that
+    estimate and its scope covers the cell (`covering`)."""
+    if estimate not in ("speedup", "loss_gap"):
+        raise ValueError(f"estimate: {estimate!r}; allowed: speedup, loss_gap")
     names = {
         r["check_name"]
-        for r in rows
-        if r["status"] == FAIL and estimate in _CHECK[r["check_name"]].qualifies and covers(r)
+        for r in covering(health_rows, size, arm, baseline=baseline, family=family)
+        if r["status"] == FAIL and estimate in _CHECK[r["check_name"]].qualifies
     }
     return sorted(names, key=_ORDER.__getitem__)
