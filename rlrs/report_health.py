@@ -118,8 +118,9 @@ def headline_sections(speedup: pl.DataFrame, rows: pl.DataFrame) -> tuple[str, s
                 cells[estimate] = f"blocked by {', '.join(fails)}"
             else:
                 cells[estimate] = text
-        warned = sorted({x["check_name"] for x in cover if x["status"] == health.WARN})
-        failed = sorted({x["check_name"] for x in cover if x["status"] == health.FAIL})
+        order = {c.name: i for i, c in enumerate(health.CHECKS)}
+        warned = sorted({x["check_name"] for x in cover if x["status"] == health.WARN}, key=order.get)
+        failed = sorted({x["check_name"] for x in cover if x["status"] == health.FAIL}, key=order.get)
         mark = ""
         if r["note"]:
             notes.append(r["note"])

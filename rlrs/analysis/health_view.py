@@ -14,8 +14,9 @@ Inputs, read from the database:
   seed counts as +inf);
 - the ladder rows of the `speedup` view;
 - the seed lists from the studies table's config: `seeds` (reported),
-  `selection_seeds` (when absent and the study swept lr, the lr was chosen
-  on the reported seeds: they are its selection seeds), `tune.seed`;
+  `selection_seeds` (else those of lr_selection's rows; else, when the
+  study swept lr, the lr was chosen on the reported seeds: they are its
+  selection seeds), `tune.seed`;
 - the thresholds: the study's `health:` block over health.SETTINGS.
 """
 
@@ -196,6 +197,10 @@ def seed_lists(
     main = study_members.filter(pl.col("sweep") == tags.MAIN)
     seeds = config.get("seeds") or sorted(set(main["seed"].drop_nulls().to_list()))
     selection = config.get("selection_seeds")
+    if selection is None and has_table(con, "lr_selection"):
+        got = con.execute("SELECT selection_seeds FROM lr_selection WHERE study = ?", [study]).fetchall()
+        if got:
+            selection = sorted({int(s) for (seeds,) in got for s in json.loads(seeds or "[]")})
     if selection is None and (study_members["sweep"] == tags.LR).any():
         selection = list(seeds)  # the lr was chosen on the reported seeds
     tune = config.get("tune") or {}
