@@ -264,6 +264,11 @@ BAD_STUDIES = {
         lambda s: s["defaults"]["train"].update(device="tpu"),
         ["train.device", "'tpu'", "cpu, cuda, auto"],
     ),
+    "unknown health setting": (
+        lambda s: s.update(health={"min_tokens": 5}),
+        ["health.min_tokens: unknown key; allowed keys here: active_params_match, end_drop, max_dropped_frac"],
+    ),
+    "negative health setting": (lambda s: s.update(health={"noise_z": -1}), ["health.noise_z", "-1"]),
     "multipliers in defaults": (
         lambda s: s["defaults"].update(schedule={"multipliers": {}}),
         ["defaults.schedule.multipliers", "arm"],
@@ -285,6 +290,18 @@ def test_bad_study_names_field_and_allowed_values(case, tmp_path, monkeypatch, c
     assert cli_plan(path) == 2
     assert str(err.value) in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_the_schemas_health_block_names_exactly_the_health_settings():
+    from rlrs.analysis.health import SETTINGS
+
+    schema = yaml.safe_load((Path(__file__).resolve().parent.parent / "workflow/schemas/study.schema.yaml").read_text())
+    block = schema["$defs"]["health"]["properties"]
+    assert list(block) == [s.name for s in SETTINGS]
+    for s in SETTINGS:
+        assert block[s.name]["description"].startswith(f"default {s.default:g}; ")
+    study = small_study() | {"health": {"noise_z": 3, "warn_seeds": 4}}
+    assert check_study(study)["health"] == {"noise_z": 3, "warn_seeds": 4}
 
 
 def test_study_name_defaults_to_file_stem(tmp_path):
