@@ -170,7 +170,8 @@ FIGURES = (
         "Change in final eval loss when one component is changed. Removal: the full relative schedule with that "
         "component reset to the baseline's (1, 1); a positive bar means the component's schedule helps. "
         "Contribution: the baseline plus only that component's relative values; a negative bar means it helps "
-        "on its own. References are matched on size, learning rate and length.",
+        "on its own. References are matched on size, learning rate and length, and each run is compared with the "
+        "reference run of the same seed (seed-matched differences).",
         "the study has no completed `removal` or `contribution` runs with a matching reference",
         _if_rows("ablation", sweep_plots.ablation, lambda f: f.filter(pl.col("delta").is_not_null())),
     ),

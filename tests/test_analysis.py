@@ -274,6 +274,37 @@ def test_regret_refers_each_family_to_its_own_smallest_size(tmp_path):
     assert row(reg, size="s2")["regret"] == 0.0
 
 
+def test_ablation_and_usweep_compare_with_the_reference_run_of_the_same_seed(tmp_path):
+    # The reference arm's seeds differ by a seed effect (+0.1, 0, -0.1); the
+    # removal ran on seed 0 only and is 0.05 worse than seed 0's reference.
+    db = StudyDB()
+    effect = {0: 0.1, 1: 0.0, 2: -0.1}
+    for seed, e in effect.items():
+        db.run(
+            arm="rlrs",
+            seed=seed,
+            loss=2.5 + e,
+            also=(("usweep", {"component": "head", "which": "end", "factor": 1.0}),),
+        )
+    db.run(arm="rlrs", seed=0, sweep="removal", loss=2.5 + 0.1 + 0.05, tags={"component": "embedding"})
+    db.run(
+        arm="rlrs",
+        seed=0,
+        sweep="usweep",
+        loss=2.5 + 0.1 - 0.02,
+        tags={"component": "head", "which": "end", "factor": 2.0},
+    )
+    con = materialized(db, tmp_path)
+    r = row(view(con, "ablation"), kind="removal")
+    assert r["delta"] == pytest.approx(0.05, abs=1e-12) and r["n_pairs"] == 1 and r["method"] == "point"
+    assert r["delta_unpaired"] == pytest.approx(0.15, abs=1e-12)  # one seed against the 3-seed mean
+    assert r["reference_loss"] == pytest.approx(2.6) and r["reference_loss_all"] == pytest.approx(2.5)
+    assert "seed-matched on seed(s) 0 of the reference's 0, 1, 2" in r["note"] and r["delta_ci_low"] is None
+    u = row(view(con, "usweep"), factor=2.0)
+    assert u["delta"] == pytest.approx(-0.02, abs=1e-12) and u["n_pairs"] == 1
+    assert u["mean_loss"] == pytest.approx(2.58)
+
+
 def test_ablation_signs(tmp_path):
     db = StudyDB()
     db.run(arm="baseline", loss=2.50)

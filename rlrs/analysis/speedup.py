@@ -161,11 +161,6 @@ def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baselin
     return frame(rows, SPEEDUP_SCHEMA)
 
 
-def by_seed(g: Group) -> dict[int, float]:
-    """A group's completed runs as seed -> final loss (the estimates' input)."""
-    return {int(s): float(v) for s, v in zip(g.seeds, g.losses)}
-
-
 def loss_gap(base: Group | None, arm: Group) -> dict:
     """Baseline minus arm final eval loss at the same length, each at its
     compared lr (positive: the arm is better): the mean of the seed-paired
@@ -174,7 +169,7 @@ def loss_gap(base: Group | None, arm: Group) -> dict:
     Defined even where the speedup is only a bound."""
     if base is None or not len(base.losses) or base.steps != arm.steps:
         return {}
-    g = paired_loss_gap(by_seed(base), by_seed(arm), reference=_reference(base))
+    g = paired_loss_gap(base.by_seed(), arm.by_seed(), reference=_reference(base))
     return {
         "baseline_loss": base.mean,
         "loss_gap": g["loss_gap"],
@@ -230,9 +225,9 @@ def _ladder_row(arm: Group, ladder: list[Group], notes: list[str]) -> dict:
             ),
         }
     est = ladder_speedup(
-        by_seed(arm),
+        arm.by_seed(),
         arm.steps,
-        {g.steps: by_seed(g) for g in ladder},
+        {g.steps: g.by_seed() for g in ladder},
         ladder_t_star,
         reference=_reference(ladder[0], f"{len(ladder)} lengths {ladder[0].steps}-{ladder[-1].steps} steps"),
     )
@@ -259,7 +254,7 @@ def _target_row(arm: Group, ladder: list[Group], evals: pl.DataFrame, notes: lis
     # arm and the curve (the same cluster bootstrap as the ladder's).
     seeds = [int(s) for s, rid in zip(longest.seeds, longest.run_ids) if rid in set(run_ids)]
     est = ladder_speedup(
-        by_seed(arm),
+        arm.by_seed(),
         arm.steps,
         {int(t): dict(zip(seeds, curves[:, j].tolist())) for j, t in enumerate(steps)},
         lambda x, m, level: target_t_star(x, m, level),
