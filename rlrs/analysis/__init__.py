@@ -98,7 +98,7 @@ VIEWS: dict[str, View] = {
     "health": View(
         lambda x: health_view.health_view(x.con, x.study, x.members, x.frames["speedup"], x.baseline),
         health_view.VIEW_SCHEMA,
-        "one row per (health check, scope): status pass | warn | fail with value, threshold and a one-line message",
+        "one row per (health check, scope): status pass, warn or fail with value, threshold and a one-line message",
     ),
     "final_losses_by_arm": View(
         lambda x: sweeps.final_losses(x.members, x.study),

@@ -159,8 +159,9 @@ CHECKS = (
         5,
         "arm",
         _BOTH,
-        "the runs have left their early plateau by 25% of training: warn otherwise (the final loss then times the "
-        "plateau exit)",
+        "the runs have left their early plateau by 25% of training (the spec's test where eval points allow it, "
+        "else the shape test) and ended clearly below the study's plateau level: warn otherwise (the final loss "
+        "then times the plateau exit)",
     ),
     Check("end_slope", 5, "arm", _BOTH, "the runs are not still dropping steeply over the last 10% of training: warn"),
     Check(
