@@ -83,7 +83,8 @@ FIGURES = (
         "Speedup against model size",
         "Each point is one arm at one model size: how many more steps (in %) the baseline needs to reach that "
         "arm's final eval loss (T*/T - 1; 0 = no gain). The x axis is the number of non-embedding parameters "
-        "(log). Bars are 95% bootstrap intervals over seeds; no bar means a single seed. Triangles mark bounds: "
+        "(log). Bars are 95% intervals from a bootstrap that resamples seeds jointly across the arm and the "
+        "baseline; no bar means fewer than 3 seeds in a group. Triangles mark bounds: "
         "the arm beat the longest (or lost to the shortest) baseline run, so the true value lies beyond the "
         "triangle and was not extrapolated. Left: the ladder definition (baseline final loss over run lengths); "
         "right: the target definition (steps along the baseline's eval curve). A flat line means the schedule "
@@ -101,7 +102,7 @@ FIGURES = (
         "Final-loss gap against model size",
         "Each point is one arm at one model size: the baseline's final eval loss minus the arm's, both after the "
         "same number of steps and each at its own best learning rate (positive: the arm is ahead). Bars are 95% "
-        "bootstrap intervals over both arms' seeds; no bar means a single seed on either side. Unlike the speedup, "
+        "intervals (Student-t on the seed-paired differences); no bar means fewer than 3 paired seeds. Unlike the speedup, "
         "this is defined even where the arm beats every baseline run, so the speedup is only a bound.",
         "no size has completed runs of both the baseline and another arm at the same length",
         _if_rows(
