@@ -51,7 +51,8 @@ def _where(r: dict) -> str:
 
 
 def health_section(rows: pl.DataFrame) -> str:
-    """Every check's rows, fails first, then warnings, then passes."""
+    """Every check's rows: the failures in a table, then the warnings and
+    passes (in that order) in a table under a <details> fold."""
     if rows.is_empty():
         return '<p class="missing">No health checks: the study has no compared cells yet.</p>'
     counts = {st: rows.filter(pl.col("status") == st).height for st in _STATUS_ORDER}
@@ -59,11 +60,21 @@ def health_section(rows: pl.DataFrame) -> str:
         pl.col("status").replace_strict(_STATUS_ORDER, default=3).alias("_o"),
         pl.struct(rows.columns).map_elements(_where, return_dtype=pl.Utf8).alias("where"),
     ).sort("_o", maintain_order=True)
-    return (
+    fails, rest = ordered.filter(pl.col("status") == health.FAIL), ordered.filter(pl.col("status") != health.FAIL)
+    head = (
         f"<p>{counts['fail']} failed, {counts['warn']} warned, {counts['pass']} passed (spec section 3; thresholds "
         "are the study's <code>health:</code> settings). A number whose checks fail is shown under that failure "
-        "below, not in the headline.</p>" + table(ordered, HEALTH_COLUMNS, cls="health")
+        "below, not in the headline.</p>"
     )
+    failed = table(fails, HEALTH_COLUMNS, cls="health") if fails.height else "<p>No check failed.</p>"
+    folded = (
+        f'<details id="health-rest"><summary>{counts["warn"]} warning(s) and {counts["pass"]} pass(es)</summary>'
+        + table(rest, HEALTH_COLUMNS, cls="health-rest")
+        + "</details>"
+        if rest.height
+        else ""
+    )
+    return head + failed + folded
 
 
 def _pct(x) -> str:
