@@ -29,7 +29,7 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from rlrs import analysis, atomic, db, plots, scaling_report, sweep_plots
+from rlrs import analysis, atomic, db, plots, report_health, scaling_report, sweep_plots
 from rlrs.analysis import members, tables
 from rlrs.report_text import (
     FINAL_COLUMNS,
@@ -38,11 +38,7 @@ from rlrs.report_text import (
     SIZES_COLUMNS,
     SPEEDUP_COLUMNS,
     TUNED_COLUMNS,
-    caveat,
     esc,
-    gap_sentence,
-    headline,
-    headline_rows,
     multipliers_table,
     script_json,
     table,
@@ -83,7 +79,8 @@ FIGURES = (
         "Speedup against model size",
         "Each point is one arm at one model size: how many more steps (in %) the baseline needs to reach that "
         "arm's final eval loss (T*/T - 1; 0 = no gain). The x axis is the number of non-embedding parameters "
-        "(log). Bars are 95% bootstrap intervals over seeds; no bar means a single seed. Triangles mark bounds: "
+        "(log). Bars are 95% intervals from a bootstrap that resamples seeds jointly across the arm and the "
+        "baseline; no bar means fewer than 3 seeds in a group. Triangles mark bounds: "
         "the arm beat the longest (or lost to the shortest) baseline run, so the true value lies beyond the "
         "triangle and was not extrapolated. Left: the ladder definition (baseline final loss over run lengths); "
         "right: the target definition (steps along the baseline's eval curve). A flat line means the schedule "
@@ -101,7 +98,7 @@ FIGURES = (
         "Final-loss gap against model size",
         "Each point is one arm at one model size: the baseline's final eval loss minus the arm's, both after the "
         "same number of steps and each at its own best learning rate (positive: the arm is ahead). Bars are 95% "
-        "bootstrap intervals over both arms' seeds; no bar means a single seed on either side. Unlike the speedup, "
+        "intervals (Student-t on the seed-paired differences); no bar means fewer than 3 paired seeds. Unlike the speedup, "
         "this is defined even where the arm beats every baseline run, so the speedup is only a bound.",
         "no size has completed runs of both the baseline and another arm at the same length",
         _if_rows(
@@ -170,7 +167,8 @@ FIGURES = (
         "Change in final eval loss when one component is changed. Removal: the full relative schedule with that "
         "component reset to the baseline's (1, 1); a positive bar means the component's schedule helps. "
         "Contribution: the baseline plus only that component's relative values; a negative bar means it helps "
-        "on its own. References are matched on size, learning rate and length.",
+        "on its own. References are matched on size, learning rate and length, and each run is compared with the "
+        "reference run of the same seed (seed-matched differences).",
         "the study has no completed `removal` or `contribution` runs with a matching reference",
         _if_rows("ablation", sweep_plots.ablation, lambda f: f.filter(pl.col("delta").is_not_null())),
     ),
@@ -192,7 +190,7 @@ FIGURES = (
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-.meta{color:#666} .headline li{margin:.3em 0} .note{color:#777;font-size:12px} .missing{color:#8a5a00;background:#fff7e6;padding:.4em .7em;border-left:3px solid #e0a030}
+.meta{color:#666} .description{font-size:1.05em;max-width:900px} .note{color:#777;font-size:12px} .missing{color:#8a5a00;background:#fff7e6;padding:.4em .7em;border-left:3px solid #e0a030}
 figure{margin:1.2em 0 2em} figcaption{color:#444;max-width:900px;margin-top:.4em} .chart{min-height:120px}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:12.5px} th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f4f4f4} td{max-width:420px;overflow-wrap:anywhere} .downloads{font-size:12px}
@@ -267,14 +265,7 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         )
 
     sp = frames["speedup"]
-    heads = headline_rows(sp) if sp.height else []
-    headline_html = (
-        "<ul class='headline'>"
-        + "".join(f"<li>{esc(headline(r) + gap_sentence(r))}{caveat(r)}</li>" for r in heads)
-        + "</ul>"
-        if heads
-        else '<p class="missing">No speedup: the study has no completed non-baseline arm next to a completed baseline.</p>'
-    )
+    headline_html, blocked_html, footnotes_html = report_health.headline_sections(sp, frames["health"])
     problems = extra["problems"]
     problems_html = (
         f"<p>{problems.height} run(s) did not complete; their losses are excluded from every number above.</p>"
@@ -302,11 +293,18 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         f"<style>{_CSS}</style>",
         f"<script>{bundle}</script></head><body>",
         f"<h1>RLRS study report: {esc(study)}</h1>",
+        report_health.description(extra.get("config") or {}),
         f"<p class='meta'>Generated {esc(dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} from "
         f"{esc(extra['db_path'])}. Speedup = T*/T - 1: how many more steps the baseline needs to match an arm's "
-        "final eval loss; steps saved = 1 - T/T*. Intervals: 95% percentile bootstrap over seeds.</p>",
+        "final eval loss; steps saved = 1 - T/T*. Intervals (95%): the loss gap's is Student-t on the seed-paired "
+        "differences; a speedup's is a bootstrap that resamples seeds jointly across the arm and the baseline; none "
+        "below 3 seeds.</p>",
+        '<h2 id="health">Study health</h2>',
+        report_health.health_section(frames["health"]),
         "<h2>Headline</h2>",
         headline_html,
+        footnotes_html,
+        blocked_html,
         *sections,
         "<h2>Tables</h2>",
         "<h3>Model sizes</h3>",
@@ -319,6 +317,8 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         table(sp, SPEEDUP_COLUMNS) if sp.height else "<p>None computed.</p>",
         *(_tuned_section(frames["tuned_settings"]) if "tune" in extra.get("parts", ()) else []),
         *(scaling_report.section(frames) if scaling_report.PART in extra.get("parts", ()) else []),
+        report_health.tuning_section(extra["budgets"]) if "budgets" in extra else "",
+        report_health.lr_choice_section(frames["health"]),
         "<h3>Transfer regret</h3>",
         "<p>For each swept parameter: the factor that was best at the smallest size, used at a larger size, "
         "minus the best loss at that larger size (0 = the small-scale choice is still optimal).</p>",
@@ -382,6 +382,8 @@ def write_report(study: str, db_path: Path, out_html: Path, *, figures: bool = T
             "problems": tables.problem_runs(con, runs),
             "provenance": tables.provenance(con, study),
             "parts": members.study_parts(con, study) | scaling_report.parts(runs),
+            "config": tables.study_config(con, study),
+            "budgets": tables.tuning_budgets(con, study),
         }
     finally:
         con.close()

@@ -1,5 +1,5 @@
 """The report's words and tables: HTML escaping, number formats, the
-headline sentences and the HTML tables, from analysis frames. No charts,
+headline's rows and the HTML tables, from analysis frames. No charts,
 no files (rlrs.report lays out the page)."""
 
 from __future__ import annotations
@@ -44,71 +44,6 @@ def human(n) -> str:
 
 def pct(x: float) -> str:
     return f"{abs(x) * 100:.0f}%"
-
-
-def headline(r: dict) -> str:
-    """One sentence for one (size, arm) speedup row; plain text (escape it)."""
-    where = f"At {r['size']} ({human(r['params_nonembedding'])} non-embedding params)"
-    defn = f"{r['definition']} definition"
-    seeds = f"{r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}"
-    if r["speedup"] is not None:
-        saved = r["saved"]
-        if saved >= 0:
-            main = f"{r['arm']} reaches the baseline's final loss with {pct(saved)} fewer steps"
-            details = [f"the baseline needs {pct(r['speedup'])} more"]
-        else:
-            # T/T* - 1: how many more steps the arm spends than the baseline needs.
-            main = f"{r['arm']} needs {pct(1 / (1 + r['speedup']) - 1)} more steps than the baseline to reach the same loss"
-            details = []
-        lo, hi = r["saved_ci_low"], r["saved_ci_high"]
-        if lo is not None and hi is not None:
-            ci = f"95% CI {_signed_saved(lo)} to {_signed_saved(hi)}"
-        elif lo is not None or hi is not None:
-            ci = "95% CI " + (
-                f"from {_signed_saved(lo)} to beyond the baseline runs"
-                if lo is not None
-                else f"from below the baseline runs to {_signed_saved(hi)}"
-            )
-        else:
-            ci = "no interval"
-        return f"{where} {main} ({'; '.join(details + [f'{ci}, {seeds}', defn])})."
-    if r["bound"] is not None:
-        edge, steps = r["bound_value"], r["steps"]
-        edge_run = f"{steps * (1 + edge):.0f} steps, {1 + edge:.2f}x its {steps}"
-        if r["bound"].startswith(">"):
-            return (
-                f"{where} {r['arm']} ends below even the baseline's longest run ({edge_run}): the baseline "
-                f"would need more than {pct(edge)} more steps; not extrapolated ({seeds}; {defn})."
-            )
-        return (
-            f"{where} {r['arm']} ends above even the baseline's shortest run ({edge_run}): speedup below "
-            f"{edge:+.0%}; not extrapolated ({seeds}; {defn})."
-        )
-    return f"{where} no {defn} speedup for {r['arm']}: {r['note'] or 'no data'}."
-
-
-def gap_sentence(r: dict) -> str:
-    """The final-loss gap at equal steps, each arm at its best lr (plain text)."""
-    if r.get("loss_gap") is None:
-        return ""
-    lo, hi = r.get("loss_gap_ci_low"), r.get("loss_gap_ci_high")
-    ci = f", 95% CI {lo:.3f} to {hi:.3f}" if lo is not None and hi is not None else ", no interval"
-    word = "lower" if r["loss_gap"] >= 0 else "higher"
-    return (
-        f" At {r['steps']} steps its final eval loss is {abs(r['loss_gap']):.3f} nats {word} than the "
-        f"baseline's ({r['arm_loss']:.3f} vs {r['baseline_loss']:.3f}{ci})."
-    )
-
-
-def caveat(r: dict) -> str:
-    """The row's notes under its sentence (a sentence without a number already quotes them)."""
-    if r["note"] and (r["speedup"] is not None or r["bound"] is not None):
-        return f'<br><span class="note">Note: {esc(r["note"])}.</span>'
-    return ""
-
-
-def _signed_saved(x: float) -> str:
-    return f"{pct(x)} fewer" if x >= 0 else f"{pct(x)} more"
 
 
 def headline_rows(speedup: pl.DataFrame) -> list[dict]:

@@ -20,7 +20,7 @@ from rlrs.analysis import curves as C
 from rlrs.analysis import stats
 from rlrs.errors import ConfigError
 
-from _analysis_fixtures import L, StudyDB, T, add_ladder, add_usweep
+from _analysis_fixtures import LADDER, L, StudyDB, T, add_ladder, add_usweep
 
 
 def materialized(db: StudyDB, tmp_path, name: str = "rlrs.duckdb") -> duckdb.DuckDBPyConnection:
@@ -56,7 +56,7 @@ def test_ladder_recovers_a_power_law_speedup(tmp_path):
     assert r["params_nonembedding"] == db.params("s1")
     # One seed: no interval, and the note says why.
     assert r["ci_low"] is None and r["ci_high"] is None
-    assert "one arm seed" in r["note"]
+    assert "fewest seeds in a group 1 (< 3): no interval" in r["note"] and r["method"] == "point"
 
 
 def test_no_extrapolation_beyond_the_ladder(tmp_path):
@@ -104,8 +104,23 @@ def test_bootstrap_interval_over_three_seeds_contains_the_truth(tmp_path):
     # The final-loss gap at the same length (baseline at T minus the arm), with its interval.
     assert r["baseline_loss"] == pytest.approx(L(T)) and r["arm_loss"] == pytest.approx(L(1.2 * T))
     assert r["loss_gap"] == pytest.approx(L(T) - L(1.2 * T)) and r["loss_gap"] > 0
-    assert r["loss_gap_ci_low"] < r["loss_gap"] < r["loss_gap_ci_high"]
-    assert r["loss_gap_ci_high"] - r["loss_gap_ci_low"] < 0.02  # seed noise of +-0.004 nats
+    # The loss-gap interval from 3 paired seeds is the Student-t interval on the
+    # per-seed differences, by hand: d = base - arm per seed, mean +- t(0.975, 2) * sd / sqrt(3).
+    d = [L(T) + b - (L(1.2 * T) + a) for b, a in zip(noise, (0.003, -0.003, 0.0))]
+    mean = sum(d) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
+    half = 4.302652729749464 * sd / math.sqrt(3)  # scipy.stats.t.ppf(0.975, 2)
+    assert (r["loss_gap_method"], r["loss_gap_n_pairs"]) == ("paired-t", 3)
+    assert r["loss_gap"] == pytest.approx(mean, abs=1e-12)
+    assert r["loss_gap_ci_low"] == pytest.approx(mean - half, abs=1e-12)
+    assert r["loss_gap_ci_high"] == pytest.approx(mean + half, abs=1e-12)
+    # Welch's unpaired interval beside it; the speedup's interval is the seed-joint bootstrap.
+    assert r["welch_ci_low"] < r["welch_gap"] < r["welch_ci_high"]
+    assert (r["method"], r["n_pairs"], r["n_resamples"]) == ("paired-bootstrap", 3, 2000)
+    assert (
+        r["reference"]
+        == f"baseline lr {r['baseline_lr']:g}, 5 lengths {int(T * LADDER[0])}-{int(T * LADDER[-1])} steps"
+    )
     # The target definition resamples whole eval curves (one per baseline seed).
     tg = row(view(con, "speedup"), arm="rlrs", definition="target")
     assert tg["baseline_seeds"] == 3 and tg["ci_low"] < tg["speedup"] < tg["ci_high"]
@@ -257,6 +272,37 @@ def test_regret_refers_each_family_to_its_own_smallest_size(tmp_path):
     m2 = row(reg, size="m2")
     assert (m2["chosen_factor"], m2["best_factor"]) == (0.5, 1.0) and m2["regret"] == pytest.approx(0.05)
     assert row(reg, size="s2")["regret"] == 0.0
+
+
+def test_ablation_and_usweep_compare_with_the_reference_run_of_the_same_seed(tmp_path):
+    # The reference arm's seeds differ by a seed effect (+0.1, 0, -0.1); the
+    # removal ran on seed 0 only and is 0.05 worse than seed 0's reference.
+    db = StudyDB()
+    effect = {0: 0.1, 1: 0.0, 2: -0.1}
+    for seed, e in effect.items():
+        db.run(
+            arm="rlrs",
+            seed=seed,
+            loss=2.5 + e,
+            also=(("usweep", {"component": "head", "which": "end", "factor": 1.0}),),
+        )
+    db.run(arm="rlrs", seed=0, sweep="removal", loss=2.5 + 0.1 + 0.05, tags={"component": "embedding"})
+    db.run(
+        arm="rlrs",
+        seed=0,
+        sweep="usweep",
+        loss=2.5 + 0.1 - 0.02,
+        tags={"component": "head", "which": "end", "factor": 2.0},
+    )
+    con = materialized(db, tmp_path)
+    r = row(view(con, "ablation"), kind="removal")
+    assert r["delta"] == pytest.approx(0.05, abs=1e-12) and r["n_pairs"] == 1 and r["method"] == "point"
+    assert r["delta_unpaired"] == pytest.approx(0.15, abs=1e-12)  # one seed against the 3-seed mean
+    assert r["reference_loss"] == pytest.approx(2.6) and r["reference_loss_all"] == pytest.approx(2.5)
+    assert "seed-matched on seed(s) 0 of the reference's 0, 1, 2" in r["note"] and r["delta_ci_low"] is None
+    u = row(view(con, "usweep"), factor=2.0)
+    assert u["delta"] == pytest.approx(-0.02, abs=1e-12) and u["n_pairs"] == 1
+    assert u["mean_loss"] == pytest.approx(2.58)
 
 
 def test_ablation_signs(tmp_path):

@@ -112,3 +112,12 @@ def test_design_doc_holds_the_run_config_fields_table():
     design = (README.parent / "docs" / "design.md").read_text()
     block = design.split("<!-- fields-table -->\n")[1].split("<!-- /fields-table -->")[0]
     assert block == fields_table()
+
+
+def test_readme_tables_of_health_checks_and_settings_match_the_code():
+    from rlrs.analysis.health import CHECKS, SETTINGS
+
+    checks = readme_rows("| check | spec | what it says |")
+    assert checks == {c.name: [str(c.number), c.doc] for c in CHECKS}
+    settings = readme_rows("| setting | default | meaning |")
+    assert settings == {s.name: [f"{s.default:g}", s.doc] for s in SETTINGS}

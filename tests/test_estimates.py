@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import stats as scipy_stats
 
-from rlrs import analysis
-from rlrs.estimates import MIN_SEEDS, ladder_speedup, loss_gap
+from rlrs.analysis import stats
+from rlrs.analysis.estimates import MIN_SEEDS, ladder_speedup, loss_gap
 
 # ---------------------------------------------------------------- loss gap
 BASE3 = {0: 2.50, 1: 2.60, 2: 2.45}
@@ -45,7 +45,7 @@ def test_welch_interval_beside_it_is_the_hand_computed_one():
     se, df = 0.0455826, 2.27305
     assert r["welch_gap"] == pytest.approx(0.1166667, abs=1e-7)
     assert r["welch_df"] == pytest.approx(df, abs=1e-4)
-    half = stats.t.ppf(0.975, df) * se
+    half = scipy_stats.t.ppf(0.975, df) * se
     assert r["welch_ci_low"] == pytest.approx(0.1166667 - half, abs=1e-5)
     assert r["welch_ci_high"] == pytest.approx(0.1166667 + half, abs=1e-5)
 
@@ -124,29 +124,28 @@ def test_joint_resampling_cancels_a_seed_effect_shared_by_arm_and_ladder():
     effect = {s: e / 10 for s, e in EFFECT.items()}  # small enough to keep the independent CI inside the ladder
     arm = {s: L(1.4 * T) + e for s, e in effect.items()}
     ladder = ladder_of(effect)
-    r = ladder_speedup(arm, T, ladder, analysis.ladder_t_star)
+    r = ladder_speedup(arm, T, ladder, stats.ladder_t_star)
     assert r["method"] == "paired-bootstrap" and r["n_pairs"] == 5 and r["n_dropped"] == 0
     assert r["speedup"] == pytest.approx(0.4, abs=0.005)
     assert r["ci_high"] - r["ci_low"] < 1e-9
     assert r["ci_low"] == pytest.approx(r["speedup"], abs=1e-9)
 
-    lengths = np.array(LENGTHS, float)
-    independent = analysis.estimate_speedup(
-        [np.array(list(arm.values()))] + [np.array(list(ladder[t].values())) for t in LENGTHS],
-        lambda m: analysis.ladder_t_star(lengths, np.stack(m[1:], axis=1), m[0]),
-        T,
-        (lengths[0], lengths[-1]),
-    )
-    assert independent.ci_high - independent.ci_low > 0.05
+    # The same data resampled group by group (the old analysis did that): a wide interval.
+    rng = np.random.default_rng(0)
+    groups = [np.array(list(arm.values()))] + [np.array(list(ladder[t].values())) for t in LENGTHS]
+    means = [g[rng.integers(0, len(g), size=(2000, len(g)))].mean(axis=1) for g in groups]
+    independent = stats.ladder_t_star(np.array(LENGTHS, float), np.stack(means[1:], axis=1), means[0]) / T - 1
+    low, high = np.quantile(independent[np.isfinite(independent)], [0.025, 0.975])
+    assert high - low > 0.05
 
 
 def test_point_estimate_is_the_crossing_of_the_mean_curves():
     noise = {0: 0.01, 1: -0.02, 2: 0.015}
     arm = {s: L(1.2 * T) + 0.5 * n for s, n in noise.items()}
     ladder = {t: {s: L(t) + n * (1 + t / 1000) for s, n in noise.items()} for t in LENGTHS}
-    r = ladder_speedup(arm, T, ladder, analysis.ladder_t_star)
+    r = ladder_speedup(arm, T, ladder, stats.ladder_t_star)
     means = np.array([[np.mean(list(ladder[t].values())) for t in LENGTHS]])
-    t_star = analysis.ladder_t_star(np.array(LENGTHS, float), means, np.array([np.mean(list(arm.values()))]))[0]
+    t_star = stats.ladder_t_star(np.array(LENGTHS, float), means, np.array([np.mean(list(arm.values()))]))[0]
     assert r["t_star"] == pytest.approx(t_star, rel=1e-12)
     assert r["speedup"] == pytest.approx(t_star / T - 1, rel=1e-12)
     assert r["saved"] == pytest.approx(1 - T / t_star, rel=1e-12)
@@ -157,13 +156,13 @@ def test_point_estimate_is_the_crossing_of_the_mean_curves():
 def test_never_extrapolates_beyond_the_ladder():
     # The arm beats the longest baseline length: a bound, no number, no CI ends.
     arm = {s: L(1000) + e for s, e in list(EFFECT.items())[:3]}
-    r = ladder_speedup(arm, T, ladder_of(EFFECT, seeds=[0, 1, 2]), analysis.ladder_t_star)
+    r = ladder_speedup(arm, T, ladder_of(EFFECT, seeds=[0, 1, 2]), stats.ladder_t_star)
     assert r["speedup"] is None and r["t_star"] is None and r["saved"] is None
     assert r["bound"] == "> 1.00" and r["bound_value"] == pytest.approx(1.0)
     assert r["ci_low"] is None and r["ci_high"] is None
     assert "no extrapolation" in r["note"]
     # Worse than the shortest length: a lower bound.
-    worse = ladder_speedup({s: L(150) for s in range(3)}, T, ladder_of(EFFECT, seeds=[0, 1, 2]), analysis.ladder_t_star)
+    worse = ladder_speedup({s: L(150) for s in range(3)}, T, ladder_of(EFFECT, seeds=[0, 1, 2]), stats.ladder_t_star)
     assert worse["bound"] == "< -0.50" and worse["speedup"] is None
 
 
@@ -173,7 +172,7 @@ def test_a_ci_end_beyond_the_ladder_is_none():
     noise = {0: -0.01, 1: 0.012, 2: -0.006, 3: 0.009}
     arm = {s: L(760) + n for s, n in noise.items()}
     ladder = {t: {s: L(t) for s in noise} for t in LENGTHS}
-    r = ladder_speedup(arm, T, ladder, analysis.ladder_t_star)
+    r = ladder_speedup(arm, T, ladder, stats.ladder_t_star)
     assert r["speedup"] is not None and 0.8 < r["speedup"] < 1.0
     assert r["ci_low"] is not None and r["ci_high"] is None
     assert "upper CI end outside the ladder (> 1.00)" in r["note"]
@@ -184,7 +183,7 @@ def test_ladder_with_fewer_seeds_pairs_on_the_seeds_it_has():
     # seeds is resampled; resamples drawing none of the ladder's seeds drop.
     arm = {s: L(1.3 * T) + e for s, e in EFFECT.items()}
     ladder = ladder_of(EFFECT, seeds=[0, 1, 2])
-    r = ladder_speedup(arm, T, ladder, analysis.ladder_t_star, n_resamples=4000)
+    r = ladder_speedup(arm, T, ladder, stats.ladder_t_star, n_resamples=4000)
     assert (r["n_pairs"], r["n_seeds"], r["baseline_seeds"]) == (3, 5, 3)
     assert r["method"] == "paired-bootstrap"
     # P(no seed of {0, 1, 2} in 5 draws from 5) = 0.4^5 = 1.0%: ~41 of 4000.
@@ -195,14 +194,14 @@ def test_ladder_with_fewer_seeds_pairs_on_the_seeds_it_has():
 def test_no_interval_below_three_seeds_per_group():
     arm = {s: L(1.2 * T) + e for s, e in EFFECT.items()}
     ladder = ladder_of(EFFECT, seeds=[0, 1, 2]) | {600: {0: L(600)}}  # one length with one seed
-    r = ladder_speedup(arm, T, ladder, analysis.ladder_t_star)
+    r = ladder_speedup(arm, T, ladder, stats.ladder_t_star)
     assert r["method"] == "point" and r["ci_low"] is None and r["ci_high"] is None
     assert r["speedup"] is not None
     assert f"fewest seeds in a group 1 (< {MIN_SEEDS}): no interval" in r["note"]
 
 
 def test_a_single_length_is_no_ladder():
-    r = ladder_speedup({0: 2.2}, T, {400: {0: 2.3}}, analysis.ladder_t_star)
+    r = ladder_speedup({0: 2.2}, T, {400: {0: 2.3}}, stats.ladder_t_star)
     assert r["speedup"] is None and r["bound"] is None and r["baseline_lengths"] == 1
     assert "needs the arm's runs and baseline runs at >= 2 ladder lengths" in r["note"]
 
@@ -211,9 +210,9 @@ def test_bootstrap_is_reproducible_and_its_size_a_parameter():
     noise = {0: 0.01, 1: -0.02, 2: 0.015, 3: 0.0}
     arm = {s: L(1.2 * T) + n for s, n in noise.items()}
     ladder = {t: {s: L(t) + 0.5 * n for s, n in noise.items()} for t in LENGTHS}
-    a = ladder_speedup(arm, T, ladder, analysis.ladder_t_star, n_resamples=500)
-    b = ladder_speedup(arm, T, ladder, analysis.ladder_t_star, n_resamples=500)
-    c = ladder_speedup(arm, T, ladder, analysis.ladder_t_star, n_resamples=500, seed=1)
+    a = ladder_speedup(arm, T, ladder, stats.ladder_t_star, n_resamples=500)
+    b = ladder_speedup(arm, T, ladder, stats.ladder_t_star, n_resamples=500)
+    c = ladder_speedup(arm, T, ladder, stats.ladder_t_star, n_resamples=500, seed=1)
     assert (a["ci_low"], a["ci_high"]) == (b["ci_low"], b["ci_high"])
     assert (a["ci_low"], a["ci_high"]) != (c["ci_low"], c["ci_high"])
     assert a["n_resamples"] == 500

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rlrs import health
+from rlrs.analysis import health, health_checks, health_view, plateau
 from rlrs.errors import ConfigError
 
 S = health.settings()
@@ -66,7 +66,7 @@ def only(rows, check, **match):
 
 # ---------------------------------------------------------------- check 1
 def test_loss_rising_with_size_fails_and_falling_passes():
-    rows = health.loss_falls_with_size(
+    rows = health_checks.loss_falls_with_size(
         runs(
             cell("s", "baseline", [2.40, 2.41, 2.39])
             + cell("m", "baseline", [2.45, 2.46, 2.44])
@@ -85,7 +85,7 @@ def test_loss_rising_with_size_fails_and_falling_passes():
 
 def test_loss_falling_by_less_than_seed_noise_warns():
     # Means 2.40 -> 2.39 with seed sd 0.05: 0.01 < 2 SE (0.082).
-    rows = health.loss_falls_with_size(
+    rows = health_checks.loss_falls_with_size(
         runs(cell("s", "baseline", [2.35, 2.40, 2.45]) + cell("m", "baseline", [2.34, 2.39, 2.44])), S
     )
     r = only(rows, "loss_falls_with_size")
@@ -94,7 +94,7 @@ def test_loss_falling_by_less_than_seed_noise_warns():
 
 def test_sizes_are_compared_per_family_and_at_equal_length():
     # A dense and an MoE size never meet; a larger size trained shorter is not comparable.
-    rows = health.loss_falls_with_size(
+    rows = health_checks.loss_falls_with_size(
         runs(
             cell("s", "baseline", [2.0, 2.0, 2.0])
             + cell("moe-m", "baseline", [2.5, 2.5, 2.5])
@@ -115,7 +115,7 @@ def test_an_unbracketed_lr_fails_and_a_bracketed_one_passes():
             {"size": "l", "family": "dense", "arm": "rlrs", "lr": None, "bracketed": False, "cap_reached": True},
         ]
     )
-    rows = health.lr_bracketed(choices)
+    rows = health_checks.lr_bracketed(choices)
     bad, good = only(rows, "lr_bracketed", size="m", arm="rlrs"), only(rows, "lr_bracketed", arm="baseline")
     assert (
         bad["status"] == "fail" and "lr 0.0015 is at the edge of its sweep after the bracketing cap" in bad["message"]
@@ -134,7 +134,7 @@ def test_a_speedup_that_is_only_a_bound_fails():
             {"size": "l", "family": "dense", "arm": "rlrs", "speedup": None, "bound": None},
         ]
     )
-    rows = health.ladder_brackets_arm(sp)
+    rows = health_checks.ladder_brackets_arm(sp)
     assert only(rows, "ladder_brackets_arm", size="s")["status"] == "pass"
     bound = only(rows, "ladder_brackets_arm", size="m")
     assert bound["status"] == "fail" and "only a bound (> 1.00)" in bound["message"]
@@ -143,7 +143,7 @@ def test_a_speedup_that_is_only_a_bound_fails():
 
 # ---------------------------------------------------------------- check 4
 def test_few_tokens_per_parameter_warn():
-    rows = health.tokens_per_param(
+    rows = health_checks.tokens_per_param(
         runs(cell("s", "baseline", [2.0], tokens=500_000) + cell("m", "baseline", [2.0], tokens=20_000_000)), S
     )
     low, ok = only(rows, "tokens_per_param", size="s"), only(rows, "tokens_per_param", size="m")
@@ -173,7 +173,7 @@ def late_exit(centre):
 def plateau_rows(loss_of_t, every=25):
     r = runs(cell("s", "baseline", [2.0, 2.0]))
     curves = pl.DataFrame([c for rid in r["run_id"] for c in curve_rows(rid, loss_of_t, every)])
-    rows = health.plateau(r, curves, S)
+    rows = plateau.plateau(r, curves, S)
     return only(rows, "plateau_exit"), only(rows, "end_slope")
 
 
@@ -189,7 +189,9 @@ def test_a_power_law_curve_is_past_its_plateau_and_not_steep_at_the_end():
 def test_a_run_leaving_its_plateau_after_a_quarter_of_training_warns():
     exit_, end = plateau_rows(late_exit(240))
     assert exit_["status"] == "warn" and exit_["value"] == 1.0
-    assert "2 of 2 run(s) drop faster after 25% of training than before" in exit_["message"]
+    # No eval point by 5% (the first is at 6.25%): the spec's test cannot run, the shape test does.
+    assert "2 of 2 run(s) still on the early plateau after 25% of training" in exit_["message"]
+    assert "drops faster after 25% than before" in exit_["message"]
     assert end["status"] == "pass"  # the exit is over by the end
 
 
@@ -204,6 +206,46 @@ def test_a_run_still_dropping_steeply_at_the_end_warns():
     assert "still dropping steeply" in end["message"]
 
 
+def sharp_exit(centre):
+    # The plateau reached within 3% of training (time constant 3 steps), left around `centre`.
+    return lambda t: 2.5 + 1.5 * math.exp(-t / 3) - 0.6 / (1 + math.exp(-(t - centre) / 20))
+
+
+def test_the_spec_test_flags_a_run_on_its_plateau_at_a_quarter_and_passes_an_early_exit():
+    # Eval points every 20 steps: at 5% (step 20) and 25% (step 100) of 400.
+    exit_, _ = plateau_rows(sharp_exit(240), every=20)
+    assert exit_["status"] == "warn" and exit_["value"] == 1.0
+    assert (
+        f"loss at 25% {sharp_exit(240)(100):.3f} not below its 5% level {sharp_exit(240)(20):.3f}" in exit_["message"]
+    )
+    exit_, _ = plateau_rows(sharp_exit(40), every=20)
+    assert exit_["status"] == "pass"
+
+
+def never_left(t):
+    # Barely declining: the shape test's drops per doubling (0.0015, 0.003, 0.006 nats) stay under plateau_min_drop.
+    return 2.55 - 0.00003 * t
+
+
+def test_a_run_that_never_leaves_its_plateau_is_flagged_though_the_shape_test_passes_it():
+    r = runs(cell("s", "baseline", [never_left(400)] * 2))
+    curves = pl.DataFrame([c for rid in r["run_id"] for c in curve_rows(rid, never_left)])
+    # The fallback alone passes it: that was the hole.
+    x, y = curves.filter(pl.col("run_id") == r["run_id"][0]).sort("step").select("step", "eval_loss")
+    assert plateau.shape_test(x.to_numpy() + 1.0, y.to_numpy(), STEPS, S)[0] is False
+    exit_ = only(plateau.plateau(r, curves, S), "plateau_exit")
+    # The study-wide level: the median of the runs' mean eval loss at 5-10% of training (the point at step 25).
+    level = never_left(25)
+    assert exit_["status"] == "warn" and exit_["value"] == 1.0
+    assert (
+        f"final loss {never_left(400):.3f} not 0.05 nats below the study's plateau level {level:.3f}"
+        in exit_["message"]
+    )
+    # A run that does leave it (final loss well below the level) passes.
+    left = runs(cell("s", "baseline", [never_left(400) - 0.3] * 2))
+    assert only(plateau.plateau(left, curves, S), "plateau_exit")["status"] == "pass"
+
+
 def test_a_curve_too_sparse_to_tell_warns():
     exit_, _ = plateau_rows(power_law, every=400)  # one eval point, at the end
     assert exit_["status"] == "warn" and "too sparse" in exit_["message"]
@@ -212,7 +254,7 @@ def test_a_curve_too_sparse_to_tell_warns():
 # ---------------------------------------------------------------- check 6
 def test_an_moe_baseline_worse_than_dense_at_equal_active_params_fails():
     base = cell("s", "baseline", [2.00, 2.01, 1.99]) + cell("m", "baseline", [1.80, 1.81, 1.79])
-    rows = health.moe_vs_dense(
+    rows = health_checks.moe_vs_dense(
         runs(base + cell("moe-s", "baseline", [2.40, 2.41, 2.39]) + cell("moe-m", "baseline", [1.78, 1.79, 1.77])), S
     )
     bad = only(rows, "moe_vs_dense", size="moe-s")
@@ -222,7 +264,7 @@ def test_an_moe_baseline_worse_than_dense_at_equal_active_params_fails():
 
 
 def test_an_moe_baseline_worse_within_noise_warns_and_unmatched_sizes_are_skipped():
-    rows = health.moe_vs_dense(
+    rows = health_checks.moe_vs_dense(
         runs(
             cell("s", "baseline", [1.95, 2.00, 2.05])
             + cell("moe-s", "baseline", [1.96, 2.01, 2.06])
@@ -235,7 +277,7 @@ def test_an_moe_baseline_worse_within_noise_warns_and_unmatched_sizes_are_skippe
 
 
 def test_many_dropped_tokens_warn():
-    rows = health.dropped_tokens(
+    rows = health_checks.dropped_tokens(
         runs(
             cell("moe-s", "baseline", [2.0, 2.0], dropped=0.2)
             + cell("moe-s", "rlrs", [2.0, 2.0], dropped=0.05)
@@ -249,7 +291,7 @@ def test_many_dropped_tokens_warn():
 
 # ---------------------------------------------------------------- check 7
 def test_seeds_per_compared_cell_fail_below_3_and_warn_below_5():
-    rows = health.seeds_per_cell(
+    rows = health_checks.seeds_per_cell(
         runs(cell("s", "baseline", [2.0] * 2) + cell("s", "rlrs", [2.0] * 4) + cell("m", "rlrs", [2.0] * 5)), S
     )
     assert only(rows, "seeds_per_cell", size="s", arm="baseline")["status"] == "fail"
@@ -264,14 +306,14 @@ def test_ladder_lengths_with_one_seed_fail():
         + cell("s", "baseline", [1.9] * 3, sweep="ladder", steps=800)
         + cell("m", "baseline", [2.1] * 3, sweep="ladder", steps=200)
     )
-    rows = health.seeds_per_cell(runs(main + ladder), S)
+    rows = health_checks.seeds_per_cell(runs(main + ladder), S)
     bad = only(rows, "ladder_seeds", size="s")
     assert bad["status"] == "fail" and "1 (at 200 steps)" in bad["message"] and bad["arm"] == "baseline"
     assert only(rows, "ladder_seeds", size="m")["status"] == "pass"
 
 
 def test_an_effect_within_seed_noise_warns_cannot_tell():
-    rows = health.effect_vs_noise(
+    rows = health_checks.effect_vs_noise(
         runs(
             cell("s", "baseline", [2.50, 2.60, 2.45])
             + cell("s", "rlrs", [2.40, 2.42, 2.38])  # [-0.025, +0.258]
@@ -292,12 +334,12 @@ def test_an_effect_within_seed_noise_warns_cannot_tell():
 
 # ---------------------------------------------------------------- check 8
 def test_reported_seeds_overlapping_tuning_or_selection_seeds_fail():
-    bad = health.seeds_disjoint([0, 1, 2], [10, 11], [0])[0]
+    bad = health_checks.seeds_disjoint([0, 1, 2], [10, 11], [0])[0]
     assert bad["status"] == "fail" and bad["scope"] == "study" and bad["value"] == 1
     assert "seed(s) 0 are reported" in bad["message"] and "tuning [0]" in bad["message"]
-    assert health.seeds_disjoint([0, 1, 2], [2, 11], [99])[0]["status"] == "fail"
-    assert health.seeds_disjoint([0, 1, 2], [10, 11], [99])[0]["status"] == "pass"
-    assert health.seeds_disjoint([0, 1, 2], None, [])[0]["status"] == "pass"
+    assert health_checks.seeds_disjoint([0, 1, 2], [2, 11], [99])[0]["status"] == "fail"
+    assert health_checks.seeds_disjoint([0, 1, 2], [10, 11], [99])[0]["status"] == "pass"
+    assert health_checks.seeds_disjoint([0, 1, 2], None, [])[0]["status"] == "pass"
 
 
 # ---------------------------------------------------------------- together
@@ -341,7 +383,7 @@ def small_study():
 
 def test_study_health_returns_the_view_contract_in_check_order():
     r, curves, choices, sp = small_study()
-    rows = health.study_health(
+    rows = health_view.study_health(
         r,
         curves,
         choices,
@@ -362,13 +404,15 @@ def test_study_health_returns_the_view_contract_in_check_order():
 
 def test_blocking_failures_name_the_checks_that_qualify_a_number():
     r, curves, choices, sp = small_study()
-    rows = health.study_health(r, curves, choices, sp, seeds=[0, 1, 2, 3, 4], selection_seeds=[10, 11], tune_seeds=[20])
+    rows = health_view.study_health(
+        r, curves, choices, sp, seeds=[0, 1, 2, 3, 4], selection_seeds=[10, 11], tune_seeds=[20]
+    )
     # The baseline's lr at m is unbracketed: it qualifies every arm compared with it at m.
     assert health.blocking_failures(rows, "m", "rlrs") == ["lr_bracketed", "ladder_brackets_arm"]
     assert health.blocking_failures(rows, "m", "rlrs", estimate="loss_gap") == ["lr_bracketed"]
     assert health.blocking_failures(health.health_frame(rows), "s", "rlrs") == []
     # A study-wide failure qualifies everything.
-    rows += health.seeds_disjoint([0, 1], [1], [])
+    rows += health_checks.seeds_disjoint([0, 1], [1], [])
     assert health.blocking_failures(rows, "s", "rlrs") == ["seeds_disjoint"]
     # Warnings never block.
     assert all(r["status"] != "fail" for r in rows if r["check_name"] == "tokens_per_param")
@@ -387,7 +431,7 @@ def test_settings_are_one_table_with_overrides_by_name():
 def test_missing_input_columns_are_named():
     r, curves, choices, sp = small_study()
     with pytest.raises(ValueError, match="runs: missing column.s. tokens"):
-        health.study_health(r.drop("tokens"), curves, choices, sp, [0], None)
+        health_view.study_health(r.drop("tokens"), curves, choices, sp, [0], None)
 
 
 def test_each_spec_check_has_a_named_check():

@@ -53,6 +53,7 @@ LAYERS = {
     "rlrs.scaling_report": 5,
     "rlrs.report": 5,
     "rlrs.report_text": 5,
+    "rlrs.report_health": 5,
     "rlrs.cli": 5,
 }
 

@@ -11,9 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
-from rlrs import analysis, report
+from rlrs import analysis, report, report_health
 from rlrs.analysis import members, tables
 from rlrs.cli import main as rlrs_main
 from rlrs.db import connect as db_connect
@@ -37,7 +38,9 @@ ALL_FIGURES = [
 def full_study(study: str = "demo", arm: str = "rlrs") -> StudyDB:
     """Two sizes with every sweep, three seeds, one diverged and one failed
     run, and one planned run that never produced a result."""
-    db = StudyDB(study=study)
+    db = StudyDB(
+        study=study, config={"study": study, "description": f"A constructed <study> of {arm}", "seeds": [0, 1, 2]}
+    )
     for size, gain in (("s1", 1.2), ("s2", 1.3)):
         add_ladder(db, size=size, seeds=(0, 1, 2), noise=(-0.004, 0.0, 0.004))
         for seed, eps in zip((0, 1, 2), (0.003, -0.003, 0.0)):
@@ -75,11 +78,32 @@ def full_study(study: str = "demo", arm: str = "rlrs") -> StudyDB:
     return db
 
 
+def with_lr_selection(db_path: Path, unbracketed: tuple[str, str]) -> None:
+    """The stage-1 result table (the stages side's contract) with every cell
+    bracketed on selection seeds 10-11 but `unbracketed` (size, arm)."""
+    con = duckdb.connect(str(db_path))
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS lr_selection (study VARCHAR, size VARCHAR, family VARCHAR, arm VARCHAR, "
+        "centre_lr DOUBLE, chosen_lr DOUBLE, bracketed BOOLEAN, cap_reached BOOLEAN, n_extra BIGINT, "
+        "n_points BIGINT, factor DOUBLE, selection_seeds JSON, ranked_on JSON, note VARCHAR)"
+    )
+    for size in ("s1", "s2"):
+        for arm in ("baseline", "rlrs"):
+            ok = (size, arm) != unbracketed
+            con.execute(
+                "INSERT INTO lr_selection VALUES ('demo', ?, 'dense', ?, 1e-3, 1e-3, ?, ?, ?, ?, 2.0, '[10, 11]', "
+                "'[10, 11]', NULL)",
+                [size, arm, ok, not ok, 0 if ok else 2, 3 if ok else 5],
+            )
+    con.close()
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The full study's report, written through the real `rlrs report` command."""
     root = tmp_path_factory.mktemp("report")
     db_path = full_study().write(root / "results" / "demo" / "rlrs.duckdb")
+    with_lr_selection(db_path, unbracketed=("s1", "rlrs"))
     out = root / "reports" / "demo"
     t0 = time.perf_counter()
     code = rlrs_main(["report", "workflow/configs/demo.yaml", "--db", str(db_path), "--out", str(out)])
@@ -107,20 +131,44 @@ def test_report_writes_one_page_and_every_figure(built):
     assert built["seconds"] < 60
 
 
-def test_headline_states_the_speedup_with_its_interval(built):
+def test_headline_table_shows_a_number_only_where_no_qualifying_check_fails(built):
     con = db_connect(built["db"])  # the report's own numbers: computed in memory, read-only
     try:
-        frame = analysis.compute(con, "demo")["speedup"]
+        frames = analysis.compute(con, "demo")
     finally:
         con.close()
-    sp = frame.filter((frame["size"] == "s2") & (frame["definition"] == "ladder")).row(0, named=True)
-    assert sp["speedup"] == pytest.approx(0.30, abs=0.005)
-    lo, hi = sp["saved_ci_low"], sp["saved_ci_high"]
-    expected = (
-        "At s2 (400k non-embedding params) rlrs reaches the baseline&#x27;s final loss with 23% fewer steps "
-        f"(the baseline needs 30% more; 95% CI {lo * 100:.0f}% fewer to {hi * 100:.0f}% fewer, 3 seeds; ladder definition)."
+    sp, hl = frames["speedup"], frames["health"]
+    s2 = sp.filter((sp["size"] == "s2") & (sp["definition"] == "ladder")).row(0, named=True)
+    s1 = sp.filter((sp["size"] == "s1") & (sp["definition"] == "ladder")).row(0, named=True)
+    assert s2["speedup"] == pytest.approx(0.30, abs=0.005) and s1["speedup"] == pytest.approx(0.20, abs=0.005)
+    # s1's rlrs lr is unbracketed (lr_selection): check 2 fails there and nowhere else.
+    fails = hl.filter(hl["status"] == "fail").select("check_name", "size", "arm").rows()
+    assert fails == [("lr_bracketed", "s1", "rlrs")]
+    html = built["html"]
+    headline = html.split('id="headline"')[1].split("</table>")[0]
+    s2_text = (
+        f"{s2['speedup'] * 100:+.1f}% [{s2['ci_low'] * 100:+.1f}%, {s2['ci_high'] * 100:+.1f}%] "
+        "(ladder, paired-bootstrap, n=3)"
     )
-    assert expected in built["html"]
+    s1_text = f"{s1['speedup'] * 100:+.1f}%"
+    assert s2_text in headline and f"{s2['loss_gap']:+.3f} nats" in headline
+    assert s1_text not in headline and "blocked by lr_bracketed" in headline
+    blocked = html.split('id="blocked"')[1].split("</table>")[0]
+    assert s1_text in blocked and "lr 0.001 is at the edge of its sweep after the bracketing cap" in blocked
+    # The notes under the headline are footnotes, numbered from the table.
+    assert 'id="footnotes"' in html and "s1 [1]" in headline
+
+
+def test_the_report_opens_with_the_description_and_the_health_checks(built):
+    html = built["html"]
+    body = html.split("</h1>")[1]
+    assert body.index('id="description"') < body.index('id="health"') < body.index("<h2>Headline</h2>")
+    assert '<p class="description" id="description">A constructed &lt;study&gt; of rlrs</p>' in body
+    fails = re.findall(r"<td>(pass|warn|fail)</td>", body.split('class="health"')[1].split("</table>")[0])
+    rest = re.findall(r"<td>(pass|warn|fail)</td>", body.split('class="health-rest"')[1].split("</table>")[0])
+    assert fails == ["fail"] and rest and rest == sorted(rest, key=["warn", "pass"].index)
+    lr = html.split("<h3>lr choices</h3>")[1].split("</table>")[0]
+    assert lr.count("<td>unbracketed</td>") == 1 and lr.count("<td>bracketed</td>") == 3
 
 
 def test_failed_diverged_and_missing_runs_are_listed(built):
@@ -151,7 +199,11 @@ def test_small_study_leaves_out_what_it_cannot_show_and_says_why(tmp_path):
     assert "Not shown: the study has no `lr` sweep" in html
     assert not (tmp_path / "out" / "figures" / "speedup_vs_size.png").exists()
     assert (tmp_path / "out" / "figures" / "loss_curves.png").exists()
-    assert "no ladder definition speedup for rlrs" in html and "1 run(s) did not complete" in html
+    # No number: the headline cell says so and its footnote says why.
+    assert "<td>—</td>" in html.split('id="headline"')[1].split("</table>")[0]
+    footnotes = html.split('id="footnotes"')[1].split("</ol>")[0]
+    assert "ladder needs baseline runs at &gt;= 2 lengths at the baseline&#x27;s best lr; have 0" in footnotes
+    assert "1 run(s) did not complete" in html
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path, capsys):
@@ -272,6 +324,23 @@ def test_every_chart_renders_offline_in_headless_chromium(built, tmp_path):
         ) or re.search(rf'<div[^>]*id="fig-{name}"[^>]*>(.*?<svg.*?</svg>)', dom, re.S)
         assert m and "<svg" in m.group(1) and "<path" in m.group(1), name
     assert not re.search(r"CONSOLE.*(Uncaught|Error)", run.stderr), run.stderr[-2000:]
+    # The protocol's sections are in the rendered page: the description, the
+    # health table (its failure first), the headline table, the blocked numbers.
+    for marker in ('id="description"', 'class="health"', 'id="headline"', 'id="blocked"', "<h3>lr choices</h3>"):
+        assert marker in dom, marker
+    assert re.search(
+        r'class="health".*?<tbody><tr><td>lr_bracketed</td><td>arm: dense / s1 / rlrs</td><td>fail</td>', dom, re.S
+    )
+    # The failed check's number (s1's speedup) is not in the headline, only under the failure.
+    con = db_connect(built["db"])
+    try:
+        sp = analysis.compute(con, "demo")["speedup"]
+    finally:
+        con.close()
+    s1 = f"{sp.filter((sp['size'] == 's1') & (sp['definition'] == 'ladder'))['speedup'][0] * 100:+.1f}%"
+    headline = dom.split('id="headline"')[1].split("</table>")[0]
+    assert s1 not in headline and "blocked by lr_bracketed" in headline
+    assert s1 in dom.split('id="blocked"')[1].split("</table>")[0]
     # A screenshot for people to look at (test-artifacts/ is git-ignored).
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
@@ -318,39 +387,23 @@ def test_script_json_cannot_close_its_script_element_and_has_no_nan():
 
 def headline_row(**kw) -> dict:
     row = {
-        "size": "s1",
-        "params_nonembedding": 3_100_000,
-        "arm": "rlrs",
         "definition": "ladder",
-        "n_seeds": 3,
         "speedup": None,
-        "saved": None,
-        "saved_ci_low": None,
-        "saved_ci_high": None,
+        "ci_low": None,
+        "ci_high": None,
         "bound": None,
-        "bound_value": None,
-        "steps": 1000,
-        "note": None,
+        "method": "point",
+        "n_pairs": 1,
     }
     return row | kw
 
 
-def test_headline_wording_for_slower_arms_and_bounds():
-    slower = headline_row(speedup=-0.2, saved=-0.25, saved_ci_low=-0.4, saved_ci_high=-0.1)
-    assert report.headline(slower) == (
-        "At s1 (3.1M non-embedding params) rlrs needs 25% more steps than the baseline to reach the same loss "
-        "(95% CI 40% more to 10% more, 3 seeds; ladder definition)."
-    )
-    beyond = headline_row(bound="> 1.00", bound_value=1.0, n_seeds=1, definition="target")
-    assert report.headline(beyond) == (
-        "At s1 (3.1M non-embedding params) rlrs ends below even the baseline's longest run (2000 steps, 2.00x its "
-        "1000): the baseline would need more than 100% more steps; not extrapolated (1 seed; target definition)."
-    )
-    below = headline_row(bound="< -0.50", bound_value=-0.5)
-    assert (
-        "ends above even the baseline's shortest run (500 steps, 0.50x its 1000): speedup below -50%"
-        in report.headline(below)
-    )
-    assert report.headline(headline_row(note="no completed runs of this arm")) == (
-        "At s1 (3.1M non-embedding params) no ladder definition speedup for rlrs: no completed runs of this arm."
-    )
+def test_headline_cells_for_intervals_open_ends_and_bounds():
+    slower = headline_row(speedup=-0.2, ci_low=-0.4, ci_high=-0.1, method="paired-bootstrap", n_pairs=3)
+    assert report_health.speedup_text(slower) == "-20.0% [-40.0%, -10.0%] (ladder, paired-bootstrap, n=3)"
+    open_end = headline_row(speedup=0.5, ci_low=0.2, method="paired-bootstrap", n_pairs=5)
+    assert report_health.speedup_text(open_end) == "+50.0% [+20.0%, …] (ladder, paired-bootstrap, n=5)"
+    assert report_health.speedup_text(headline_row(speedup=0.1)) == "+10.0% (ladder, point, n=1)"
+    beyond = headline_row(bound="> 1.00", definition="target")
+    assert report_health.speedup_text(beyond) == "bound > 1.00 (target; outside the baseline's runs, not extrapolated)"
+    assert report_health.speedup_text(headline_row()) == "—"

@@ -11,7 +11,7 @@ import pytest
 
 from rlrs.config import DEFAULTS, ID_WHEN_SET, OPERATIONAL, resolve, run_id
 
-RUNS = sorted((Path(__file__).resolve().parent.parent / "results" / "study-cpu" / "runs").glob("*/config.json"))
+RUNS = sorted((Path(__file__).resolve().parent.parent / "results" / "study-cpu-v1" / "runs").glob("*/config.json"))
 
 
 def test_the_committed_study_is_there():

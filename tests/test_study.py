@@ -264,6 +264,11 @@ BAD_STUDIES = {
         lambda s: s["defaults"]["train"].update(device="tpu"),
         ["train.device", "'tpu'", "cpu, cuda, auto"],
     ),
+    "unknown health setting": (
+        lambda s: s.update(health={"min_tokens": 5}),
+        ["health.min_tokens: unknown key; allowed keys here: active_params_match, end_drop, max_dropped_frac"],
+    ),
+    "negative health setting": (lambda s: s.update(health={"noise_z": -1}), ["health.noise_z", "-1"]),
     "multipliers in defaults": (
         lambda s: s["defaults"].update(schedule={"multipliers": {}}),
         ["defaults.schedule.multipliers", "arm"],
@@ -287,6 +292,18 @@ def test_bad_study_names_field_and_allowed_values(case, tmp_path, monkeypatch, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
+def test_the_schemas_health_block_names_exactly_the_health_settings():
+    from rlrs.analysis.health import SETTINGS
+
+    schema = yaml.safe_load((Path(__file__).resolve().parent.parent / "workflow/schemas/study.schema.yaml").read_text())
+    block = schema["$defs"]["health"]["properties"]
+    assert list(block) == [s.name for s in SETTINGS]
+    for s in SETTINGS:
+        assert block[s.name]["description"].startswith(f"default {s.default:g}; ")
+    study = small_study() | {"health": {"noise_z": 3, "warn_seeds": 4}}
+    assert check_study(study)["health"] == {"noise_z": 3, "warn_seeds": 4}
+
+
 def test_study_name_defaults_to_file_stem(tmp_path):
     study = small_study()
     del study["study"]
@@ -296,7 +313,7 @@ def test_study_name_defaults_to_file_stem(tmp_path):
     assert make_plan(load_study(path), path).name == "my-study"
 
 
-@pytest.mark.parametrize("name", ["demo", "smoke", "study-cpu", "study-gpu"])
+@pytest.mark.parametrize("name", ["demo", "smoke", "study-cpu-v1", "study-gpu"])
 def test_shipped_studies_validate(name):
     path = CONFIGS / f"{name}.yaml"
     plan = make_plan(load_study(path), path)
@@ -333,7 +350,7 @@ def test_plan_reports_gpu_hours_of_multi_gpu_runs(capsys):
 def test_study_cpu_transfers_to_8x_and_27x():
     from rlrs.model import param_counts
 
-    plan = make_plan(load_study(CONFIGS / "study-cpu.yaml"), CONFIGS / "study-cpu.yaml")
+    plan = make_plan(load_study(CONFIGS / "study-cpu-v1.yaml"), CONFIGS / "study-cpu-v1.yaml")
     by_size = {c["meta"]["size"]: c for c in plan.configs.values() if c["meta"]["sweep"] == "main"}
     for fam in ("dense", "moe"):
         n = {s: param_counts(by_size[f"{fam}-{s}"]["model"])["params_nonembedding"] for s in "sml"}

@@ -358,7 +358,7 @@ def test_a_bad_tune_block_is_refused_naming_the_field(case, tmp_path, monkeypatc
 
 def test_plan_reports_the_tune_budget_and_the_transfer_cost(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RLRS_RESULTS", str(tmp_path))
-    assert cli_plan(CONFIGS / "study-cpu.yaml") == 0
+    assert cli_plan(CONFIGS / "study-cpu-v1.yaml") == 0
     out = capsys.readouterr().out
     assert "dense-s x rlrs (relative, 12 parameters)                97 runs" in out  # 1 + 2 passes x 12 x 4
     assert "moe-s x rlrs (relative, 14 parameters)                 113 runs" in out
@@ -371,7 +371,7 @@ def test_plan_reports_the_tune_budget_and_the_transfer_cost(tmp_path, monkeypatc
 def test_study_cpu_tunes_each_family_at_its_smallest_size():
     from rlrs.model import param_counts
 
-    study = load_study(CONFIGS / "study-cpu.yaml")
+    study = load_study(CONFIGS / "study-cpu-v1.yaml")
     found = {(s.size, s.arm, s.space, len(s.parameters)) for s in S.searches(study)}
     assert found == {
         ("dense-s", "baseline", "global", 4),
@@ -401,7 +401,7 @@ def test_snakemake_dry_run_waits_for_the_tune_checkpoint(tmp_path):
             str(tmp_path),
             "-n",
             "--configfile",
-            str(CONFIGS / "study-cpu.yaml"),
+            str(CONFIGS / "study-cpu-v1.yaml"),
         ],
         capture_output=True,
         text=True,
@@ -409,8 +409,8 @@ def test_snakemake_dry_run_waits_for_the_tune_checkpoint(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "Tuning study study-cpu: the searches of its tune block" in out.stdout  # the tune checkpoint's message
-    assert "results/study-cpu/tune/moe-s.rlrs.json" in out.stdout
+    assert "Tuning study study-cpu-v1: the searches of its tune block" in out.stdout  # the tune checkpoint's message
+    assert "results/study-cpu-v1/tune/moe-s.rlrs.json" in out.stdout
     assert "checkpoint jobs" in out.stdout  # the transfer runs are known only after it
 
 

@@ -6,8 +6,12 @@ rlrs.db) and returns polars frames with fixed schemas, so a tiny study still
 gets every table and view, only with fewer rows.
 
     members   the study's runs per sweep, seed groups, the best-lr rule
-    stats     first crossings (T*) and the bootstrap
+    stats     first crossings (T*)
+    estimates seed-paired loss gap (paired-t, Welch beside it), ladder
+              speedup with a seed-joint bootstrap
     speedup   speedup, loss gap, transfer
+    health, plateau, health_view
+              the eight study-health checks, run at collect time (`health`)
     sweeps    final losses, lr sweep, U-plots, regret, ablations
     curves    loss curves, update sizes, lr schedules (binned for plots)
     scaling   scaling-law fits of the scaling sweep (laws, fit, frontier, multiplier, study)
@@ -45,9 +49,13 @@ steps") and saved = 1 - T/T* ("X% fewer steps"):
 
 Outside the baseline's range nothing is extrapolated: speedup is NULL and
 `bound` says '> x' (arm better than the longest baseline) or '< x' (worse than
-the shortest). Intervals: percentile bootstrap over seeds
-(scipy.stats.bootstrap, multi-sample: the arm's seeds and the baseline's seeds
-per length resampled independently), fixed seed, 2000 resamples, 95%.
+the shortest). Intervals (rlrs.analysis.estimates): the loss gap is the mean
+of the seed-paired differences with a Student-t interval (Welch's unpaired
+interval beside it); a speedup's interval is a percentile bootstrap that
+resamples SEEDS jointly across the arm and every baseline length (ladder) or
+the baseline's eval curve (target), fixed seed, 2000 resamples, 95%. No
+interval below 3 seeds. Every estimate records `method`, `n_pairs` and its
+`reference`.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ from dataclasses import dataclass, field
 import duckdb
 import polars as pl
 
-from rlrs.analysis import curves, members, speedup, sweeps, tables
+from rlrs.analysis import curves, health_view, members, speedup, sweeps, tables
 from rlrs.analysis.scaling import study as scaling_study
 from rlrs.db import has_table
 from rlrs.db.schema import utc_now
@@ -90,6 +98,11 @@ VIEWS: dict[str, View] = {
         lambda x: speedup.speedup(x.members, members.baseline_evals(x.con, x.members, x.baseline), x.study, x.baseline),
         speedup.SPEEDUP_SCHEMA,
         "one row per (size, arm, definition): speedup T*/T - 1 over the baseline, with CI",
+    ),
+    "health": View(
+        lambda x: health_view.health_view(x.con, x.study, x.members, x.frames["speedup"], x.baseline),
+        health_view.VIEW_SCHEMA,
+        "one row per (health check, scope): status pass, warn or fail with value, threshold and a one-line message",
     ),
     "final_losses_by_arm": View(
         lambda x: sweeps.final_losses(x.members, x.study),

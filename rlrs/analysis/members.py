@@ -139,6 +139,10 @@ class Group:
     def mean(self) -> float:
         return float(self.losses.mean()) if len(self.losses) else math.nan
 
+    def by_seed(self) -> dict[int, float]:
+        """seed -> final loss of the completed runs (the estimates' input)."""
+        return {int(s): float(v) for s, v in zip(self.seeds, self.losses)}
+
 
 def seed_groups(frame: pl.DataFrame) -> list[Group]:
     """Group runs by (size, arm, lr, steps), one row per run id."""

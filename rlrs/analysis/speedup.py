@@ -8,6 +8,8 @@ import numpy as np
 import polars as pl
 
 from rlrs import tags
+from rlrs.analysis.estimates import ladder_speedup
+from rlrs.analysis.estimates import loss_gap as paired_loss_gap
 from rlrs.analysis.members import (
     BASELINE,
     F,
@@ -26,7 +28,7 @@ from rlrs.analysis.members import (
     size_order,
     size_params,
 )
-from rlrs.analysis.stats import Estimate, estimate_speedup, ladder_t_star, percentile_ci, target_t_star
+from rlrs.analysis.stats import ladder_t_star, target_t_star
 
 SPEEDUP_SCHEMA = {
     "study": S,
@@ -57,6 +59,18 @@ SPEEDUP_SCHEMA = {
     "loss_gap_ci_low": F,
     "loss_gap_ci_high": F,
     "note": S,
+    "method": S,
+    "n_pairs": I,
+    "reference": S,
+    "n_resamples": I,
+    "n_dropped": I,
+    "loss_gap_method": S,
+    "loss_gap_n_pairs": I,
+    "loss_gap_se": F,
+    "welch_gap": F,
+    "welch_ci_low": F,
+    "welch_ci_high": F,
+    "welch_df": F,
 }
 
 
@@ -78,16 +92,16 @@ TRANSFER_SCHEMA = {
 
 
 # ---------------------------------------------------------------- speedup
-def _eval_curves(evals: pl.DataFrame, run_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(steps trained, [seed x eval point] losses) for the given runs, on the
-    eval steps that every one of them has."""
+def _eval_curves(evals: pl.DataFrame, run_ids: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(steps trained, [run x eval point] losses, the runs in row order) for
+    the given runs, on the eval steps that every one of them has."""
     part = evals.filter(pl.col("run_id").is_in(run_ids))
     if part.is_empty():
-        return np.array([]), np.empty((0, 0))
+        return np.array([]), np.empty((0, 0)), []
     wide = part.pivot(on="run_id", index="step", values="eval_loss").drop_nulls().sort("step")
     cols = [r for r in run_ids if r in wide.columns]
     # Eval after the update of step t means t + 1 steps trained.
-    return wide["step"].to_numpy() + 1, wide.select(cols).to_numpy().T
+    return wide["step"].to_numpy() + 1, wide.select(cols).to_numpy().T, cols
 
 
 def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baseline: str = BASELINE) -> pl.DataFrame:
@@ -140,38 +154,63 @@ def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baselin
                 "arm_lr": group.lr,
                 **loss_gap(base_group, group),
             }
+            gap_note = base.pop("_gap_note", None)
+            excl = excl + ([f"loss gap: {gap_note}"] if gap_note else [])
             rows.append(base | _ladder_row(group, ladder, excl))
             rows.append(base | _target_row(group, ladder, evals, excl))
     return frame(rows, SPEEDUP_SCHEMA)
 
 
 def loss_gap(base: Group | None, arm: Group) -> dict:
-    """Baseline minus arm final eval loss at the same length, each at its best
-    lr (positive: the arm is better), with a percentile-bootstrap interval
-    over both groups' seeds (resampled independently; none with one seed on
-    either side). Defined even where the speedup is only a bound."""
+    """Baseline minus arm final eval loss at the same length, each at its
+    compared lr (positive: the arm is better): the mean of the seed-paired
+    differences with a Student-t interval, Welch's unpaired interval beside
+    it (rlrs.analysis.estimates.loss_gap; no interval below 3 seeds).
+    Defined even where the speedup is only a bound."""
     if base is None or not len(base.losses) or base.steps != arm.steps:
         return {}
-    out = {"baseline_loss": base.mean, "loss_gap": base.mean - arm.mean}
-    if len(base.losses) < 2 or len(arm.losses) < 2:
-        return out
-    low, high = percentile_ci((base.losses, arm.losses), lambda b, a, axis=-1: b.mean(axis=axis) - a.mean(axis=axis))
-    return out | {"loss_gap_ci_low": low, "loss_gap_ci_high": high}
+    g = paired_loss_gap(base.by_seed(), arm.by_seed(), reference=_reference(base))
+    return {
+        "baseline_loss": base.mean,
+        "loss_gap": g["loss_gap"],
+        "loss_gap_ci_low": g["ci_low"],
+        "loss_gap_ci_high": g["ci_high"],
+        "loss_gap_method": g["method"],
+        "loss_gap_n_pairs": g["n_pairs"],
+        "loss_gap_se": g["se"],
+        "welch_gap": g["welch_gap"],
+        "welch_ci_low": g["welch_ci_low"],
+        "welch_ci_high": g["welch_ci_high"],
+        "welch_df": g["welch_df"],
+        "_gap_note": g["note"],
+    }
 
 
-def _estimate_row(definition: str, est: Estimate, notes: list[str], **extra) -> dict:
+def _reference(g: Group, what: str = "") -> str:
+    return f"{g.arm} lr {g.lr:g}, {what or f'{g.steps} steps'}"
+
+
+def _estimate_row(definition: str, est: dict, notes: list[str], **extra) -> dict:
+    keys = (
+        "speedup",
+        "t_star",
+        "bound",
+        "bound_value",
+        "ci_low",
+        "ci_high",
+        "saved",
+        "saved_ci_low",
+        "saved_ci_high",
+        "method",
+        "n_pairs",
+        "reference",
+        "n_resamples",
+        "n_dropped",
+    )
     return {
         "definition": definition,
-        "speedup": est.speedup,
-        "t_star": est.t_star,
-        "bound": est.bound,
-        "bound_value": est.bound_value,
-        "ci_low": est.ci_low,
-        "ci_high": est.ci_high,
-        "saved": est.saved(est.speedup),
-        "saved_ci_low": est.saved(est.ci_low),
-        "saved_ci_high": est.saved(est.ci_high),
-        "note": "; ".join(notes + est.notes) or None,
+        **{k: est[k] for k in keys},
+        "note": "; ".join(notes + ([est["note"]] if est["note"] else [])) or None,
         **extra,
     }
 
@@ -185,12 +224,12 @@ def _ladder_row(arm: Group, ladder: list[Group], notes: list[str]) -> dict:
                 notes + [f"ladder needs baseline runs at >= 2 lengths at the baseline's best lr; have {len(ladder)}"]
             ),
         }
-    lengths = np.array([g.steps for g in ladder], float)
-    est = estimate_speedup(
-        [arm.losses] + [g.losses for g in ladder],
-        lambda m: ladder_t_star(lengths, np.stack(m[1:], axis=1), m[0]),
+    est = ladder_speedup(
+        arm.by_seed(),
         arm.steps,
-        (lengths[0], lengths[-1]),
+        {g.steps: g.by_seed() for g in ladder},
+        ladder_t_star,
+        reference=_reference(ladder[0], f"{len(ladder)} lengths {ladder[0].steps}-{ladder[-1].steps} steps"),
     )
     at_t = [g for g in ladder if g.steps == arm.steps]
     return _estimate_row(
@@ -207,14 +246,19 @@ def _target_row(arm: Group, ladder: list[Group], evals: pl.DataFrame, notes: lis
     if not ladder:
         return {"definition": "target", "note": "; ".join(notes + ["no completed baseline run at this size"])}
     longest = ladder[-1]
-    steps, curves = _eval_curves(evals, longest.run_ids)
+    steps, curves, run_ids = _eval_curves(evals, longest.run_ids)
     if len(steps) == 0:
         return {"definition": "target", "note": "; ".join(notes + ["the longest baseline run has no eval points"])}
-    est = estimate_speedup(
-        [arm.losses, curves],
-        lambda m: target_t_star(steps, m[1], m[0]),
+    # The eval points play the ladder's lengths: seed s's curve is one
+    # "run" per point, so the bootstrap resamples seeds jointly across the
+    # arm and the curve (the same cluster bootstrap as the ladder's).
+    seeds = [int(s) for s, rid in zip(longest.seeds, longest.run_ids) if rid in set(run_ids)]
+    est = ladder_speedup(
+        arm.by_seed(),
         arm.steps,
-        (steps[0], steps[-1]),
+        {int(t): dict(zip(seeds, curves[:, j].tolist())) for j, t in enumerate(steps)},
+        lambda x, m, level: target_t_star(x, m, level),
+        reference=_reference(longest, f"eval curve of its {longest.steps}-step run"),
     )
     extra = [] if longest.steps == arm.steps else [f"baseline eval curve from its {longest.steps}-step run"]
     return _estimate_row(

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from rlrs import tags
+from rlrs.analysis.estimates import loss_gap
 from rlrs.analysis.members import (
     F,
     Group,
@@ -75,6 +76,8 @@ USWEEP_SCHEMA = {
     "is_best": pl.Boolean,
     "params_nonembedding": I,
     "run_ids": S,
+    "delta": F,
+    "n_pairs": I,
 }
 
 
@@ -106,6 +109,12 @@ ABLATION_SCHEMA = {
     "n_reference": I,
     "n_excluded": I,
     "note": S,
+    "n_pairs": I,
+    "method": S,
+    "delta_ci_low": F,
+    "delta_ci_high": F,
+    "delta_unpaired": F,
+    "reference_loss_all": F,
 }
 
 
@@ -195,6 +204,43 @@ def _matching_reference(members: pl.DataFrame, size: str, arm: str, lr: float, s
     return groups[0] if groups else None
 
 
+def seed_matched(g: Group, ref: Group) -> dict:
+    """g minus the reference run of the SAME seed, averaged over the seeds
+    both have (a one-seed ablation against a 3-seed mean would mix the seed
+    effect into the difference), with the paired-t interval from 3 pairs
+    (rlrs.analysis.estimates.loss_gap, sign flipped: positive = g worse)."""
+    gap = loss_gap(ref.by_seed(), g.by_seed(), reference=f"{ref.arm} lr {ref.lr:g}, {ref.steps} steps, same seeds")
+    if not gap["n_pairs"]:
+        return {"n_pairs": 0, "method": None, "note": "no seed in both the runs and the reference: no difference"}
+    shared = sorted(set(g.seeds) & set(ref.seeds))
+    notes = (
+        []
+        if set(ref.seeds) == set(shared)
+        else [
+            f"seed-matched on seed(s) {', '.join(map(str, shared))} of the reference's {', '.join(map(str, ref.seeds))}"
+        ]
+    )
+    if gap["ci_low"] is None:
+        notes.append(f"{gap['n_pairs']} pair(s): no interval below 3")
+    flip = lambda x: None if x is None else -x  # noqa: E731
+    return {
+        "delta": flip(gap["loss_gap"]),
+        "delta_ci_low": flip(gap["ci_high"]),
+        "delta_ci_high": flip(gap["ci_low"]),
+        "n_pairs": gap["n_pairs"],
+        "method": gap["method"],
+        "note": "; ".join(notes) or None,
+    }
+
+
+def _vs_reference(g: Group, ref: Group | None) -> dict:
+    """A U-plot point against the factor-1 reference of the same seeds."""
+    if ref is None or not len(g.losses) or not len(ref.losses):
+        return {}
+    matched = seed_matched(g, ref)
+    return {"delta": matched.get("delta"), "n_pairs": matched["n_pairs"]}
+
+
 def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
     """U-plot points: final loss per (size, component, start|end, factor),
     with the unscaled base arm at the same lr and length as factor 1."""
@@ -213,7 +259,8 @@ def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
         for factor, fpart in part.group_by("factor", maintain_order=True):
             points.append((float(factor[0]), _merge_groups(seed_groups(fpart))))
         lrs, steps = part["lr"].drop_nulls().unique(), part["steps"].drop_nulls().unique()
-        if base_arm and len(lrs) == 1 and len(steps) == 1 and not any(f == 1.0 for f, _ in points):
+        ref = next((g for f, g in points if f == 1.0), None)
+        if base_arm and len(lrs) == 1 and len(steps) == 1 and ref is None:
             ref = _matching_reference(members, size, base_arm, float(lrs[0]), int(steps[0]))
             if ref is not None:
                 points.append((1.0, ref))
@@ -231,6 +278,7 @@ def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
                     "is_best": g is best,
                     "params_nonembedding": params[size][0],
                     "run_ids": ",".join(g.run_ids),
+                    **_vs_reference(g, ref),
                 }
             )
     order = {s: i for i, s in enumerate(size_order(members))}
@@ -342,11 +390,18 @@ def ablation(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
                 notes.append("no completed reference run at the same size, lr and length")
             else:
                 notes += [f"reference: {x}" for x in excluded_note([ref])]
-                row |= {"reference_loss": ref.mean, "n_reference": len(ref.losses)}
+                row |= {"reference_loss_all": ref.mean, "n_reference": len(ref.losses)}
             if len(g.losses):
                 row["loss"] = g.mean
                 if ref is not None and len(ref.losses):
-                    row["delta"] = g.mean - ref.mean
+                    # delta: seed-matched; the all-seeds difference beside it
+                    matched = seed_matched(g, ref)
+                    notes += [matched.pop("note")] if matched.get("note") else []
+                    matched.pop("note", None)
+                    shared = set(g.seeds) & set(ref.seeds)
+                    row |= matched | {"delta_unpaired": g.mean - ref.mean}
+                    if shared:
+                        row["reference_loss"] = float(np.mean([v for s, v in ref.by_seed().items() if s in shared]))
             rows.append(row | {"note": "; ".join(notes) or None})
     order = {s: i for i, s in enumerate(size_order(members))}
     return frame(rows, ABLATION_SCHEMA).sort(

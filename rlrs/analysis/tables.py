@@ -13,6 +13,7 @@ from rlrs import tags
 from rlrs.analysis.members import F, I, S, frame
 from rlrs.db import has_table
 from rlrs.paper import PAPER_GLOBALS, PAPER_MULTIPLIERS
+from rlrs.study.searches import searches
 
 TUNE_PROGRESS_SCHEMA = {
     "study": S,
@@ -47,7 +48,62 @@ TUNED_SCHEMA = {
 }
 
 
+TUNING_BUDGET_SCHEMA = {
+    "size": S,
+    "arm": S,
+    "space": S,
+    "max_runs": I,
+    "run_budget": I,
+    "runs_spent": I,
+    "passes": I,
+    "max_passes": I,
+    "stop_reason": S,
+    "converged": pl.Boolean,
+}
+
+
 # ---------------------------------------------------------------- tables for the report
+def study_config(con: duckdb.DuckDBPyConnection, study: str) -> dict:
+    """The study's resolved dict as collected (studies.config), {} without one."""
+    if not has_table(con, "studies"):
+        return {}
+    got = con.execute("SELECT config FROM studies WHERE name = ?", [study]).fetchall()
+    return json.loads(got[0][0]) if got and got[0][0] else {}
+
+
+def tuning_budgets(con: duckdb.DuckDBPyConnection, study: str) -> pl.DataFrame:
+    """Tuning fairness: each search's budget (max_runs; run_budget = the most
+    runs it can spend), the runs it spent, its passes and whether it
+    converged (a pass brought no improvement) or stopped on a cap."""
+    config = study_config(con, study)
+    if not config.get("tune"):
+        return frame([], TUNING_BUDGET_SCHEMA)
+    done = {}
+    if has_table(con, "tuned"):
+        got = con.execute(
+            "SELECT DISTINCT size, arm, runs_spent, passes, stop_reason FROM tuned WHERE study = ?", [study]
+        ).fetchall()
+        done = {(r[0], r[1]): r[2:] for r in got}
+    rows = []
+    for search in searches(config):
+        spent, passes, stop = done.get((search.size, search.arm), (None, None, None))
+        rows.append(
+            {
+                "size": search.size,
+                "arm": search.arm,
+                "space": search.space,
+                "max_runs": search.max_runs,
+                "run_budget": search.run_budget(),
+                "runs_spent": spent,
+                "passes": passes,
+                "max_passes": search.max_passes,
+                "stop_reason": stop,
+                "converged": None if stop is None else stop == "converged",
+            }
+        )
+    return frame(rows, TUNING_BUDGET_SCHEMA)
+
+
 def sizes_table(con: duckdb.DuckDBPyConnection, study: str) -> pl.DataFrame:
     """Model shape and parameter counts per size (any completed run of it)."""
     return con.sql(
