@@ -129,9 +129,9 @@ def test_stage_two_runs_at_the_chosen_lrs_on_the_reported_seeds():
 
 
 def test_an_unstaged_study_expands_as_before():
-    """study-cpu (no selection_seeds) is not staged: its committed runs re-resolve (tests/test_run_ids.py);
+    """study-cpu-v1 (no selection_seeds) is not staged: its committed runs re-resolve (tests/test_run_ids.py);
     here its plan keeps its lr sweep on the reported seeds."""
-    plan = make_plan(load_study(CONFIGS / "study-cpu.yaml"), CONFIGS / "study-cpu.yaml")
+    plan = make_plan(load_study(CONFIGS / "study-cpu-v1.yaml"), CONFIGS / "study-cpu-v1.yaml")
     lr_runs = [r for r in plan.runs if r["sweep"] == "lr"]
     assert lr_runs and all("stage" not in r["tags"] for r in lr_runs)
 
