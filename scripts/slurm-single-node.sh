@@ -20,6 +20,8 @@
 #   RLRS_SLURM_CPUS           CPUs of the node (default: nproc)
 #   RLRS_SLURM_READY_TIMEOUT  seconds `up` waits for `srun -t 1 true` (default: 120)
 set -euo pipefail
+# The daemons and runuser live in sbin, which a user's (or CI's) PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 PARTITION=${RLRS_SLURM_PARTITION:-debug}
 CPUS=${RLRS_SLURM_CPUS:-$(nproc)}
