@@ -42,30 +42,34 @@ from pathlib import Path
 
 from bench.common import emit, interleaved_best, log, machine
 
-MOE = {"n_experts": 8, "top_k": 1, "capacity_factor": 1.0}
-SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2}
-LARGE = {"d_model": 64, "n_layers": 4, "n_heads": 4}
-CASES = {
-    "dense-d32": SMALL,
-    "moe-d32": {**SMALL, "moe": MOE},
-    "dense-d64": LARGE,
-    "moe-d64": {**LARGE, "moe": MOE},
+STUDY = Path(__file__).resolve().parent.parent / "workflow" / "configs" / "study-cpu.yaml"
+CASES = {  # the CPU study's smallest and largest size per family
+    "dense-d32": "dense-s",
+    "moe-d32": "moe-s",
+    "dense-d64": "dense-l",
+    "moe-d64": "moe-l",
 }
 PRECISIONS = ("fp32", "bf16")
 
 
-def run_config(model: dict, precision: str, seed: int, steps: int) -> dict:
-    """The CPU study's run config at one size: seq 128, batch 16, bytes,
-    Austen, lr 3e-3 cosine with 1% warmup; one evaluation, at the end."""
+def run_config(case: str, precision: str, seed: int, steps: int) -> dict:
+    """The CPU study's run config at one size (its `defaults` and `sizes`
+    entry, read from workflow/configs/study-cpu.yaml: seq 128, batch 16,
+    bytes, Austen, its optimizer and schedule, MoE capacity 1.25); one
+    evaluation, at the end."""
+    import yaml
+
+    study = yaml.safe_load(STUDY.read_text())
+    d = study["defaults"]
     return {
         "seed": seed,
-        "model": {"seq_len": 128, **model},
-        "optim": {"lr": 3e-3},
-        "schedule": {"shape": "cosine", "warmup_fraction": 0.01},
-        "data": {"corpus": "austen", "tokenizer": "bytes"},
+        "model": {**d["model"], **study["sizes"][CASES[case]]},
+        "optim": dict(d["optim"]),
+        "schedule": dict(d["schedule"]),
+        "data": dict(d["data"]),
         "train": {
+            **d["train"],
             "steps": steps,
-            "batch_size": 16,
             "eval_interval": steps,
             "checkpoint_interval": steps,
             "threads": 1,
@@ -92,7 +96,7 @@ def sweep(cases: list[str], seeds: int, steps: int, results: Path) -> None:
                     continue
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as out:
-                    s = train(run_config(CASES[case], precision, seed, steps), Path(out))
+                    s = train(run_config(case, precision, seed, steps), Path(out))
                 row = {
                     "case": case,
                     "seed": seed,
@@ -187,7 +191,7 @@ def timing(cases: list[str], steps: int, rounds: int) -> dict:
             from rlrs.config import resolve
 
             trainers = {
-                p: Trainer(resolve(run_config(CASES[case], p, 0, 100000)), Path(d), executor=None, job_id=None)
+                p: Trainer(resolve(run_config(case, p, 0, 100000)), Path(d), executor=None, job_id=None)
                 for p, d in zip(PRECISIONS, (a, b))
             }
 
