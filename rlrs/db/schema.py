@@ -315,7 +315,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "size": "the size",
         "family": "dense | moe",
         "arm": "the arm",
-        "centre_lr": "the first grid's centre: the tuned lr where the family was tuned, else the arm's lr",
+        "centre_lr": "the first grid's centre: the study's lr_rule at that size (default: the tuned lr where the "
+        "family was tuned, else the arm's lr)",
         "chosen_lr": "the lr every later stage runs the cell at (lowest mean loss); NULL when no lr trained",
         "bracketed": "the chosen lr has a ranked point on each side (interior to the grid)",
         "cap_reached": "still at an edge after max_extra_points extra points: the cell is unbracketed",

@@ -19,7 +19,16 @@ from rlrs import tags
 from rlrs.config import resolve, run_id
 from rlrs.errors import ConfigError
 from rlrs.executor import check_world, executor_settings, world_size
-from rlrs.study.validate import check_study, deep_merge, is_staged, ladder_seeds, size_family, size_raw
+from rlrs.study import lr_rules
+from rlrs.study.validate import (
+    check_study,
+    deep_merge,
+    is_staged,
+    ladder_seeds,
+    per_size_lr_fields,
+    size_family,
+    size_raw,
+)
 from rlrs.tunables import apply_settings
 
 
@@ -46,7 +55,11 @@ class Expander:
     # (size, arm) -> the lr stage 1 chose (rlrs.study.selection): a staged study's
     # every sweep runs there.
     chosen: dict = field(default_factory=dict)
+    # The whole study file, where this expansion leaves sizes out (a staged or tuned study
+    # waiting for some): the arms' configs, and so the lr rule's base sizes, come from it.
+    full: dict | None = None
     _resolved: dict = field(default_factory=dict)  # canonical raw JSON -> resolved
+    _shapes: dict = field(default_factory=dict)  # arm -> size -> lr_rules.Shape (the mup rule's)
 
     def resolve(self, raw: dict, where: str) -> dict:
         key = json.dumps(raw, sort_keys=True)
@@ -60,9 +73,10 @@ class Expander:
                 raise ConfigError(f"{where}: run config field {e.field}", message) from None
         return copy.deepcopy(self._resolved[key])
 
-    def cell(self, size_name: str, arm_name: str, seed: int) -> _Cell:
-        """defaults < size < arm overrides < arm's family block < arm.per_size, then the arm's table."""
-        study = self.study
+    def arm_raw(self, size_name: str, arm_name: str) -> dict:
+        """defaults < size < arm overrides < arm's family block < arm.per_size, then the arm's
+        table and the tuned settings: the study's own lr, seed unset."""
+        study = self.full or self.study
         arm = study["arms"][arm_name]
         raw = size_raw(study, size_name)
         family = "moe" if (raw.get("model") or {}).get("moe") else "dense"
@@ -74,10 +88,55 @@ class Expander:
         raw.setdefault("schedule", {})["multipliers"] = copy.deepcopy(table)
         if (family, arm_name) in self.tuned:  # tune small, transfer large
             raw = apply_settings(raw, self.tuned[(family, arm_name)])
-        if (size_name, arm_name) in self.chosen:
-            raw = deep_merge(raw, {"optim": {"lr": self.chosen[(size_name, arm_name)]}})
+        return raw
+
+    def cell(self, size_name: str, arm_name: str, seed: int) -> _Cell:
+        """The arm's run config at a size: at stage 1's chosen lr where there is one, else at the
+        study's lr rule's (rlrs.study.lr_rules)."""
+        raw = self.arm_raw(size_name, arm_name)
+        lr = self.chosen.get((size_name, arm_name))
+        if lr is None:
+            lr = self.rule_lr(size_name, arm_name, raw)
+        if lr is not None:
+            raw = deep_merge(raw, {"optim": {"lr": lr}})
         raw["seed"] = seed
         return _Cell(raw, self.resolve(raw, f"sizes.{size_name} x arms.{arm_name}"))
+
+    def rule_lr(self, size_name: str, arm_name: str, raw: dict) -> float | None:
+        """The lr rule's base lr for the run config `raw` of (size, arm); None under
+        `study` (raw's own lr is the rule's)."""
+        rule = lr_rules.rule_of(self.study)
+        if rule == "study":
+            return None
+        where = f"lr_rule {rule} at sizes.{size_name} x arms.{arm_name}"
+        if rule == "joint_moe":
+            return _num(lr_rules.joint_moe_lr(*lr_rules.joint_moe_inputs(self.resolve(raw, where))))
+        if arm_name not in self._shapes:
+            self._shapes[arm_name] = {
+                s: _shape(self.resolve(self.arm_raw(s, arm_name), f"sizes.{s} x arms.{arm_name}"))
+                for s in (self.full or self.study)["sizes"]
+            }
+        base = lr_rules.base_size(size_name, self._shapes[arm_name])
+        if base != size_name:
+            fields = per_size_lr_fields(self.full or self.study, size_name, arm_name)
+            if fields:
+                raise ConfigError(
+                    fields[0],
+                    f"lr_rule mup runs {size_name!r} at the lr of its base size {base!r}, so this lr would be "
+                    f"ignored; allowed: set it at {base!r}, or lr_rule: study",
+                )
+        return float(self.resolve(self.arm_raw(base, arm_name), where)["optim"]["lr"])
+
+
+def _shape(resolved: dict) -> lr_rules.Shape:
+    model = resolved["model"]
+    return lr_rules.Shape(
+        "moe" if model["moe"] else "dense",
+        model.get("parametrization", "sp"),
+        model["d_model"],
+        model["n_layers"],
+        model.get("base_d_model"),
+    )
 
 
 def _table(resolved: dict) -> dict:
@@ -142,8 +201,9 @@ def expand(study: dict, tune_state=None, select_state=None) -> list[tuple[str, d
         drop |= select_state.pending
     if staged and "ladder" in (study.get("sweeps") or {}):
         study["sweeps"]["ladder"]["seeds"] = ladder_seeds(study)
+    full = study
     study = _without_sizes(study, drop)
-    ex = Expander(study, tuned=tuned, chosen=select_state.chosen if select_state is not None else {})
+    ex = Expander(study, tuned=tuned, chosen=select_state.chosen if select_state is not None else {}, full=full)
     sizes, arms = list(study["sizes"]), list(study["arms"])
     seeds_default = study.get("seeds", [0])
     sweeps = study.get("sweeps") or {}
@@ -292,12 +352,18 @@ def expand(study: dict, tune_state=None, select_state=None) -> list[tuple[str, d
     return out
 
 
-def scaling_lr(cell: _Cell, size: str, arm: str) -> dict:
-    """The base lr of a scaling run: the arm's lr at that size (the study's
-    per_size / overrides / tuned settings, as every other sweep). HOOK: a
-    staged study (one with selection_seeds) will take the lr its selection
-    stage chose for (size, arm) here instead; until then this is the one
-    place that decides it. Returns a partial run config."""
+def scaling_lr(ex: Expander, cell: _Cell, size: str, arm: str, shape: dict) -> dict:
+    """The base lr of a scaling run (shape: its model.moe changes, {} for none).
+    A staged study's scaling runs take the lr its selection stage chose for
+    (size, arm) where there is one; any other runs at the study's lr rule:
+    under `study` the arm's lr at that size (per_size / overrides / tuned
+    settings, as every other sweep), under `joint_moe` the rule's lr for the
+    run's own model (each number of experts its own). Returns a partial run
+    config."""
+    if (size, arm) in ex.chosen:
+        return {"optim": {"lr": ex.chosen[(size, arm)]}}
+    if shape and lr_rules.rule_of(ex.study) == "joint_moe":
+        return {"optim": {"lr": ex.rule_lr(size, arm, deep_merge(cell.raw, {"model": {"moe": shape}}))}}
     return {"optim": {"lr": cell.resolved["optim"]["lr"]}}
 
 
@@ -326,7 +392,7 @@ def scaling_points(ex: Expander, sw: dict, sizes: list, arms: list, seeds_defaul
                     ]
                 for shape in shapes:
                     for n_steps in sorted(set(steps)):
-                        over = deep_merge(scaling_lr(cell, size, arm), {"train": {"steps": n_steps}})
+                        over = deep_merge(scaling_lr(ex, cell, size, arm, shape), {"train": {"steps": n_steps}})
                         if shape:
                             over = deep_merge(over, {"model": {"moe": shape}})
                         label = ", ".join(f"{k}={v}" for k, v in {"steps": n_steps, **shape}.items())

@@ -3,8 +3,9 @@ its `sweeps.lr`, their results on disk (results/<study>/select/), and the
 state the expansion needs from them (rlrs.study.expand). Running a
 selection is rlrs.select's; the decision itself is rlrs.study.bracketing's.
 
-A cell's first grid is the arm's lr at that size (the tuned lr where the
-family was tuned) times each of `sweeps.lr.factors` (and 1), on the study's
+A cell's first grid is the arm's base lr at that size under the study's
+`lr_rule` (rlrs.study.lr_rules; by default its lr there, the tuned lr where
+the family was tuned) times each of `sweeps.lr.factors` (and 1), on the study's
 `selection_seeds`; bracketing adds a point beyond the best edge, up to
 `sweeps.lr.bracket.max_extra_points`, each `bracket.factor` (default: the
 grid's step) beyond the last.
@@ -207,4 +208,6 @@ def select_digest(study: dict) -> str:
     study = check_study(study, default_name=study.get("study"))
     body = {k: study.get(k) for k in ("selection_seeds", "defaults", "sizes", "arms")}
     body["lr"] = (study.get("sweeps") or {}).get("lr")
+    if "lr_rule" in study:  # the grids' centres (absent: the digest of before the rule existed)
+        body["lr_rule"] = study["lr_rule"]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -121,6 +121,7 @@ def _check_references(study: dict) -> None:
     check_tune(study)
     check_stages(study)
     check_scaling(study)
+    check_lr_rule(study)
 
 
 def check_tune(study: dict) -> None:
@@ -265,6 +266,48 @@ def check_scaling(study: dict) -> None:
     for key in ("experts", "granularities"):
         if key in sw and not moe:
             raise ConfigError(f"sweeps.scaling.{key}", "applies to MoE sizes only, and the sweep has none")
+
+
+def per_size_lr_fields(study: dict, size: str, arm: str | None = None) -> list[str]:
+    """The fields that set an lr at one size (of one arm, or of any)."""
+    out = []
+    if "lr" in (((study["sizes"][size].get("overrides") or {}).get("optim")) or {}):
+        out.append(f"sizes.{size}.overrides.optim.lr")
+    for a, spec in study["arms"].items():
+        if arm in (None, a) and "lr" in ((((spec.get("per_size") or {}).get(size) or {}).get("optim")) or {}):
+            out.append(f"arms.{a}.per_size.{size}.optim.lr")
+    return out
+
+
+def check_lr_rule(study: dict) -> None:
+    """Cross-field checks of lr_rule (rlrs.study.lr_rules; the mup rule's
+    base sizes are found, and its per-size lrs checked, at expansion)."""
+    rule = study.get("lr_rule", "study")
+    if rule == "study":
+        return
+    lr = (study.get("sweeps") or {}).get("lr") or {}
+    if "values" in lr or any("values" in g for g in (lr.get("per_size") or {}).values()):
+        raise ConfigError(
+            "sweeps.lr.values",
+            f"lr_rule {rule} centres the lr grid on the rule's lr at each size; allowed: factors, or lr_rule: study",
+        )
+    if rule != "joint_moe":
+        return
+    for size in study["sizes"]:
+        fields = per_size_lr_fields(study, size)
+        if fields:
+            raise ConfigError(
+                fields[0],
+                "lr_rule joint_moe sets every size's lr by its formula, so this lr would be ignored; "
+                "allowed: leave it out, or lr_rule: study",
+            )
+    tune = study.get("tune")
+    if tune and "lr" in tune.get("parameters", ["lr"]):
+        raise ConfigError(
+            "tune.parameters",
+            "lr_rule joint_moe sets every size's lr by its formula, so a tuned lr would be ignored; allowed: "
+            "list the parameters to tune without lr, or lr_rule: study",
+        )
 
 
 def load_study(path: Path) -> dict:
