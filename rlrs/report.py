@@ -153,6 +153,19 @@ FIGURES = (
         _if_rows("lr_sweep", sweep_plots.lr_sweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
     ),
     Figure(
+        "lr_vs_width",
+        "Best base learning rate against width",
+        "Each point is one arm at one width: the base lr its sweep chose (a staged study's stage-1 selection, "
+        "else the lr sweep as it ran), on log axes, one line per arm (colour) and parametrization (dash), a panel "
+        "per model family. Filled circles are bracketed lrs (a swept point on each side was worse); open triangles "
+        "are unbracketed: the best lr sat at the edge of the sweep, so the optimum may lie beyond it. Under muP the "
+        "line should stay flat as the width grows (the base model's lr transfers); under the standard "
+        "parametrization it falls. Below: the mean final eval loss at that lr (the reported seeds' main runs where "
+        "there are any). The table 'Best base lr against width' gives the numbers and the failed checks.",
+        "the study has no lr sweep (or lr selection) with two or more lrs at a size",
+        _if_rows("lr_vs_width", sweep_plots.lr_vs_width, lambda f: f.filter(pl.col("n_points") >= 2)),
+    ),
+    Figure(
         "usweep",
         "Sensitivity of each multiplier (U-plots)",
         "Final eval loss when one component's start or end multiplier is scaled by a factor (log x; factor 1 is "
@@ -319,6 +332,7 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         *(scaling_report.section(frames) if scaling_report.PART in extra.get("parts", ()) else []),
         report_health.tuning_section(extra["budgets"]) if "budgets" in extra else "",
         report_health.lr_choice_section(frames["health"]),
+        report_health.lr_width_section(frames["lr_vs_width"]),
         "<h3>Transfer regret</h3>",
         "<p>For each swept parameter: the factor that was best at the smallest size, used at a larger size, "
         "minus the best loss at that larger size (0 = the small-scale choice is still optimal).</p>",

@@ -200,3 +200,54 @@ def lr_choice_section(rows: pl.DataFrame) -> str:
         "(the stage-1 selection's result where the study has one, else its lr sweep as run).</p>"
         + table(lr, LR_COLUMNS)
     )
+
+
+LR_WIDTH_COLUMNS = {
+    "family": ("family", ""),
+    "parametrization": ("parametrization", ""),
+    "arm": ("arm", ""),
+    "size": ("size", ""),
+    "d_model": ("d_model", ""),
+    "lr_text": ("best base lr", ""),
+    "moved": ("sweep steps from the narrowest", ""),
+    "loss_text": ("loss at it", ""),
+    "checks": ("failed checks", ""),
+}
+
+
+def _lr_text(r: dict) -> str:
+    if r["lr"] is None:
+        return "— (" + (r["note"] or "no lr") + ")"
+    if r["bracketed"]:
+        return f"{r['lr']:.3g} (bracketed)"
+    why = (
+        "only lr run" if r["n_points"] == 1 else "at the sweep's edge" + (" after the cap" if r["cap_reached"] else "")
+    )
+    return f"{r['lr']:.3g} (UNBRACKETED: {why}; check lr_bracketed fails)"
+
+
+def _loss_text(r: dict) -> str:
+    if r["mean_loss"] is None:
+        return "— (" + (r["note"] or "no completed run") + ")"
+    sd = f" ± {r['std_loss']:.4f}" if r["std_loss"] is not None else ""
+    failed = f"; fails: {r['failed_checks']}" if r["failed_checks"] else ""
+    return f"{r['mean_loss']:.4f}{sd} ({r['loss_source']}, n={r['n']}{failed})"
+
+
+def lr_width_section(frame: pl.DataFrame) -> str:
+    """The lr-vs-width numbers, each beside the checks that fail for its cell."""
+    if frame.is_empty():
+        return ""
+    rows = frame.with_columns(
+        pl.struct(frame.columns).map_elements(_lr_text, return_dtype=pl.Utf8).alias("lr_text"),
+        pl.struct(frame.columns).map_elements(_loss_text, return_dtype=pl.Utf8).alias("loss_text"),
+        pl.col("grid_steps_from_base").map_elements(lambda v: f"{v:+.2f}", return_dtype=pl.Utf8).alias("moved"),
+        pl.col("failed_checks").fill_null("none").alias("checks"),
+    )
+    return (
+        '<h3 id="lr-width-table">Best base lr against width</h3><p>Per family, parametrization and arm, narrowest '
+        "width first: the lr each size chose (bracketed: a swept point on each side was worse), how many sweep "
+        "steps it lies from the narrowest width's lr (0: the optimum stayed put; under muP it should, under sp it "
+        "moves), and the mean final loss at it. A number whose cell fails a health check says which, beside it.</p>"
+        + table(rows, LR_WIDTH_COLUMNS, cls="lr-width")
+    )

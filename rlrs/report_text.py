@@ -138,6 +138,7 @@ FINAL_COLUMNS = {
 
 REGRET_COLUMNS = {
     "parameter": ("parameter", ""),
+    "parametrization": ("parametrization", ""),
     "size": ("size", ""),
     "reference_size": ("chosen at", ""),
     "chosen_factor": ("chosen factor", ""),

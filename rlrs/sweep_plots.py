@@ -171,3 +171,70 @@ def tune_progress(frame: pl.DataFrame) -> alt.Chart:
         .resolve_scale(y="independent")
         .properties(title="Greedy local search: best score against runs spent")
     )
+
+
+def lr_vs_width(frame: pl.DataFrame) -> alt.VConcatChart:
+    """The best base lr against width (log-log), one line per (parametrization,
+    arm), a panel per family; filled circles are bracketed lrs, hollow
+    triangles unbracketed ones (the optimum may lie beyond the sweep). Below,
+    the loss at that lr."""
+    data = frame.filter(pl.col("lr").is_not_null()).with_columns(
+        pl.when(pl.col("bracketed")).then(pl.lit("bracketed")).otherwise(pl.lit("unbracketed")).alias("lr_choice"),
+        pl.format("{} · {}", "arm", "parametrization").alias("line"),
+        pl.col("failed_checks").fill_null("none"),
+    )
+    widths = sorted(set(data["d_model"].drop_nulls().to_list()))
+    x = alt.X(
+        "d_model:Q", title="width d_model (log)", scale=alt.Scale(type="log", base=2), axis=alt.Axis(values=widths)
+    )
+    line_enc = dict(
+        x=x,
+        color=alt.Color("arm:N", title="arm"),
+        strokeDash=alt.StrokeDash("parametrization:N", title="parametrization (line)"),
+        detail="line:N",
+    )
+    point_enc = dict(
+        x=x,
+        color=alt.Color("arm:N", title="arm"),
+        detail="line:N",
+        shape=alt.Shape(
+            "lr_choice:N",
+            title="lr (point)",
+            scale=alt.Scale(domain=["bracketed", "unbracketed"], range=["circle", "triangle-up"]),
+            legend=alt.Legend(symbolFillColor="#666", symbolStrokeColor="#666", symbolOpacity=1),
+        ),
+        stroke=alt.Stroke("arm:N", legend=None),
+        fillOpacity=alt.condition("datum.bracketed", alt.value(1.0), alt.value(0.0)),
+        size=alt.value(80),
+        tooltip=[
+            "size:N",
+            "arm:N",
+            "parametrization:N",
+            "d_model:Q",
+            alt.Tooltip("lr:Q", format=".3g"),
+            "lr_choice:N",
+            "cap_reached:N",
+            alt.Tooltip("grid_steps_from_base:Q", format="+.2f", title="sweep steps from the narrowest"),
+            alt.Tooltip("mean_loss:Q", format=".4f"),
+            "n:Q",
+            "failed_checks:N",
+        ],
+    )
+
+    def panel(y: alt.Y, rows: pl.DataFrame) -> alt.FacetChart:
+        base = alt.Chart(rows)
+        return (
+            alt.layer(
+                base.mark_line().encode(y=y, **line_enc),
+                base.mark_point(filled=True, strokeWidth=1.5).encode(y=y, **point_enc),
+            )
+            .properties(width=WIDTH, height=HEIGHT)
+            .facet(column=alt.Column("family:N", title="family"))
+        )
+
+    lr = panel(alt.Y("lr:Q", title="best base lr (log)", scale=alt.Scale(type="log")), data)
+    loss = panel(
+        alt.Y("mean_loss:Q", title="final eval loss at that lr", scale=LOSS_SCALE),
+        data.filter(pl.col("mean_loss").is_not_null()),
+    )
+    return alt.vconcat(lr, loss).properties(title="Best base lr against width, and the loss at it")

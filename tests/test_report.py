@@ -29,6 +29,7 @@ ALL_FIGURES = [
     "loss_curves",
     "lr_schedules",
     "lr_sweep",
+    "lr_vs_width",
     "usweep",
     "ablation",
     "update_sizes",

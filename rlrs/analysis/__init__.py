@@ -13,6 +13,7 @@ gets every table and view, only with fewer rows.
     health, plateau, health_view
               the eight study-health checks, run at collect time (`health`)
     sweeps    final losses, lr sweep, U-plots, regret, ablations
+    lr_width  the best base lr against width per (family, parametrization, arm)
     curves    loss curves, update sizes, lr schedules (binned for plots)
     scaling   scaling-law fits of the scaling sweep (laws, fit, frontier, multiplier, study)
     tables    the report's other tables (sizes, multipliers, provenance, tuning)
@@ -66,7 +67,7 @@ from dataclasses import dataclass, field
 import duckdb
 import polars as pl
 
-from rlrs.analysis import curves, health_view, members, speedup, sweeps, tables
+from rlrs.analysis import curves, health_view, lr_width, members, speedup, sweeps, tables
 from rlrs.analysis.scaling import study as scaling_study
 from rlrs.db import has_table
 from rlrs.db.schema import utc_now
@@ -128,6 +129,13 @@ VIEWS: dict[str, View] = {
         lambda x: sweeps.regret(x.frames["lr_sweep"], x.frames["usweep"], x.members, x.study),
         sweeps.REGRET_SCHEMA,
         "one row per (swept parameter, larger size): loss at the small size's best factor minus the best loss",
+        sweeps.REGRET_DOCS,
+    ),
+    "lr_vs_width": View(
+        lambda x: lr_width.lr_vs_width(x.con, x.study, x.members, x.frames["health"]),
+        lr_width.SCHEMA,
+        "one row per (size, arm) with an lr choice: the best base lr against width, bracketed or not, and the loss at it",
+        lr_width.COLUMN_DOCS,
     ),
     "ablation": View(
         lambda x: sweeps.ablation(x.members, x.study),

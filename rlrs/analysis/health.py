@@ -22,7 +22,9 @@ RUNS: one row per completed run that the measurement compares:
   last 10% of steps; null for dense), sweep: 'main' for every arm's runs
   at its chosen lr and main length (the compared cell; the baseline's
   included), 'ladder' for the baseline's runs at its other lengths (at its
-  chosen lr). Rows of other sweeps are ignored.
+  chosen lr). Rows of other sweeps are ignored. Optional: parametrization
+  ('sp' | 'mup', default 'sp'): checks 1 and 6 compare sizes within one
+  parametrization.
 CURVES: run_id, step, eval_loss: the eval points of those runs; `step` is
   the 0-based index of the step after which the eval ran (steps trained =
   step + 1, as in the metrics table). Sparse curves are read linearly

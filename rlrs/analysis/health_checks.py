@@ -25,6 +25,7 @@ class _Cell:
     steps: int
     losses: dict[int, float]  # seed -> final loss
     params: int | None
+    parametrization: str = "sp"  # sizes are compared within one family and parametrization
 
     @property
     def mean(self) -> float:
@@ -37,8 +38,11 @@ class _Cell:
 
 def _cells(runs: pl.DataFrame, sweep: str = "main") -> list[_Cell]:
     part = runs.filter((pl.col("sweep") == sweep) & pl.col("final_eval_loss").is_not_null())
+    if "parametrization" not in part.columns:  # optional in the RUNS contract: sp
+        part = part.with_columns(pl.lit("sp").alias("parametrization"))
     out = []
-    for (family, size, arm, steps), g in part.group_by(["family", "size", "arm", "steps"], maintain_order=True):
+    keys = ["family", "size", "arm", "steps", "parametrization"]
+    for (family, size, arm, steps, param), g in part.group_by(keys, maintain_order=True):
         out.append(
             _Cell(
                 family,
@@ -47,9 +51,10 @@ def _cells(runs: pl.DataFrame, sweep: str = "main") -> list[_Cell]:
                 steps,
                 dict(zip(g["seed"].to_list(), g["final_eval_loss"].to_list())),
                 g["params_active_nonembedding"].max(),
+                param or "sp",
             )
         )
-    return sorted(out, key=lambda c: (c.family, c.arm, c.params or 0, c.size, c.steps))
+    return sorted(out, key=lambda c: (c.family, c.parametrization, c.arm, c.params or 0, c.size, c.steps))
 
 
 def _grouped(items, key):
@@ -73,15 +78,15 @@ def _at(cell: _Cell):
 
 # ---------------------------------------------------------------- check 1
 def loss_falls_with_size(runs: pl.DataFrame, s: Mapping[str, float]) -> list[dict]:
-    """Check 1, per family and arm, on consecutive sizes (by active
-    non-embedding parameters): a larger size's mean final loss above the
+    """Check 1, per family, parametrization and arm, on consecutive sizes
+    (by active non-embedding parameters): a larger size's mean final loss above the
     next smaller one's fails (the spec's rule: higher, full stop); below it
     by less than noise_z standard errors warns. Sizes are compared at
     their main length; a larger size that trains fewer steps cannot be
     compared at equal length (warn). One row per larger size."""
     rows = []
     cells = _cells(runs)
-    for (family, arm), group in _grouped(cells, lambda c: (c.family, c.arm)):
+    for _, group in _grouped(cells, lambda c: (c.family, c.parametrization, c.arm)):
         for small, large in zip(group, group[1:]):
             at = _at(large)
             if large.steps < small.steps:
@@ -96,7 +101,7 @@ def loss_falls_with_size(runs: pl.DataFrame, s: Mapping[str, float]) -> list[dic
                 )
                 continue
             rise, se = large.mean - small.mean, _se(small, large)
-            vs = f"{arm} at {large.size}: {large.mean:.3f} vs {small.mean:.3f} at {small.size}"
+            vs = f"{large.arm} at {large.size}: {large.mean:.3f} vs {small.mean:.3f} at {small.size}"
             if rise > 0:
                 status, msg = FAIL, f"loss rises with size ({vs}, +{rise:.3f} nats): undertrained or mis-tuned"
             elif se is not None and -rise < s["noise_z"] * se:
@@ -234,7 +239,7 @@ def tokens_per_param(runs: pl.DataFrame, s: Mapping[str, float]) -> list[dict]:
 def moe_vs_dense(runs: pl.DataFrame, s: Mapping[str, float], baseline: str = "baseline") -> list[dict]:
     """Check 6a: the MoE baseline against the dense baseline with the same
     active non-embedding parameters (within active_params_match) and the
-    same length, where both exist. Worse by more than noise_z Welch
+    same length and parametrization, where both exist. Worse by more than noise_z Welch
     standard errors fails (a handicapped baseline flatters every arm
     compared with it); worse within noise, or with < 2 seeds a side, warns."""
     rows = []
@@ -244,7 +249,9 @@ def moe_vs_dense(runs: pl.DataFrame, s: Mapping[str, float], baseline: str = "ba
         match = [
             d
             for d in dense
-            if d.steps == moe.steps and abs(moe.params - d.params) <= s["active_params_match"] * d.params
+            if d.steps == moe.steps
+            and d.parametrization == moe.parametrization
+            and abs(moe.params - d.params) <= s["active_params_match"] * d.params
         ]
         if not match:
             continue

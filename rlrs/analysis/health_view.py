@@ -41,6 +41,7 @@ RUNS_SCHEMA = {
     "run_id": S,
     "size": S,
     "family": S,
+    "parametrization": S,
     "arm": S,
     "sweep": S,
     "seed": I,
@@ -61,7 +62,7 @@ CHOICE_SCHEMA = {
     "n_points": I,
 }
 _CONTRACTS = {
-    "runs": tuple(RUNS_SCHEMA),
+    "runs": tuple(c for c in RUNS_SCHEMA if c != "parametrization"),  # optional: sp
     "curves": ("run_id", "step", "eval_loss"),
     "lr_choices": ("size", "family", "arm", "lr", "bracketed", "cap_reached"),
     "speedups": ("size", "family", "arm", "speedup", "bound"),
@@ -134,7 +135,12 @@ def compared_runs(con: duckdb.DuckDBPyConnection, study_members: pl.DataFrame, b
             ORDER BY h.size, h.arm, h.sweep, r.steps, r.seed""").pl()
     finally:
         con.unregister("_health_ids")
-    got = got.with_columns(pl.col("size").replace_strict(family, default=None).alias("family"))
+    got = got.with_columns(
+        pl.col("size").replace_strict(family, default=None).alias("family"),
+        pl.col("size")
+        .replace_strict(members.size_parametrization(study_members), default="sp")
+        .alias("parametrization"),
+    )
     return frame(got.to_dicts(), RUNS_SCHEMA)
 
 

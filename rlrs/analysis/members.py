@@ -76,7 +76,10 @@ def load_members(con: duckdb.DuckDBPyConnection, study: str) -> pl.DataFrame:
         SELECT m.run_id, m.size, m.arm, m.sweep, m.tags,
                r.seed, r.lr, r.steps, coalesce(r.status, 'missing') AS status,
                CASE WHEN r.status = 'completed' THEN r.final_eval_loss END AS final_eval_loss,
-               r.error, coalesce(r.moe, false) AS moe,
+               r.error, coalesce(r.moe, false) AS moe, r.d_model, r.n_layers,
+               CASE WHEN r.run_id IS NOT NULL
+                    THEN coalesce(json_extract_string(r.config, '$.model.parametrization'), 'sp') END
+                    AS parametrization,
                r.params_total, r.params_active, r.params_nonembedding, r.params_active_nonembedding,
                {_TAG_SELECT}
         FROM m LEFT JOIN runs r USING (run_id)
@@ -106,6 +109,13 @@ def size_family(members: pl.DataFrame) -> dict[str, str]:
     """size -> 'moe' or 'dense': sizes are compared along a line within a family only."""
     rows = members.group_by("size").agg(pl.col("moe").any())
     return {r["size"]: "moe" if r["moe"] else "dense" for r in rows.iter_rows(named=True)}
+
+
+def size_parametrization(members: pl.DataFrame) -> dict[str, str]:
+    """size -> 'sp' or 'mup' (of its ingested runs; 'sp' before any is): sizes
+    are compared along a line within one family and parametrization."""
+    rows = members.group_by("size").agg(pl.col("parametrization").drop_nulls().first())
+    return {r["size"]: r["parametrization"] or "sp" for r in rows.iter_rows(named=True)}
 
 
 def size_params(members: pl.DataFrame) -> dict[str, tuple[int | None, int | None]]:

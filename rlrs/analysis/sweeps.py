@@ -26,6 +26,7 @@ from rlrs.analysis.members import (
     seed_groups,
     size_family,
     size_order,
+    size_parametrization,
     size_params,
 )
 
@@ -85,6 +86,7 @@ REGRET_SCHEMA = {
     "study": S,
     "parameter": S,
     "kind": S,
+    "parametrization": S,
     "size": S,
     "reference_size": S,
     "chosen_factor": F,
@@ -93,6 +95,22 @@ REGRET_SCHEMA = {
     "best_loss": F,
     "regret": F,
     "note": S,
+}
+
+
+REGRET_DOCS = {
+    "study": "study name",
+    "parameter": "the swept parameter: lr (arm) or component.start|end (base arm)",
+    "kind": "lr | usweep",
+    "parametrization": "sp | mup: the line's parametrization (sizes are referred within one family and parametrization)",
+    "size": "the larger size",
+    "reference_size": "the smallest swept size of the line, where chosen_factor was best",
+    "chosen_factor": "the factor best at reference_size (lr: lr / the grid's centre)",
+    "best_factor": "the factor best at this size",
+    "loss_at_chosen": "mean final eval loss at chosen_factor at this size",
+    "best_loss": "mean final eval loss at best_factor at this size",
+    "regret": "loss_at_chosen - best_loss (0 = the small size's choice is still optimal)",
+    "note": "why a value is missing, or NULL",
 }
 
 
@@ -305,8 +323,8 @@ def _merge_groups(groups: list[Group]) -> Group:
     )
 
 
-def _family_lines(sizes: list[str], order: dict[str, int], family: dict[str, str]) -> list[list[str]]:
-    """`sizes` split by model family, each list smallest first."""
+def _family_lines(sizes: list[str], order: dict[str, int], family: dict) -> list[list[str]]:
+    """`sizes` split by model family (size -> its line's key), each list smallest first."""
     ordered = sorted(sizes, key=lambda s: order.get(s, len(order)))
     return [[s for s in ordered if family.get(s) == fam] for fam in dict.fromkeys(family.get(s) for s in ordered)]
 
@@ -315,10 +333,12 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
     """Transfer regret of every swept parameter: at each larger size, the loss
     at the factor that was best at the smallest swept size minus the best
     loss at that size (0 = the small-scale choice is still optimal). Within a
-    model family only: a MoE size is referred to the smallest MoE size, a
-    dense size to the smallest dense size."""
+    model family and parametrization only: a MoE size is referred to the
+    smallest MoE size, a dense size to the smallest dense size, a muP size
+    to the smallest muP size of its family (sp and muP lines never mix)."""
     order = {s: i for i, s in enumerate(size_order(members))}
-    family = size_family(members)
+    family, param = size_family(members), size_parametrization(members)
+    line = {s: (family[s], param.get(s, "sp")) for s in family}
     curves = []  # (parameter, kind, frame with size, factor, mean_loss, eligible)
     if not lr_frame.is_empty():
         for (arm,), part in lr_frame.group_by(["arm"], maintain_order=True):
@@ -328,9 +348,9 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
             curves.append((f"{comp}.{which} ({base})", "usweep", part))
     rows = []
     for parameter, kind, part, sizes in [
-        (parameter, kind, part, line)
+        (parameter, kind, part, sizes)
         for parameter, kind, part in curves
-        for line in _family_lines(part["size"].unique().to_list(), order, family)
+        for sizes in _family_lines(part["size"].unique().to_list(), order, line)
     ]:
         best = {r["size"]: r for r in part.filter(pl.col("is_best")).iter_rows(named=True)}
         if len(sizes) < 2 or sizes[0] not in best:
@@ -342,6 +362,7 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
                 "study": study,
                 "parameter": parameter,
                 "kind": kind,
+                "parametrization": param.get(ref, "sp"),
                 "size": size,
                 "reference_size": ref,
                 "chosen_factor": chosen,
