@@ -205,3 +205,38 @@ def test_scaling_under_joint_moe_gives_each_expert_count_its_lr():
     plain = study(sweeps={"scaling": {"sizes": ["moe16"], "steps": [20], "experts": [4, 8]}})
     assert set(map(tuple, _scaling(plain).values())) == {(0.01,)}
 
+
+def test_shipped_mup_cpu_study_and_its_plan(capsys):
+    """mup-cpu: dense and MoE (8 experts, top-1, capacity 1.25) at 4 widths over 8x, sp and muP,
+    baseline and RLRS (study-cpu's tables), staged and bracketed, 3 reported seeds, ~2 CPU-hours at most."""
+    import re
+
+    from rlrs.study import load_study
+
+    from _cli_fixtures import cli_plan
+
+    configs = SMOKE.parent
+    path = configs / "mup-cpu.yaml"
+    study = load_study(path)
+    cpu = load_study(configs / "study-cpu.yaml")
+    assert study["arms"]["rlrs"] == cpu["arms"]["rlrs"] and study["lr_rule"] == "mup"
+    assert len(study["seeds"]) >= 3 and study["selection_seeds"] and study["sweeps"]["lr"]["bracket"]
+    state = SelectState(chosen={(c.size, c.arm): c.centre_lr for c in cells(study)})
+    assert {c.centre_lr for c in cells(study)} == {0.01}  # the base model's lr at every width
+    lines: dict = {}
+    for _, cfg, lb in expand(study, select_state=state):
+        m = cfg["model"]
+        moe = m["moe"]
+        assert moe is None or (moe["n_experts"], moe["top_k"], moe["capacity_factor"]) == (8, 1, 1.25)
+        key = ("moe" if moe else "dense", m.get("parametrization", "sp"), lb["arm"])
+        lines.setdefault(key, set()).add((m["d_model"], m["n_layers"], m["n_heads"], m.get("base_d_model")))
+    assert set(lines) == {(f, p, a) for f in ("dense", "moe") for p in ("sp", "mup") for a in ("baseline", "rlrs")}
+    for (_, par, _), shapes in lines.items():
+        widths = sorted(w for w, _, _, _ in shapes)
+        assert len(widths) >= 4 and widths[-1] / widths[0] >= 8
+        assert {(L, h) for _, L, h, _ in shapes} == {(2, 2)}  # fixed depth, muP keeps the heads
+        assert {b for *_, b in shapes} == ({16} if par == "mup" else {None})
+    assert cli_plan(path) == 0
+    out = capsys.readouterr().out
+    minutes = float(re.search(r"estimated CPU time: ([\d.]+) min", out).group(1))
+    assert minutes <= 120 and "selection                                   96 runs + up to  64 beyond" in out
