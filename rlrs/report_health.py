@@ -104,7 +104,9 @@ def gap_text(r: dict) -> str:
 
 
 def headline_sections(speedup: pl.DataFrame, rows: pl.DataFrame) -> tuple[str, str, str]:
-    """(headline table, numbers under failed checks, footnotes)."""
+    """(headline table, numbers under failed checks, footnotes); `speedup`:
+    the speedup view, whose *_blocked_by columns say which number a failed
+    check blocks; `rows`: the health rows (the table's health column)."""
     if speedup.is_empty():
         missing = '<p class="missing">No speedup: the study has no completed non-baseline arm next to a completed baseline.</p>'
         return missing, "", ""
@@ -113,7 +115,9 @@ def headline_sections(speedup: pl.DataFrame, rows: pl.DataFrame) -> tuple[str, s
         cover = health.covering(rows, r["size"], r["arm"], family=r["family"])
         cells = {}
         for estimate, text in (("speedup", speedup_text(r)), ("loss_gap", gap_text(r))):
-            fails = health.blocking_failures(rows, r["size"], r["arm"], estimate=estimate, family=r["family"])
+            # the analysis' decision (health.with_blocking), the one the figures read too
+            blocked_by = r[health.BLOCKED_BY[estimate]]
+            fails = blocked_by.split(", ") if blocked_by else []
             if fails and text != "—":
                 why = "; ".join(x["message"] for x in cover if x["check_name"] in fails and x["status"] == health.FAIL)
                 blocked.append(

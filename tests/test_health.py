@@ -418,6 +418,26 @@ def test_blocking_failures_name_the_checks_that_qualify_a_number():
     assert all(r["status"] != "fail" for r in rows if r["check_name"] == "tokens_per_param")
 
 
+def test_with_blocking_marks_each_number_with_the_checks_that_block_it():
+    r, curves, choices, sp = small_study()
+    rows = health_view.study_health(
+        r, curves, choices, sp, seeds=[0, 1, 2, 3, 4], selection_seeds=[10, 11], tune_seeds=[20]
+    )
+    estimates = sp.with_columns(pl.Series("loss_gap", [0.1, 0.1])).vstack(
+        pl.DataFrame(
+            [{"size": "s", "family": "dense", "arm": "other", "speedup": None, "bound": None, "loss_gap": None}]
+        )
+    )
+    got = health.with_blocking(estimates, rows)
+    assert got.select("size", "arm", "speedup_blocked_by", "loss_gap_blocked_by").rows() == [
+        ("s", "rlrs", None, None),  # no check fails at s: both numbers are valid
+        ("m", "rlrs", "lr_bracketed, ladder_brackets_arm", "lr_bracketed"),  # the bound: check 3 too
+        ("s", "other", None, None),  # no number, nothing to block
+    ]
+    # The same decision as blocking_failures, from a frame of the rows as from the rows.
+    assert health.with_blocking(estimates, health.health_frame(rows)).equals(got)
+
+
 def test_settings_are_one_table_with_overrides_by_name():
     assert {s.name for s in health.SETTINGS} == set(S)
     assert S["min_tokens_per_param"] == 10.0 and S["min_seeds"] == 3.0 and S["warn_seeds"] == 5.0

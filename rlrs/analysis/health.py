@@ -285,3 +285,30 @@ def blocking_failures(
         if r["status"] == FAIL and estimate in _CHECK[r["check_name"]].qualifies
     }
     return sorted(names, key=_ORDER.__getitem__)
+
+
+BLOCKED_BY = {"speedup": "speedup_blocked_by", "loss_gap": "loss_gap_blocked_by"}
+BLOCKED_DOCS = {
+    "speedup_blocked_by": "the failed health checks that qualify this row's speedup or bound (comma-separated, "
+    "check order; NULL: none failed, or no number): the report shows it under them, never as a valid number",
+    "loss_gap_blocked_by": "the failed health checks that qualify this row's loss gap (as speedup_blocked_by)",
+}
+
+
+def with_blocking(estimates: pl.DataFrame, health_rows, baseline: str = "baseline") -> pl.DataFrame:
+    """The speedup rows (size, arm, family, speedup, bound, loss_gap, ...)
+    with BLOCKED_BY's columns: for each number the row has, the checks that
+    block it (`blocking_failures`), NULL when none does. The one decision
+    the report's headline table and its figures both read."""
+    rows = health_rows.to_dicts() if isinstance(health_rows, pl.DataFrame) else list(health_rows)
+    out = {c: [] for c in BLOCKED_BY.values()}
+    for r in estimates.iter_rows(named=True):
+        has = {"speedup": r["speedup"] is not None or r["bound"] is not None, "loss_gap": r["loss_gap"] is not None}
+        for estimate, column in BLOCKED_BY.items():
+            fails = (
+                blocking_failures(rows, r["size"], r["arm"], baseline=baseline, estimate=estimate, family=r["family"])
+                if has[estimate]
+                else []
+            )
+            out[column].append(", ".join(fails) or None)
+    return estimates.with_columns(pl.Series(c, v, dtype=pl.Utf8) for c, v in out.items())
