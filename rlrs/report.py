@@ -307,6 +307,7 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         report_health.health_section(frames["health"]),
         "<h2>Headline</h2>",
         headline_html,
+        report_health.not_measured(frames["health"]),
         footnotes_html,
         blocked_html,
         *sections,

@@ -196,11 +196,25 @@ def lr_choice_section(rows: pl.DataFrame) -> str:
     lr = lr.with_columns(
         pl.when(pl.col("status") == health.PASS)
         .then(pl.lit("bracketed"))
+        .when(pl.col("value").is_null())
+        .then(pl.lit("failed: no lr trained"))
         .otherwise(pl.lit("unbracketed"))
         .alias("cell")
     )
     return (
         "<h3>lr choices</h3><p>Each compared cell's lr: bracketed when a swept point on each side of it is worse "
-        "(the stage-1 selection's result where the study has one, else its lr sweep as run).</p>"
-        + table(lr, LR_COLUMNS)
+        "(the stage-1 selection's result where the study has one, else its lr sweep as run); failed when no lr "
+        "trained (every point diverged), so that size is not measured.</p>" + table(lr, LR_COLUMNS)
     )
+
+
+def not_measured(rows: pl.DataFrame) -> str:
+    """A line under the headline for each cell whose lr selection chose no
+    lr (check 2's rows without a value): its size has no numbers."""
+    failed = rows.filter((pl.col("check_name") == "lr_bracketed") & pl.col("value").is_null())
+    if failed.is_empty():
+        return ""
+    items = "".join(
+        f"<li>{esc(r['size'])} ({esc(r['arm'])}): {esc(r['message'])}.</li>" for r in failed.iter_rows(named=True)
+    )
+    return f'<div class="missing" id="not-measured">Not measured (no lr to compare at):<ul>{items}</ul></div>'

@@ -28,8 +28,9 @@ CURVES: run_id, step, eval_loss: the eval points of those runs; `step` is
   step + 1, as in the metrics table). Sparse curves are read linearly
   between their points, never beyond them.
 LR_CHOICES: size, family, arm, lr, bracketed (bool), cap_reached (bool),
-  optional n_points (1: no sweep): the stage-1 decisions
-  (rlrs.study.bracketing.select_lr), one per compared cell.
+  optional n_points (1: no sweep), failed (bool: no lr trained) and note
+  (the selection's reasons): the stage-1 decisions
+  (rlrs.study.bracketing.select_lr), one per compared or failed cell.
 SPEEDUPS: size, family, arm, speedup, bound: the ladder speedup rows
   (rlrs.analysis.estimates.ladder_speedup), one per non-baseline compared cell.
 """
