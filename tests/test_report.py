@@ -82,18 +82,14 @@ def full_study(study: str = "demo", arm: str = "rlrs") -> StudyDB:
 def with_lr_selection(db_path: Path, unbracketed: tuple[str, str]) -> None:
     """The stage-1 result table (the stages side's contract) with every cell
     bracketed on selection seeds 10-11 but `unbracketed` (size, arm)."""
-    con = duckdb.connect(str(db_path))
-    con.execute(
-        "CREATE TABLE IF NOT EXISTS lr_selection (study VARCHAR, size VARCHAR, family VARCHAR, arm VARCHAR, "
-        "centre_lr DOUBLE, chosen_lr DOUBLE, bracketed BOOLEAN, cap_reached BOOLEAN, n_extra BIGINT, "
-        "n_points BIGINT, factor DOUBLE, selection_seeds JSON, ranked_on JSON, note VARCHAR)"
-    )
+    con = duckdb.connect(str(db_path))  # the table is the database schema's (rlrs.db.schema)
     for size in ("s1", "s2"):
         for arm in ("baseline", "rlrs"):
             ok = (size, arm) != unbracketed
             con.execute(
-                "INSERT INTO lr_selection VALUES ('demo', ?, 'dense', ?, 1e-3, 1e-3, ?, ?, ?, ?, 2.0, '[10, 11]', "
-                "'[10, 11]', NULL)",
+                "INSERT INTO lr_selection (study, size, family, arm, centre_lr, chosen_lr, bracketed, cap_reached, "
+                "failed, n_extra, n_points, factor, selection_seeds, ranked_on, note) "
+                "VALUES ('demo', ?, 'dense', ?, 1e-3, 1e-3, ?, ?, false, ?, ?, 2.0, '[10, 11]', '[10, 11]', NULL)",
                 [size, arm, ok, not ok, 0 if ok else 2, 3 if ok else 5],
             )
     con.close()
