@@ -186,14 +186,20 @@ BRACKET = {
 }
 
 
+def selected(study: dict, tmp_path: Path, monkeypatch, capsys) -> tuple[Path, str]:
+    """The study written under tmp_path (results there too) and run through
+    `rlrs select`: (its file, what the command printed)."""
+    monkeypatch.setenv("RLRS_RESULTS", str(tmp_path / "results"))
+    path = tmp_path / f"{study['study']}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert rlrs_main(["select", str(path)]) == 0
+    return path, capsys.readouterr().out
+
+
 def test_an_edge_best_lr_is_bracketed_and_a_capped_cell_is_marked_unbracketed(
     austen_corpus, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setenv("RLRS_RESULTS", str(tmp_path / "results"))
-    path = tmp_path / "bracket.yaml"
-    path.write_text(yaml.safe_dump(BRACKET))
-    assert rlrs_main(["select", str(path)]) == 0
-    out = capsys.readouterr().out
+    path, out = selected(BRACKET, tmp_path, monkeypatch, capsys)
     assert "[select near.baseline] round 2: lr 0.192" in out
     assert "select: 2 cell(s) done; unbracketed (cap reached): far.baseline" in out
     folder = tmp_path / "results" / "bracket" / "select"
@@ -254,11 +260,7 @@ DIVERGES = copy.deepcopy(BRACKET) | {
 def test_a_cell_where_every_lr_diverges_fails_and_its_size_is_not_waited_for(
     austen_corpus, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setenv("RLRS_RESULTS", str(tmp_path / "results"))
-    path = tmp_path / "diverges.yaml"
-    path.write_text(yaml.safe_dump(DIVERGES))
-    assert rlrs_main(["select", str(path)]) == 0
-    out = capsys.readouterr().out
+    path, out = selected(DIVERGES, tmp_path, monkeypatch, capsys)
     assert "[select blowup.baseline] round 2: lr 250000" in out  # walked down once (the cap), then stopped
     assert "select: 2 cell(s) done; FAILED (no lr trained; their sizes are not measured): blowup.baseline" in out
     folder = tmp_path / "results" / "diverges" / "select"
