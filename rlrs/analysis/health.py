@@ -82,8 +82,8 @@ SETTINGS = (
         "plateau_margin",
         0.05,
         "check 5 (never left, where runs have eval points at 5-10% of training): a run whose final loss is not "
-        "at least this many nats below the study-wide plateau level (the median over the compared runs of "
-        "their mean eval loss at 5-10% of training) never left its plateau",
+        "at least this many nats below its size's plateau level (the median over that size's compared runs, "
+        "every arm, of their mean eval loss at 5-10% of training) never left its plateau",
     ),
     Setting(
         "plateau_drop_ratio",
@@ -161,7 +161,7 @@ CHECKS = (
         "arm",
         _BOTH,
         "the runs have left their early plateau by 25% of training (the spec's test where eval points allow it, "
-        "else the shape test) and ended clearly below the study's plateau level: warn otherwise (the final loss "
+        "else the shape test) and ended clearly below their size's plateau level: warn otherwise (the final loss "
         "then times the plateau exit)",
     ),
     Check("end_slope", 5, "arm", _BOTH, "the runs are not still dropping steeply over the last 10% of training: warn"),
