@@ -138,10 +138,11 @@ def cmd_status(a) -> int:
         tune_state = load_state(study) if study.get("tune") else None
         if tune_state is not None:
             waiting = [s for s in study["sizes"] if size_family(study, s) in tune_state.pending]
-        selecting = []
+        selecting, failed = [], {}
         if is_staged(study):
-            pending = selection.load_state(study, tune_state).pending
-            selecting = [s for s in study["sizes"] if s in pending and s not in waiting]
+            select_state = selection.load_state(study, tune_state)
+            selecting = [s for s in study["sizes"] if s in select_state.pending and s not in waiting]
+            failed = select_state.failed
     except ConfigError as e:
         print(f"error: {a.study}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -170,6 +171,8 @@ def cmd_status(a) -> int:
             f"{plan.name}: measured only once their lr selection is done (`rlrs select {a.study}`): "
             + ", ".join(selecting)
         )
+    for (size, arm), why in failed.items():
+        print(f"{plan.name}: {size} is not measured: the lr selection of {size}.{arm} failed ({why})")
     return EXIT_OK
 
 
@@ -204,10 +207,12 @@ def cmd_select(a) -> int:
     except (select_lr.SelectError, tune.TuneError) as e:
         print(f"rlrs select: error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    unbracketed = [f"{d['size']}.{d['arm']}" for d in docs if not d["bracketed"]]
+    failed = [f"{d['size']}.{d['arm']}" for d in docs if selection.is_failed(d)]
+    unbracketed = [f"{d['size']}.{d['arm']}" for d in docs if not d["bracketed"] and not selection.is_failed(d)]
     print(
         f"select: {len(docs)} cell(s) done"
-        + (f"; unbracketed (cap reached or no lr trained): {', '.join(unbracketed)}" if unbracketed else "")
+        + (f"; unbracketed (cap reached): {', '.join(unbracketed)}" if unbracketed else "")
+        + (f"; FAILED (no lr trained; their sizes are not measured): {', '.join(failed)}" if failed else "")
     )
     return EXIT_OK
 

@@ -23,6 +23,30 @@ def legend_highlight(field: str) -> tuple[alt.Parameter, alt.OpacityValue]:
     return sel, alt.condition(sel, alt.value(1.0), alt.value(0.15))
 
 
+# A number whose qualifying health checks failed (the analysis' *_blocked_by
+# columns, rlrs.analysis.health.with_blocking) is drawn hollow, with a dashed
+# interval and no line through it, under the legend entry BLOCKED; a bound is
+# a triangle pointing the way the true value lies, never joined by a line.
+# ARM_PALETTE is Vega's default category scheme (tableau10), made explicit
+# so the hollow fill can sit beside the arms' colours.
+VALID, BLOCKED = "valid", "blocked: failed checks"
+ARM_PALETTE = "#4c78a8 #f58518 #e45756 #72b7b2 #54a24b #eeca3b #b279a2 #ff9da6 #9d755d #bab0ac".split()
+FAMILY_DASH = alt.Scale(domain=["dense", "moe"], range=[[1, 0], [5, 3]])
+SPEEDUP_SHAPES = alt.Scale(
+    domain=["estimate", "at least (beyond longest baseline)", "at most (below shortest baseline)"],
+    range=["circle", "triangle-up", "triangle-down"],
+)
+
+
+def _validity(blocked_by: str) -> list[pl.Expr]:
+    """Each row's legend label (`number`: VALID or BLOCKED) and the checks
+    that block it (`blocked_by`), read from the analysis' column `blocked_by`."""
+    return [
+        pl.when(pl.col(blocked_by).is_null()).then(pl.lit(VALID)).otherwise(pl.lit(BLOCKED)).alias("number"),
+        pl.col(blocked_by).alias("blocked_by"),
+    ]
+
+
 def lr_schedules(frame: pl.DataFrame) -> alt.Chart:
     """Figure 1: lr_g(t) per component, one line per arm (dash per size
     when the study has dense and MoE sizes)."""
@@ -107,18 +131,27 @@ def _loss_panel(size: str, part: pl.DataFrame, speedup: pl.DataFrame, opacity) -
         subtitle.append(_speedup_text(r))
     reach = speedup.filter((pl.col("definition") == "target") & pl.col("t_star").is_not_null())
     if not reach.is_empty():
-        marks = reach.select("arm", pl.col("t_star").alias("step"), pl.col("arm_loss").alias("loss"), "speedup")
+        marks = reach.select(
+            "arm",
+            pl.col("t_star").alias("step"),
+            pl.col("arm_loss").alias("loss"),
+            "speedup",
+            *_validity("speedup_blocked_by"),
+        )
+        # A target speedup under a failed check: a grey cross, not the black one.
         layers.append(
             alt.Chart(marks)
-            .mark_point(shape="cross", size=140, color="black", strokeWidth=2, clip=True)
+            .mark_point(shape="cross", size=140, strokeWidth=2, clip=True)
             .encode(
                 x="step:Q",
                 y=y,
+                color=alt.condition(alt.datum.number == VALID, alt.value("black"), alt.value("#aaa")),
                 tooltip=[
                     alt.Tooltip("arm:N", title="baseline reaches the final loss of"),
                     alt.Tooltip("step:Q", format=".0f"),
                     alt.Tooltip("loss:Q", format=".4f"),
                     alt.Tooltip("speedup:Q", format="+.1%", title="target speedup"),
+                    alt.Tooltip("blocked_by:N", title="blocked by failed checks"),
                 ],
             )
         )
@@ -128,7 +161,13 @@ def _loss_panel(size: str, part: pl.DataFrame, speedup: pl.DataFrame, opacity) -
 
 
 def _speedup_text(r: dict) -> str:
-    """'rlrs, ladder: +20% steps (95% CI +17% to +23%)' or its bound."""
+    """'rlrs, ladder: +20% steps (95% CI +17% to +23%)' or its bound, and
+    the failed checks that block it."""
+    text = _speedup_number(r)
+    return text + (f" [blocked: failed {r['speedup_blocked_by']}]" if r["speedup_blocked_by"] else "")
+
+
+def _speedup_number(r: dict) -> str:
     head = f"{r['arm']}, {r['definition']}: "
     if r["speedup"] is not None:
         ci = (
@@ -144,36 +183,22 @@ def _speedup_text(r: dict) -> str:
     return head + "no estimate"
 
 
-def speedup_vs_size(frame: pl.DataFrame) -> alt.Chart:
-    """Figure 3: speedup (T*/T - 1) against non-embedding parameters, log x,
-    95% intervals as bars; bounds drawn as triangles at the edge they pass."""
-    data = (
-        frame.filter(pl.col("speedup").is_not_null() | pl.col("bound").is_not_null())
-        .with_columns(
-            pl.coalesce("speedup", "bound_value").alias("y"),
-            pl.when(pl.col("speedup").is_not_null())
-            .then(pl.lit("estimate"))
-            .when(pl.col("bound").str.starts_with(">"))
-            .then(pl.lit("at least (beyond longest baseline)"))
-            .otherwise(pl.lit("at most (below shortest baseline)"))
-            .alias("kind"),
-            pl.coalesce("bound", pl.col("speedup").round(3).cast(pl.Utf8)).alias("value"),
-            pl.format("{} ({})", "arm", "family").alias("line"),
-        )
-        .select(
-            "size",
-            "arm",
-            "family",
-            "line",
-            "definition",
-            "params_nonembedding",
-            "y",
-            "ci_low",
-            "ci_high",
-            "kind",
-            "value",
-            "n_seeds",
-        )
+def _blocked_subtitle(data: pl.DataFrame) -> str:
+    n = int((data["number"] == BLOCKED).sum())
+    if not n:
+        return "every number shown passes the health checks that qualify it"
+    head = "every number here is" if n == data.height else f"{n} of {data.height} numbers are"
+    return f"{head} under a failed health check (hollow, not joined): see 'Numbers under failed checks'"
+
+
+def _against_size(data: pl.DataFrame, y: alt.Y, ci: tuple[str, str], shape: alt.Shape, tooltip: list) -> alt.LayerChart:
+    """One number per (size, arm) against non-embedding parameters (log x):
+    valid estimates filled and joined per family (one dash each), blocked
+    numbers hollow and unjoined, 95% intervals as bars (dashed when
+    blocked), a zero line; legend entries highlight an arm."""
+    data = data.with_columns(
+        pl.format("{} ({})", "arm", "family").alias("line"),
+        pl.when(pl.col("number") == VALID).then(pl.col("arm")).otherwise(pl.lit(BLOCKED)).alias("fill"),
     )
     sel, opacity = legend_highlight("arm")
     x = alt.X(
@@ -182,21 +207,91 @@ def speedup_vs_size(frame: pl.DataFrame) -> alt.Chart:
         scale=alt.Scale(type="log"),
         axis=alt.Axis(format="~s"),
     )
+    valid = alt.datum.number == VALID
+    # Filled in the arm's colour when valid, white (hollow) when blocked: the
+    # fill scale is the colour scale plus BLOCKED, its legend BLOCKED alone.
+    arms = sorted(data["arm"].unique().to_list())
+    palette = [ARM_PALETTE[i % len(ARM_PALETTE)] for i in range(len(arms))]
     base = alt.Chart(data)
-    points = base.mark_point(filled=True, size=80).encode(
+    points = base.mark_point(size=80, strokeWidth=2, opacity=1).encode(
         x=x,
-        y=alt.Y("y:Q", title="speedup T*/T - 1", axis=alt.Axis(format="%")),
-        color=alt.Color("arm:N"),
-        opacity=opacity,
-        shape=alt.Shape(
-            "kind:N",
-            title="point",
-            scale=alt.Scale(
-                domain=["estimate", "at least (beyond longest baseline)", "at most (below shortest baseline)"],
-                range=["circle", "triangle-up", "triangle-down"],
-            ),
+        y=y,
+        color=alt.Color("arm:N", scale=alt.Scale(domain=arms, range=palette)),
+        fill=alt.Fill(
+            "fill:N",
+            title="number",
+            scale=alt.Scale(domain=[*arms, BLOCKED], range=[*palette, "white"]),
+            legend=alt.Legend(values=[BLOCKED], symbolType="circle", symbolStrokeColor="#555", symbolStrokeWidth=2),
         ),
-        tooltip=[
+        opacity=opacity,
+        shape=shape,
+        tooltip=[*tooltip, alt.Tooltip("blocked_by:N", title="blocked by failed checks")],
+    )
+    lines = (
+        base.transform_filter(valid & (alt.datum.kind == "estimate"))
+        .mark_line()
+        .encode(
+            x=x,
+            y=y,
+            color="arm:N",
+            detail="line:N",
+            opacity=opacity,
+            strokeDash=alt.StrokeDash("family:N", title="family (lines join valid estimates)", scale=FAMILY_DASH),
+        )
+    )
+    bars = (
+        base.transform_filter(f"isValid(datum.{ci[0]}) && isValid(datum.{ci[1]})")
+        .mark_rule(strokeWidth=2)
+        .encode(
+            x=x,
+            y=f"{ci[0]}:Q",
+            y2=f"{ci[1]}:Q",
+            color="arm:N",
+            opacity=opacity,
+            strokeDash=alt.condition(valid, alt.value([1, 0]), alt.value([3, 2])),
+        )
+    )
+    zero = base.mark_rule(color="gray", strokeDash=[2, 2]).encode(y=alt.datum(0))
+    return alt.layer(zero, bars, lines, points).add_params(sel).properties(width=WIDTH + 60, height=HEIGHT + 30)
+
+
+def speedup_vs_size(frame: pl.DataFrame) -> alt.Chart:
+    """Figure 3: speedup (T*/T - 1) against non-embedding parameters, log x,
+    95% intervals as bars; bounds drawn as triangles at the edge they pass;
+    a number under a failed health check hollow (see _against_size)."""
+    kind_label = dict(zip(["estimate", "at least", "at most"], SPEEDUP_SHAPES.domain))
+    data = (
+        frame.filter(pl.col("speedup_kind").is_not_null())
+        .with_columns(
+            pl.coalesce("speedup", "bound_value").alias("y"),
+            pl.col("speedup_kind").alias("kind"),
+            pl.col("speedup_kind").replace_strict(kind_label).alias("point"),
+            pl.coalesce("bound", pl.col("speedup").round(3).cast(pl.Utf8)).alias("value"),
+            *_validity("speedup_blocked_by"),
+        )
+        .select(
+            "size",
+            "arm",
+            "family",
+            "definition",
+            "params_nonembedding",
+            "y",
+            "ci_low",
+            "ci_high",
+            "kind",
+            "point",
+            "value",
+            "n_seeds",
+            "number",
+            "blocked_by",
+        )
+    )
+    chart = _against_size(
+        data,
+        alt.Y("y:Q", title="speedup T*/T - 1", axis=alt.Axis(format="%")),
+        ("ci_low", "ci_high"),
+        alt.Shape("point:N", title="point", scale=SPEEDUP_SHAPES),
+        [
             "size:N",
             "arm:N",
             "family:N",
@@ -208,51 +303,25 @@ def speedup_vs_size(frame: pl.DataFrame) -> alt.Chart:
             "n_seeds:Q",
         ],
     )
-    # Lines join sizes of one family (dense or MoE) only: across families the
-    # x axis is not one scaling direction.
-    lines = (
-        base.transform_filter("datum.kind == 'estimate'")
-        .mark_line()
-        .encode(
-            x=x,
-            y="y:Q",
-            color="arm:N",
-            detail="line:N",
-            opacity=opacity,
-            strokeDash=alt.StrokeDash(
-                "family:N", title="family", scale=alt.Scale(domain=["dense", "moe"], range=[[1, 0], [5, 3]])
-            ),
+    return chart.facet(column=alt.Column("definition:N", title="speedup definition")).properties(
+        title=alt.TitleParams(
+            "Speedup against model size (tuned small, applied large)", subtitle=_blocked_subtitle(data)
         )
-    )
-    bars = (
-        base.transform_filter("isValid(datum.ci_low) && isValid(datum.ci_high)")
-        .mark_rule(strokeWidth=2)
-        .encode(x=x, y="ci_low:Q", y2="ci_high:Q", color="arm:N", opacity=opacity)
-    )
-    zero = base.mark_rule(color="gray", strokeDash=[2, 2]).encode(y=alt.datum(0))
-    return (
-        alt.layer(zero, bars, lines, points)
-        .add_params(sel)
-        .properties(width=WIDTH + 60, height=HEIGHT + 30)
-        .facet(column=alt.Column("definition:N", title="speedup definition"))
-        .properties(title="Speedup against model size (tuned small, applied large)")
     )
 
 
 def loss_gap_vs_size(frame: pl.DataFrame) -> alt.Chart:
     """Baseline minus arm final eval loss at equal steps (each at its best lr)
     against non-embedding parameters, log x, 95% intervals as bars: how far
-    ahead each arm is, also where the speedup is only a bound."""
+    ahead each arm is, also where the speedup is only a bound; a gap under
+    a failed health check hollow (see _against_size)."""
     data = (
         frame.filter((pl.col("definition") == "ladder") & pl.col("loss_gap").is_not_null())
-        .with_columns(
-            pl.format("{} ({})", "arm", "family").alias("line"),
-        )
+        .with_columns(pl.lit("estimate").alias("kind"), *_validity("loss_gap_blocked_by"))
         .select(
             "size",
             "arm",
             "family",
-            "line",
             "params_nonembedding",
             "loss_gap",
             "loss_gap_ci_low",
@@ -261,23 +330,17 @@ def loss_gap_vs_size(frame: pl.DataFrame) -> alt.Chart:
             "baseline_loss",
             "n_seeds",
             "steps",
+            "kind",
+            "number",
+            "blocked_by",
         )
     )
-    sel, opacity = legend_highlight("arm")
-    x = alt.X(
-        "params_nonembedding:Q",
-        title="non-embedding parameters",
-        scale=alt.Scale(type="log"),
-        axis=alt.Axis(format="~s"),
-    )
-    base = alt.Chart(data)
-    points = base.mark_point(filled=True, size=80).encode(
-        x=x,
-        y=alt.Y("loss_gap:Q", title="baseline loss - arm loss (nats)"),
-        color=alt.Color("arm:N"),
-        opacity=opacity,
-        shape=alt.Shape("family:N", title="family"),
-        tooltip=[
+    return _against_size(
+        data,
+        alt.Y("loss_gap:Q", title="baseline loss - arm loss (nats)"),
+        ("loss_gap_ci_low", "loss_gap_ci_high"),
+        alt.Shape("family:N", title="family"),
+        [
             "size:N",
             "arm:N",
             "family:N",
@@ -290,30 +353,9 @@ def loss_gap_vs_size(frame: pl.DataFrame) -> alt.Chart:
             alt.Tooltip("baseline_loss:Q", format=".4f"),
             "n_seeds:Q",
         ],
-    )
-    lines = base.mark_line().encode(
-        x=x,
-        y="loss_gap:Q",
-        color="arm:N",
-        detail="line:N",
-        opacity=opacity,
-        strokeDash=alt.StrokeDash(
-            "family:N", legend=None, scale=alt.Scale(domain=["dense", "moe"], range=[[1, 0], [5, 3]])
-        ),
-    )
-    bars = (
-        base.transform_filter("isValid(datum.loss_gap_ci_low) && isValid(datum.loss_gap_ci_high)")
-        .mark_rule(strokeWidth=2)
-        .encode(x=x, y="loss_gap_ci_low:Q", y2="loss_gap_ci_high:Q", color="arm:N", opacity=opacity)
-    )
-    zero = base.mark_rule(color="gray", strokeDash=[2, 2]).encode(y=alt.datum(0))
-    return (
-        alt.layer(zero, bars, lines, points)
-        .add_params(sel)
-        .properties(
-            width=WIDTH + 60,
-            height=HEIGHT + 30,
-            title="Final-loss gap against model size (same steps, each arm at its best lr)",
+    ).properties(
+        title=alt.TitleParams(
+            "Final-loss gap against model size (same steps, each arm at its best lr)", subtitle=_blocked_subtitle(data)
         )
     )
 

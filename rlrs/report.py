@@ -82,15 +82,17 @@ FIGURES = (
         "(log). Bars are 95% intervals from a bootstrap that resamples seeds jointly across the arm and the "
         "baseline; no bar means fewer than 3 seeds in a group. Triangles mark bounds: "
         "the arm beat the longest (or lost to the shortest) baseline run, so the true value lies beyond the "
-        "triangle and was not extrapolated. Left: the ladder definition (baseline final loss over run lengths); "
-        "right: the target definition (steps along the baseline's eval curve). A flat line means the schedule "
-        "tuned at the small size keeps its advantage at larger sizes.",
+        "triangle and was not extrapolated. Hollow marks (dashed bars) are numbers under a failed health check "
+        "(hover for which; they are listed under 'Numbers under failed checks'): drawn, never joined by a line, not "
+        "valid results. Left: the ladder definition (baseline final loss over run lengths); "
+        "right: the target definition (steps along the baseline's eval curve). A flat line through valid estimates "
+        "means the schedule tuned at the small size keeps its advantage at larger sizes.",
         "no speedup could be computed: that needs baseline runs at two or more lengths (a `ladder` sweep) or a "
         "baseline eval curve, and a completed non-baseline arm at the same size",
         _if_rows(
             "speedup",
             plots.speedup_vs_size,
-            lambda f: f.filter(pl.col("speedup").is_not_null() | pl.col("bound").is_not_null()),
+            lambda f: f.filter(pl.col("speedup_kind").is_not_null()),
         ),
     ),
     Figure(
@@ -99,7 +101,8 @@ FIGURES = (
         "Each point is one arm at one model size: the baseline's final eval loss minus the arm's, both after the "
         "same number of steps and each at its own best learning rate (positive: the arm is ahead). Bars are 95% "
         "intervals (Student-t on the seed-paired differences); no bar means fewer than 3 paired seeds. Unlike the speedup, "
-        "this is defined even where the arm beats every baseline run, so the speedup is only a bound.",
+        "this is defined even where the arm beats every baseline run, so the speedup is only a bound. Hollow marks "
+        "(dashed bars) are gaps under a failed health check, never joined by a line.",
         "no size has completed runs of both the baseline and another arm at the same length",
         _if_rows(
             "speedup",
@@ -126,7 +129,8 @@ FIGURES = (
         "Per model size, the compared runs (mean over seeds): lines are training loss averaged over bins of "
         "steps, dots are eval losses. Each arm is shown at the learning rate it is compared at. The black cross "
         "marks the step at which the baseline's eval curve first reaches that arm's final eval loss (the target "
-        "definition); the subtitle gives both speedups. Click a legend entry to highlight it.",
+        "definition), grey where that speedup is under a failed health check; the subtitle gives both speedups "
+        "and the checks that block them. Click a legend entry to highlight it.",
         "no completed main runs with metrics",
         lambda frames: (
             plots.loss_curves(frames["loss_curves"], frames["speedup"]) if frames["loss_curves"].height else None
@@ -316,6 +320,7 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         report_health.health_section(frames["health"]),
         "<h2>Headline</h2>",
         headline_html,
+        report_health.not_measured(frames["health"]),
         footnotes_html,
         blocked_html,
         *sections,

@@ -104,7 +104,9 @@ def gap_text(r: dict) -> str:
 
 
 def headline_sections(speedup: pl.DataFrame, rows: pl.DataFrame) -> tuple[str, str, str]:
-    """(headline table, numbers under failed checks, footnotes)."""
+    """(headline table, numbers under failed checks, footnotes); `speedup`:
+    the speedup view, whose *_blocked_by columns say which number a failed
+    check blocks; `rows`: the health rows (the table's health column)."""
     if speedup.is_empty():
         missing = '<p class="missing">No speedup: the study has no completed non-baseline arm next to a completed baseline.</p>'
         return missing, "", ""
@@ -113,7 +115,9 @@ def headline_sections(speedup: pl.DataFrame, rows: pl.DataFrame) -> tuple[str, s
         cover = health.covering(rows, r["size"], r["arm"], family=r["family"])
         cells = {}
         for estimate, text in (("speedup", speedup_text(r)), ("loss_gap", gap_text(r))):
-            fails = health.blocking_failures(rows, r["size"], r["arm"], estimate=estimate, family=r["family"])
+            # the analysis' decision (health.with_blocking), the one the figures read too
+            blocked_by = r[health.BLOCKED_BY[estimate]]
+            fails = blocked_by.split(", ") if blocked_by else []
             if fails and text != "—":
                 why = "; ".join(x["message"] for x in cover if x["check_name"] in fails and x["status"] == health.FAIL)
                 blocked.append(
@@ -192,13 +196,15 @@ def lr_choice_section(rows: pl.DataFrame) -> str:
     lr = lr.with_columns(
         pl.when(pl.col("status") == health.PASS)
         .then(pl.lit("bracketed"))
+        .when(pl.col("value").is_null())
+        .then(pl.lit("failed: no lr trained"))
         .otherwise(pl.lit("unbracketed"))
         .alias("cell")
     )
     return (
         "<h3>lr choices</h3><p>Each compared cell's lr: bracketed when a swept point on each side of it is worse "
-        "(the stage-1 selection's result where the study has one, else its lr sweep as run).</p>"
-        + table(lr, LR_COLUMNS)
+        "(the stage-1 selection's result where the study has one, else its lr sweep as run); failed when no lr "
+        "trained (every point diverged), so that size is not measured.</p>" + table(lr, LR_COLUMNS)
     )
 
 
@@ -251,3 +257,15 @@ def lr_width_section(frame: pl.DataFrame) -> str:
         "moves), and the mean final loss at it. A number whose cell fails a health check says which, beside it.</p>"
         + table(rows, LR_WIDTH_COLUMNS, cls="lr-width")
     )
+
+
+def not_measured(rows: pl.DataFrame) -> str:
+    """A line under the headline for each cell whose lr selection chose no
+    lr (check 2's rows without a value): its size has no numbers."""
+    failed = rows.filter((pl.col("check_name") == "lr_bracketed") & pl.col("value").is_null())
+    if failed.is_empty():
+        return ""
+    items = "".join(
+        f"<li>{esc(r['size'])} ({esc(r['arm'])}): {esc(r['message'])}.</li>" for r in failed.iter_rows(named=True)
+    )
+    return f'<div class="missing" id="not-measured">Not measured (no lr to compare at):<ul>{items}</ul></div>'

@@ -7,7 +7,9 @@ not yet decided, and submits the new runs of ALL cells together through the
 study's executor, so that they train in parallel (local: grouped into at
 most `cores` jobs). A cell is done when its best lr is interior (bracketed)
 or when `max_extra_points` points beyond the first grid have not bracketed
-it (cap reached: unbracketed). Each cell's result goes atomically to
+it (cap reached: unbracketed), or failed when no lr trained (every one
+diverged, the grid walked down to the cap: `failed`, and the study leaves
+that size out of stage 2 instead of waiting for it). Each cell's result goes atomically to
 results/<study>/select/<size>.<arm>.json after every round ("running") and
 at the end ("done"); `rlrs collect` loads the finished ones into the table
 `lr_selection`.
@@ -32,7 +34,7 @@ from rlrs.executor import executor_settings
 from rlrs.launch import submit
 from rlrs.study.bracketing import select_lr
 from rlrs.study.searches import load_state as load_tune_state
-from rlrs.study.selection import RESULT_VERSION, Cell, cells, read_result
+from rlrs.study.selection import RESULT_VERSION, Cell, cells, is_failed, read_result
 from rlrs.study.validate import is_staged
 from rlrs.tune import Lock
 
@@ -69,6 +71,7 @@ def _document(cell: Cell, results: dict, runs: dict, decision: dict) -> dict:
         "chosen_lr": decision["lr"],
         "bracketed": decision["bracketed"],
         "cap_reached": decision["cap_reached"],
+        "failed": decision["failed"],
         "n_extra": decision["n_extra"],
         "ranked_on": decision["ranked_on"],
         "note": decision["note"],
@@ -90,11 +93,13 @@ def run_selection(todo: list[Cell], runs_dir: Path, settings: dict, kind: str, c
                 docs[c.key] = _document(c, results[c.key], runs[c.key], decision)
                 atomic.write_json(c.result_path(runs_dir.parent), docs[c.key])
                 chosen = decision["lr"]
-                log(
-                    f"[select {c.key}] done: lr {chosen if chosen is None else f'{chosen:g}'} "
-                    f"({'bracketed' if decision['bracketed'] else 'UNBRACKETED'}; {decision['n_extra']} extra point(s))"
-                    + (f"; {decision['note']}" if decision["note"] else "")
+                outcome = (
+                    "FAILED, no lr to measure at: the size is left out of stage 2"
+                    if decision["failed"]
+                    else f"lr {chosen:g} ({'bracketed' if decision['bracketed'] else 'UNBRACKETED'}; "
+                    f"{decision['n_extra']} extra point(s))"
                 )
+                log(f"[select {c.key}] done: {outcome}" + (f"; {decision['note']}" if decision["note"] else ""))
             else:
                 asks[c.key] = (c, decision)
         active = [c for c, _ in asks.values()]
@@ -149,7 +154,10 @@ def select(study: dict, executor: str | None = None, cores: int | None = None, l
         for c in todo:
             doc = read_result(c)
             if doc is not None:
-                log(f"[select {c.key}] already done: lr {doc['chosen_lr']}")
+                log(
+                    f"[select {c.key}] already done: "
+                    + ("FAILED (no lr trained)" if is_failed(doc) else f"lr {doc['chosen_lr']}")
+                )
                 out[c.key] = doc
             else:
                 pending.append(c)

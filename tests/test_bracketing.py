@@ -122,9 +122,22 @@ def test_a_grid_that_diverges_everywhere_walks_down():
 
 
 def test_every_point_diverged_and_capped_chooses_nothing():
-    step, _ = drive(log_grid(0.1, 2.0), 2.0, convex(0.01), max_extra_points=1, diverges=lambda lr: True)
+    step, asked = drive(log_grid(0.1, 2.0), 2.0, convex(0.01), max_extra_points=1, diverges=lambda lr: True)
+    assert asked[3:] == [0.025]  # one point below the grid, then it stops
     assert step["action"] == "done" and step["lr"] is None and step["cap_reached"]
-    assert "every lr diverged" in step["note"]
+    # A clear end, not an lr to wait for: the cell failed.
+    assert step["failed"] and not step["bracketed"]
+    assert step["note"] == "every lr diverged, down to 0.025 (1 extra point(s), cap 1)"
+
+
+def test_a_cell_fails_only_when_no_lr_trained():
+    step, _ = drive(log_grid(0.1, 2.0), 2.0, convex(0.01), max_extra_points=6, diverges=lambda lr: lr > 0.04)
+    assert not step["failed"] and step["lr"] == 0.0125
+    capped, _ = drive(log_grid(0.1, 2.0), 2.0, convex(0.01), max_extra_points=1, diverges=lambda lr: lr > 0.04)
+    assert not capped["failed"] and capped["lr"] == 0.025 and capped["cap_reached"]  # unbracketed, not failed
+    # Nothing to rank (no seed finished at every lr; failures, not divergence): failed too.
+    nothing = select_lr([0.0015, 0.003], 2.0, {0.0015: {10: 2.5}, 0.003: {11: 2.3}}, [10, 11], 2)
+    assert nothing["failed"] and nothing["lr"] is None and nothing["action"] == "done"
 
 
 def test_lrs_are_ranked_on_the_seeds_every_point_has():

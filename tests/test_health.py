@@ -234,16 +234,49 @@ def test_a_run_that_never_leaves_its_plateau_is_flagged_though_the_shape_test_pa
     x, y = curves.filter(pl.col("run_id") == r["run_id"][0]).sort("step").select("step", "eval_loss")
     assert plateau.shape_test(x.to_numpy() + 1.0, y.to_numpy(), STEPS, S)[0] is False
     exit_ = only(plateau.plateau(r, curves, S), "plateau_exit")
-    # The study-wide level: the median of the runs' mean eval loss at 5-10% of training (the point at step 25).
+    # The size's level: the median of its runs' mean eval loss at 5-10% of training (the point at step 25).
     level = never_left(25)
     assert exit_["status"] == "warn" and exit_["value"] == 1.0
     assert (
-        f"final loss {never_left(400):.3f} not 0.05 nats below the study's plateau level {level:.3f}"
-        in exit_["message"]
+        f"final loss {never_left(400):.3f} not 0.05 nats below its size's plateau level {level:.3f}" in exit_["message"]
     )
     # A run that does leave it (final loss well below the level) passes.
     left = runs(cell("s", "baseline", [never_left(400) - 0.3] * 2))
     assert only(plateau.plateau(left, curves, S), "plateau_exit")["status"] == "pass"
+
+
+def left_high(t):
+    # A small model's high early plateau (2.55 at step 25), left convexly to 2.475.
+    return 2.45 + 0.1 * (25 / t) ** 0.5
+
+
+def stuck_low(t):
+    # A larger model's lower plateau (2.0), never left (drops per doubling under plateau_min_drop).
+    return 2.0 - 0.00003 * t
+
+
+def test_the_never_left_level_is_each_sizes_own():
+    # s left its plateau (0.075 nats below its own level); m never left its (lower) one.
+    # A study-wide level (the median over both sizes, ~2.27) flags s and passes m: both wrong.
+    r = runs(cell("s", "baseline", [left_high(400)] * 2) + cell("m", "baseline", [stuck_low(400)] * 2))
+    shapes = {"s": left_high, "m": stuck_low}
+    curves = pl.DataFrame(
+        [c for rid, size in r.select("run_id", "size").iter_rows() for c in curve_rows(rid, shapes[size])]
+    )
+    rows = plateau.plateau(r, curves, S)
+    small, large = only(rows, "plateau_exit", size="s"), only(rows, "plateau_exit", size="m")
+    assert small["status"] == "pass" and small["value"] == 0.0
+    assert large["status"] == "warn" and large["value"] == 1.0
+    assert (
+        f"final loss {stuck_low(400):.3f} not 0.05 nats below its size's plateau level {stuck_low(25):.3f}: "
+        "never left it" in large["message"]
+    )
+    # Pooled over the size's arms: an arm that leaves early does not set its own bar.
+    both = runs(cell("m", "baseline", [stuck_low(400)] * 2) + cell("m", "rlrs", [stuck_low(400) - 0.3] * 2))
+    pooled = pl.DataFrame([c for rid in both["run_id"] for c in curve_rows(rid, stuck_low)])
+    rows = plateau.plateau(both, pooled, S)
+    assert only(rows, "plateau_exit", arm="baseline")["status"] == "warn"
+    assert only(rows, "plateau_exit", arm="rlrs")["status"] == "pass"
 
 
 def test_a_curve_too_sparse_to_tell_warns():
@@ -416,6 +449,26 @@ def test_blocking_failures_name_the_checks_that_qualify_a_number():
     assert health.blocking_failures(rows, "s", "rlrs") == ["seeds_disjoint"]
     # Warnings never block.
     assert all(r["status"] != "fail" for r in rows if r["check_name"] == "tokens_per_param")
+
+
+def test_with_blocking_marks_each_number_with_the_checks_that_block_it():
+    r, curves, choices, sp = small_study()
+    rows = health_view.study_health(
+        r, curves, choices, sp, seeds=[0, 1, 2, 3, 4], selection_seeds=[10, 11], tune_seeds=[20]
+    )
+    estimates = sp.with_columns(pl.Series("loss_gap", [0.1, 0.1])).vstack(
+        pl.DataFrame(
+            [{"size": "s", "family": "dense", "arm": "other", "speedup": None, "bound": None, "loss_gap": None}]
+        )
+    )
+    got = health.with_blocking(estimates, rows)
+    assert got.select("size", "arm", "speedup_blocked_by", "loss_gap_blocked_by").rows() == [
+        ("s", "rlrs", None, None),  # no check fails at s: both numbers are valid
+        ("m", "rlrs", "lr_bracketed, ladder_brackets_arm", "lr_bracketed"),  # the bound: check 3 too
+        ("s", "other", None, None),  # no number, nothing to block
+    ]
+    # The same decision as blocking_failures, from a frame of the rows as from the rows.
+    assert health.with_blocking(estimates, health.health_frame(rows)).equals(got)
 
 
 def test_settings_are_one_table_with_overrides_by_name():

@@ -20,6 +20,7 @@ from rlrs.cli import main as rlrs_main
 from rlrs.db import connect as db_connect
 
 from _analysis_fixtures import L, StudyDB, T, add_ladder, add_usweep, large_study
+from _figure_fixtures import svg_points
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -82,18 +83,14 @@ def full_study(study: str = "demo", arm: str = "rlrs") -> StudyDB:
 def with_lr_selection(db_path: Path, unbracketed: tuple[str, str]) -> None:
     """The stage-1 result table (the stages side's contract) with every cell
     bracketed on selection seeds 10-11 but `unbracketed` (size, arm)."""
-    con = duckdb.connect(str(db_path))
-    con.execute(
-        "CREATE TABLE IF NOT EXISTS lr_selection (study VARCHAR, size VARCHAR, family VARCHAR, arm VARCHAR, "
-        "centre_lr DOUBLE, chosen_lr DOUBLE, bracketed BOOLEAN, cap_reached BOOLEAN, n_extra BIGINT, "
-        "n_points BIGINT, factor DOUBLE, selection_seeds JSON, ranked_on JSON, note VARCHAR)"
-    )
+    con = duckdb.connect(str(db_path))  # the table is the database schema's (rlrs.db.schema)
     for size in ("s1", "s2"):
         for arm in ("baseline", "rlrs"):
             ok = (size, arm) != unbracketed
             con.execute(
-                "INSERT INTO lr_selection VALUES ('demo', ?, 'dense', ?, 1e-3, 1e-3, ?, ?, ?, ?, 2.0, '[10, 11]', "
-                "'[10, 11]', NULL)",
+                "INSERT INTO lr_selection (study, size, family, arm, centre_lr, chosen_lr, bracketed, cap_reached, "
+                "failed, n_extra, n_points, factor, selection_seeds, ranked_on, note) "
+                "VALUES ('demo', ?, 'dense', ?, 1e-3, 1e-3, ?, ?, false, ?, ?, 2.0, '[10, 11]', '[10, 11]', NULL)",
                 [size, arm, ok, not ok, 0 if ok else 2, 3 if ok else 5],
             )
     con.close()
@@ -158,6 +155,46 @@ def test_headline_table_shows_a_number_only_where_no_qualifying_check_fails(buil
     assert s1_text in blocked and "lr 0.001 is at the edge of its sweep after the bracketing cap" in blocked
     # The notes under the headline are footnotes, numbered from the table.
     assert 'id="footnotes"' in html and "s1 [1]" in headline
+
+
+def test_figures_draw_a_blocked_number_hollow_and_only_valid_ones_joined(built):
+    """s1's numbers are blocked (its rlrs lr is unbracketed), s2's are not:
+    the figures read that from the speedup view, and draw s1 hollow."""
+    con = db_connect(built["db"])
+    try:
+        sp = analysis.compute(con, "demo")["speedup"]
+    finally:
+        con.close()
+    assert sp.select("size", "definition", "speedup_kind", "speedup_blocked_by", "loss_gap_blocked_by").sort(
+        "size", "definition"
+    ).rows() == [
+        ("s1", "ladder", "estimate", "lr_bracketed", "lr_bracketed"),
+        ("s1", "target", "estimate", "lr_bracketed", "lr_bracketed"),
+        ("s2", "ladder", "estimate", None, None),
+        ("s2", "target", "estimate", None, None),
+    ]
+    for name, n in (("speedup_vs_size", 4), ("loss_gap_vs_size", 2)):
+        svg = (built["out"] / "figures" / f"{name}.svg").read_text()
+        points = svg_points(svg)
+        assert len(points) == n, name
+        for p in points:
+            blocked = p["size"] == "s1"
+            assert p["fill"] == ("white" if blocked else "#4c78a8"), (name, p)
+            assert p["number"] == ("blocked: failed checks" if blocked else "rlrs"), (name, p)
+            assert p["blocked by failed checks"] == ("lr_bracketed" if blocked else "null"), (name, p)
+        assert "blocked: failed checks" in svg and "under a failed health check" in svg  # legend, subtitle
+        # The line of a family joins its valid estimates only: here s2's alone (one vertex, per panel).
+        lines = re.findall(r'aria-roledescription="line mark" d="([^"]*)"', svg)
+        assert len(lines) == n // 2 and all("L" not in d for d in lines), (name, lines)
+        # Intervals: s1's (100k parameters) dashed, s2's (400k) solid.
+        bars = re.findall(
+            r'<line aria-label="non-embedding parameters: (\w+);[^"]*"[^>]*aria-roledescription="rule mark"'
+            r'[^>]*stroke-dasharray="([^"]*)"',
+            svg,
+        )
+        assert sorted(bars) == [("100k", "3,2")] * (n // 2) + [("400k", "1,0")] * (n // 2), (name, bars)
+    # The loss curves' subtitle names the checks that block s1's speedups.
+    assert "[blocked: failed lr_bracketed]" in (built["out"] / "figures" / "loss_curves.svg").read_text()
 
 
 def test_the_report_opens_with_the_description_and_the_health_checks(built):
@@ -342,6 +379,10 @@ def test_every_chart_renders_offline_in_headless_chromium(built, tmp_path):
     headline = dom.split('id="headline"')[1].split("</table>")[0]
     assert s1 not in headline and "blocked by lr_bracketed" in headline
     assert s1 in dom.split('id="blocked"')[1].split("</table>")[0]
+    # ... and the browser draws it hollow in the figures, s2's filled.
+    for name in ("speedup_vs_size", "loss_gap_vs_size"):
+        fig = re.search(rf'id="fig-{name}".*?</svg>', dom, re.S).group(0)
+        assert {p["size"]: p["fill"] for p in svg_points(fig)} == {"s1": "white", "s2": "#4c78a8"}, name
     # A screenshot for people to look at (test-artifacts/ is git-ignored).
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"

@@ -9,15 +9,16 @@ import copy
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 import yaml
 
-from rlrs import db, tags
+from rlrs import analysis, db, report, tags
 from rlrs.cli import main as rlrs_main
 from rlrs.data import train_batch
 from rlrs.errors import ConfigError
-from rlrs.study import check_study, expand, load_study, make_plan, tuned_plan
+from rlrs.study import check_study, expand, load_study, make_plan, selection, tuned_plan, write_plan
 from rlrs.study.selection import SelectState, cells
 from rlrs.train import Trainer
 
@@ -185,16 +186,22 @@ BRACKET = {
 }
 
 
+def selected(study: dict, tmp_path: Path, monkeypatch, capsys) -> tuple[Path, str]:
+    """The study written under tmp_path (results there too) and run through
+    `rlrs select`: (its file, what the command printed)."""
+    monkeypatch.setenv("RLRS_RESULTS", str(tmp_path / "results"))
+    path = tmp_path / f"{study['study']}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert rlrs_main(["select", str(path)]) == 0
+    return path, capsys.readouterr().out
+
+
 def test_an_edge_best_lr_is_bracketed_and_a_capped_cell_is_marked_unbracketed(
     austen_corpus, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setenv("RLRS_RESULTS", str(tmp_path / "results"))
-    path = tmp_path / "bracket.yaml"
-    path.write_text(yaml.safe_dump(BRACKET))
-    assert rlrs_main(["select", str(path)]) == 0
-    out = capsys.readouterr().out
+    path, out = selected(BRACKET, tmp_path, monkeypatch, capsys)
     assert "[select near.baseline] round 2: lr 0.192" in out
-    assert "select: 2 cell(s) done; unbracketed (cap reached or no lr trained): far.baseline" in out
+    assert "select: 2 cell(s) done; unbracketed (cap reached): far.baseline" in out
     folder = tmp_path / "results" / "bracket" / "select"
     near = json.loads((folder / "near.baseline.json").read_text())
     far = json.loads((folder / "far.baseline.json").read_text())
@@ -236,3 +243,74 @@ def test_an_edge_best_lr_is_bracketed_and_a_capped_cell_is_marked_unbracketed(
         ("far", "baseline", 0.0005, 0.004, False, True, 2, 5, 2.0, "[100]", "[100]"),
         ("near", "baseline", 0.048, 0.096, True, False, 1, 4, 2.0, "[100]", "[100]"),
     ]
+
+
+# One size that trains, one whose lr is absurd: every run of its grid diverges,
+# and so does the one point bracketing adds below it.
+DIVERGES = copy.deepcopy(BRACKET) | {
+    "study": "diverges",
+    "sizes": {
+        "ok": {"d_model": 16, "n_layers": 1, "n_heads": 2, "overrides": {"optim": {"lr": 0.048}}},
+        "blowup": {"d_model": 16, "n_layers": 1, "n_heads": 2, "overrides": {"optim": {"lr": 1.0e6}}},
+    },
+    "sweeps": {"lr": {"factors": [0.5, 2.0], "bracket": {"max_extra_points": 1}}},
+}
+
+
+def test_a_cell_where_every_lr_diverges_fails_and_its_size_is_not_waited_for(
+    austen_corpus, tmp_path, monkeypatch, capsys
+):
+    path, out = selected(DIVERGES, tmp_path, monkeypatch, capsys)
+    assert "[select blowup.baseline] round 2: lr 250000" in out  # walked down once (the cap), then stopped
+    assert "select: 2 cell(s) done; FAILED (no lr trained; their sizes are not measured): blowup.baseline" in out
+    folder = tmp_path / "results" / "diverges" / "select"
+    doc = json.loads((folder / "blowup.baseline.json").read_text())
+    assert [p["lr"] for p in doc["points"]] == [250000.0, 500000.0, 1000000.0, 2000000.0]
+    assert all(v is None for p in doc["points"] for v in p["losses"].values())  # every run diverged
+    assert (doc["status"], doc["failed"], doc["chosen_lr"], doc["bracketed"]) == ("done", True, None, False)
+    assert doc["note"] == "every lr diverged, down to 250000 (1 extra point(s), cap 1)"
+    assert json.loads((folder / "ok.baseline.json").read_text())["failed"] is False
+
+    # Stage 2 measures the size that chose an lr and leaves the failed one out: not pending, failed.
+    study = load_study(path)
+    plan = tuned_plan(study, path)
+    assert sorted({r["size"] for r in plan.runs if r["sweep"] == "main"}) == ["ok"]
+    state = selection.load_state(study)
+    assert state.pending == set() and state.failed_sizes == {"blowup"}
+    why = "every lr diverged, down to 250000 (1 extra point(s), cap 1)"
+    assert rlrs_main(["status", str(path)]) == 0
+    status = capsys.readouterr().out
+    assert "measured only once their lr selection is done" not in status
+    assert f"diverges: blowup is not measured: the lr selection of blowup.baseline failed ({why})" in status
+    assert rlrs_main(["plan", str(path)]) == 0
+    planned = capsys.readouterr().out
+    assert "not yet known" not in planned and "wait for stage 1" not in planned
+    assert f"  blowup: not measured, the lr selection of blowup.baseline failed ({why})" in planned
+    # A second `rlrs select` decides the same, training nothing.
+    assert rlrs_main(["select", str(path)]) == 0
+    assert "[select blowup.baseline] already done: FAILED (no lr trained)" in capsys.readouterr().out
+
+    # The database marks the cell failed; check 2 fails it; the report says the size is not measured.
+    plan_json = tmp_path / "results" / "diverges" / "plan.json"
+    write_plan(plan, plan_json)
+    dbp = tmp_path / "results" / "diverges" / "rlrs.duckdb"
+    runs_dir = tmp_path / "results" / "diverges" / "runs"
+    db.ingest(dbp, sorted(runs_dir.iterdir()), plan=plan_json, select=db.select_results(plan_json))
+    con = db.connect(dbp)
+    try:
+        rows = con.execute(
+            "SELECT size, chosen_lr, bracketed, cap_reached, failed, n_points FROM lr_selection ORDER BY size"
+        ).fetchall()
+        check = analysis.compute(con, "diverges")["health"].filter(pl.col("check_name") == "lr_bracketed")
+    finally:
+        con.close()
+    assert rows == [("blowup", None, False, True, True, 4), ("ok", 0.096, True, False, False, 4)]
+    assert check.select("size", "status", "message").rows() == [
+        ("blowup", "fail", f"the lr selection failed ({why}): no lr to measure at, the size is not measured"),
+        ("ok", "pass", "lr 0.096 is interior to its sweep"),
+    ]
+    page = report.write_report("diverges", dbp, tmp_path / "report" / "index.html", figures=False).html
+    missing = page.split('id="not-measured"')[1].split("</div>")[0]
+    assert "<li>blowup (baseline): the lr selection failed (every lr diverged, down to 250000" in missing
+    lr = page.split("<h3>lr choices</h3>")[1].split("</table>")[0]
+    assert "<td>blowup</td><td>baseline</td><td>—</td><td>failed: no lr trained</td>" in lr

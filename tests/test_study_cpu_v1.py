@@ -5,15 +5,20 @@ headline shows none of those speedups. Real data, ~10 s."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import duckdb
 import pytest
+import vl_convert as vlc
 
-from rlrs import report
+from rlrs import plots, report
 from rlrs.analysis import health
+from rlrs.vega import VL_VERSION
+
+from _figure_fixtures import svg_points
 
 REPO = Path(__file__).resolve().parent.parent
 V1 = REPO / "results" / "study-cpu-v1"
@@ -72,3 +77,25 @@ def test_v1_speedups_are_all_blocked_and_the_report_shows_none_as_a_headline(v1_
     assert "+5.1%" not in headline
     blocked = page.split('id="blocked"')[1].split("</table>")[0]
     assert "+5.1%" in blocked
+
+
+def test_v1_figures_draw_every_number_as_blocked(v1_db):
+    """Every v1 number is under a failed check (seeds_disjoint at least): the
+    figures draw each hollow, join none by a line, and bounds stay triangles."""
+    con = duckdb.connect(str(v1_db), read_only=True)
+    sp = con.sql("SELECT * FROM speedup WHERE study = 'study-cpu-v1'").pl()
+    con.close()
+    numbered = sp.filter(sp["speedup_kind"].is_not_null())
+    assert numbered.height == 8 and numbered["speedup_blocked_by"].null_count() == 0
+    assert sp.filter(sp["loss_gap"].is_not_null())["loss_gap_blocked_by"].null_count() == 0
+    kinds = dict(zip(numbered["size"] + "/" + numbered["definition"], numbered["speedup_kind"]))
+    assert kinds["moe-s/ladder"] == "at least" and kinds["dense-s/ladder"] == "estimate"
+    for chart, n in ((plots.speedup_vs_size(sp), 8), (plots.loss_gap_vs_size(sp), 6)):
+        svg = vlc.vegalite_to_svg(chart.to_dict(), vl_version=VL_VERSION)
+        points = svg_points(svg)
+        assert len(points) == n and {p["fill"] for p in points} == {"white"}
+        assert all("L" not in d for d in re.findall(r'aria-roledescription="line mark" d="([^"]*)"', svg))
+        assert "every number here is under a failed health check" in svg
+    svg = vlc.vegalite_to_svg(plots.speedup_vs_size(sp).to_dict(), vl_version=VL_VERSION)
+    shapes = {p["size"] + "/" + p["definition"]: p["point"] for p in svg_points(svg)}
+    assert shapes["moe-s/ladder"] == "at least (beyond longest baseline)" and shapes["dense-s/ladder"] == "estimate"

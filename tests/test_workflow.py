@@ -327,6 +327,39 @@ def test_smoke_study_end_to_end_rebuilds_what_is_lost(tmp_path):
     assert db_runs(results / "rlrs.duckdb") == planned
 
 
+def test_a_size_whose_every_lr_diverges_fails_and_the_workflow_still_ends(tmp_path):
+    """The smoke study with a second size at an absurd lr: stage 1 walks its
+    grid down to the cap, every run diverges, the cell fails; the workflow
+    measures the other size, collects and reports, and is done."""
+    study = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    study["sizes"]["blowup"] = dict(study["sizes"]["tiny"], overrides={"optim": {"lr": 1.0e6}})
+    study["arms"] = {"baseline": {}}
+    study["sweeps"].pop("ladder")
+    path = tmp_path / "diverges.yaml"
+    path.write_text(yaml.safe_dump(study | {"study": "diverges"}))
+    run = snakemake(tmp_path, "-c2", "--configfile", str(path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = tmp_path / "results" / "diverges"
+    doc = json.loads((results / "select" / "blowup.baseline.json").read_text())
+    assert doc["failed"] and doc["chosen_lr"] is None and len(doc["points"]) == 4  # the grid + 1 below it
+    plan = json.loads((results / "plan.json").read_text())
+    assert sorted({r["size"] for r in plan["runs"] if r["sweep"] == "main"}) == ["tiny"]
+    con = duckdb.connect(str(results / "rlrs.duckdb"), read_only=True)
+    try:
+        assert con.execute("SELECT size, failed FROM lr_selection ORDER BY size").fetchall() == [
+            ("blowup", True),
+            ("tiny", False),
+        ]
+        assert con.execute(
+            "SELECT status FROM health WHERE check_name = 'lr_bracketed' AND size = 'blowup'"
+        ).fetchall() == [("fail",)]
+    finally:
+        con.close()
+    page = (tmp_path / "reports" / "diverges" / "index.html").read_text()
+    assert "<li>blowup (baseline): the lr selection failed (every lr diverged" in page
+    assert "Study diverges is complete" in run.stdout + run.stderr
+
+
 def test_failed_run_names_its_log_and_is_redone_alone(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"not utf-8 \xff\xfe\n" * 100)  # passes the parse-time check, fails when loaded

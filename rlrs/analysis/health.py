@@ -30,8 +30,9 @@ CURVES: run_id, step, eval_loss: the eval points of those runs; `step` is
   step + 1, as in the metrics table). Sparse curves are read linearly
   between their points, never beyond them.
 LR_CHOICES: size, family, arm, lr, bracketed (bool), cap_reached (bool),
-  optional n_points (1: no sweep): the stage-1 decisions
-  (rlrs.study.bracketing.select_lr), one per compared cell.
+  optional n_points (1: no sweep), failed (bool: no lr trained) and note
+  (the selection's reasons): the stage-1 decisions
+  (rlrs.study.bracketing.select_lr), one per compared or failed cell.
 SPEEDUPS: size, family, arm, speedup, bound: the ladder speedup rows
   (rlrs.analysis.estimates.ladder_speedup), one per non-baseline compared cell.
 """
@@ -83,8 +84,8 @@ SETTINGS = (
         "plateau_margin",
         0.05,
         "check 5 (never left, where runs have eval points at 5-10% of training): a run whose final loss is not "
-        "at least this many nats below the study-wide plateau level (the median over the compared runs of "
-        "their mean eval loss at 5-10% of training) never left its plateau",
+        "at least this many nats below its size's plateau level (the median over that size's compared runs, "
+        "every arm, of their mean eval loss at 5-10% of training) never left its plateau",
     ),
     Setting(
         "plateau_drop_ratio",
@@ -162,7 +163,7 @@ CHECKS = (
         "arm",
         _BOTH,
         "the runs have left their early plateau by 25% of training (the spec's test where eval points allow it, "
-        "else the shape test) and ended clearly below the study's plateau level: warn otherwise (the final loss "
+        "else the shape test) and ended clearly below their size's plateau level: warn otherwise (the final loss "
         "then times the plateau exit)",
     ),
     Check("end_slope", 5, "arm", _BOTH, "the runs are not still dropping steeply over the last 10% of training: warn"),
@@ -287,3 +288,30 @@ def blocking_failures(
         if r["status"] == FAIL and estimate in _CHECK[r["check_name"]].qualifies
     }
     return sorted(names, key=_ORDER.__getitem__)
+
+
+BLOCKED_BY = {"speedup": "speedup_blocked_by", "loss_gap": "loss_gap_blocked_by"}
+BLOCKED_DOCS = {
+    "speedup_blocked_by": "the failed health checks that qualify this row's speedup or bound (comma-separated, "
+    "check order; NULL: none failed, or no number): the report shows it under them, never as a valid number",
+    "loss_gap_blocked_by": "the failed health checks that qualify this row's loss gap (as speedup_blocked_by)",
+}
+
+
+def with_blocking(estimates: pl.DataFrame, health_rows, baseline: str = "baseline") -> pl.DataFrame:
+    """The speedup rows (size, arm, family, speedup, bound, loss_gap, ...)
+    with BLOCKED_BY's columns: for each number the row has, the checks that
+    block it (`blocking_failures`), NULL when none does. The one decision
+    the report's headline table and its figures both read."""
+    rows = health_rows.to_dicts() if isinstance(health_rows, pl.DataFrame) else list(health_rows)
+    out = {c: [] for c in BLOCKED_BY.values()}
+    for r in estimates.iter_rows(named=True):
+        has = {"speedup": r["speedup"] is not None or r["bound"] is not None, "loss_gap": r["loss_gap"] is not None}
+        for estimate, column in BLOCKED_BY.items():
+            fails = (
+                blocking_failures(rows, r["size"], r["arm"], baseline=baseline, estimate=estimate, family=r["family"])
+                if has[estimate]
+                else []
+            )
+            out[column].append(", ".join(fails) or None)
+    return estimates.with_columns(pl.Series(c, v, dtype=pl.Utf8) for c, v in out.items())

@@ -126,7 +126,17 @@ def lr_bracketed(lr_choices: pl.DataFrame) -> list[dict]:
         at = {"family": r["family"], "size": r["size"], "arm": r["arm"]}
         lr = f"lr {r['lr']:g}" if r["lr"] is not None else None
         if r["lr"] is None:
-            rows.append(row("lr_bracketed", FAIL, "no lr chosen: every point of the sweep diverged or failed", **at))
+            why = r.get("note") if r.get("failed") else None
+            rows.append(
+                row(
+                    "lr_bracketed",
+                    FAIL,
+                    f"the lr selection failed ({why}): no lr to measure at, the size is not measured"
+                    if why
+                    else "no lr chosen: every point of the sweep diverged or failed",
+                    **at,
+                )
+            )
         elif r.get("n_points") == 1:
             rows.append(
                 row(

@@ -60,6 +60,8 @@ CHOICE_SCHEMA = {
     "bracketed": pl.Boolean,
     "cap_reached": pl.Boolean,
     "n_points": I,
+    "failed": pl.Boolean,
+    "note": S,
 }
 _CONTRACTS = {
     "runs": tuple(c for c in RUNS_SCHEMA if c != "parametrization"),  # optional: sp
@@ -161,7 +163,7 @@ def lr_choices(
     """The LR_CHOICES frame: lr_selection's rows, else the sweep as run."""
     if has_table(con, "lr_selection"):
         got = con.sql(
-            "SELECT size, family, arm, chosen_lr AS lr, bracketed, cap_reached, n_points FROM lr_selection "
+            "SELECT size, family, arm, chosen_lr AS lr, bracketed, cap_reached, n_points, failed, note FROM lr_selection "
             "WHERE study = $study ORDER BY size, arm",
             params={"study": study},
         ).pl()
@@ -188,7 +190,7 @@ def lr_choices(
             continue
         seeds = sorted({s for r in results.values() for s in r})
         got = select_lr(sorted(results), 2.0, results, seeds, max_extra_points=0)
-        rows.append(at | {"lr": got["lr"], "bracketed": got["bracketed"], "cap_reached": False})
+        rows.append(at | {k: got[k] for k in ("lr", "bracketed", "failed", "note")} | {"cap_reached": False})
     return frame(rows, CHOICE_SCHEMA)
 
 

@@ -8,13 +8,20 @@ flagged when any applicable one flags it (rows: rlrs.analysis.health).
    training and one at 20-30%: the loss at the point nearest 25% must be
    below the loss at the last point by 5% (the plateau level reached by
    then) by at least `plateau_min_drop` nats.
-2. Never left, where any compared run has eval points at 5-10% of its
-   training: the study-wide plateau level P is the median, over the
-   compared runs that have such points, of each run's mean eval loss over
-   them. A run whose final loss is not at least `plateau_margin` nats
-   below P never left its plateau (criterion 1 alone passes such a run
-   when its loss at 25% is a hair below its loss at 5%; so does the shape
-   test, since a plateau that is never left declines convexly).
+2. Never left, where a size's compared runs have eval points at 5-10% of
+   their training: that size's plateau level P is the median, over its
+   compared runs (every arm, every seed) that have such points, of each
+   run's mean eval loss over them. A run whose final loss is not at least
+   `plateau_margin` nats below P never left its plateau (criterion 1 alone
+   passes such a run when its loss at 25% is a hair below its loss at 5%;
+   so does the shape test, since a plateau that is never left declines
+   convexly). P is per size, as the spec's test reads each run's own
+   level: sizes differ in their plateau (a larger model's is lower) and in
+   their length (5-10% of training falls at other steps), so one
+   study-wide level would pass a small size that never left a high
+   plateau and flag one that left it; the arms and seeds of one size share
+   their model and length, and pooling them keeps one run's early exit
+   from setting its own bar.
 3. The shape test, the fallback where criterion 1 has no eval points
    (e.g. study-cpu v1: evaluations every 25% of training): a curve past its
    plateau is convex in log steps, so over the doublings 12.5->25->50->100%
@@ -88,13 +95,15 @@ def plateau(runs: pl.DataFrame, curves: pl.DataFrame, s: Mapping[str, float]) ->
         for (rid,), g in curves.drop_nulls("eval_loss").sort("step").group_by(["run_id"], maintain_order=True)
     }
     empty = (np.array([]), np.array([]))
-    readings = [
-        plateau_reading(*by_run.get(rid, empty), steps) for rid, steps in main.select("run_id", "steps").iter_rows()
-    ]
-    readings = [r for r in readings if r is not None]
-    level = float(np.median(readings)) if readings else None
+    readings: dict[str, list[float]] = {}
+    for rid, size, steps in main.select("run_id", "size", "steps").iter_rows():
+        reading = plateau_reading(*by_run.get(rid, empty), steps)
+        if reading is not None:
+            readings.setdefault(size, []).append(reading)
+    levels = {size: float(np.median(r)) for size, r in readings.items()}
     for (family, size, arm), cell in main.group_by(["family", "size", "arm"], maintain_order=True):
         at = {"family": family, "size": size, "arm": arm}
+        level = levels.get(size)
         flagged, judged, why, ends = 0, 0, {}, []
         for rid, steps, final in cell.select("run_id", "steps", "final_eval_loss").iter_rows():
             x, y = by_run.get(rid, empty)
@@ -117,7 +126,7 @@ def plateau(runs: pl.DataFrame, curves: pl.DataFrame, s: Mapping[str, float]) ->
                 applied = True
                 if final > level - s["plateau_margin"]:
                     reasons.append(
-                        f"final loss {final:.3f} not {s['plateau_margin']:g} nats below the study's "
+                        f"final loss {final:.3f} not {s['plateau_margin']:g} nats below its size's "
                         f"plateau level {level:.3f}: never left it"
                     )
             judged += applied

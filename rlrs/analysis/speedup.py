@@ -71,6 +71,16 @@ SPEEDUP_SCHEMA = {
     "welch_ci_low": F,
     "welch_ci_high": F,
     "welch_df": F,
+    "speedup_kind": S,  # SPEEDUP_KINDS; NULL: no number
+    "speedup_blocked_by": S,  # rlrs.analysis.health.with_blocking (after the health checks)
+    "loss_gap_blocked_by": S,
+}
+# What a row's speedup number is: a point estimate, or a bound the ladder
+# (or the eval curve) could not close: the true value lies beyond it.
+SPEEDUP_KINDS = {"estimate": "estimate", ">": "at least", "<": "at most"}
+KIND_DOC = {
+    "speedup_kind": "estimate: speedup is a point estimate; at least / at most: only a bound (bound_value), the "
+    "arm's loss lying beyond the baseline's longest run or above its shortest (never extrapolated); NULL: no number"
 }
 
 
@@ -88,6 +98,8 @@ TRANSFER_SCHEMA = {
     "bound": S,
     "bound_value": F,
     "n_seeds": I,
+    "speedup_kind": S,
+    "speedup_blocked_by": S,
 }
 
 
@@ -207,9 +219,11 @@ def _estimate_row(definition: str, est: dict, notes: list[str], **extra) -> dict
         "n_resamples",
         "n_dropped",
     )
+    kind = "estimate" if est["speedup"] is not None else est["bound"][0] if est["bound"] is not None else None
     return {
         "definition": definition,
         **{k: est[k] for k in keys},
+        "speedup_kind": SPEEDUP_KINDS.get(kind),
         "note": "; ".join(notes + ([est["note"]] if est["note"] else [])) or None,
         **extra,
     }

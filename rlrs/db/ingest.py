@@ -189,6 +189,7 @@ def _write_select(con: duckdb.DuckDBPyConnection, study: str, results: list[Mapp
             row
             | {
                 "study": study,
+                "failed": selection.is_failed(doc),
                 "n_points": len(doc["points"]),
                 "selection_seeds": json.dumps(doc["selection_seeds"]),
                 "ranked_on": json.dumps(doc["ranked_on"]),

@@ -22,7 +22,7 @@ import duckdb
 
 from rlrs.components import COMPONENTS, SCHEDULED
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: lr_selection.failed
 
 RUN_COLUMNS: dict[str, str] = {
     "run_id": "VARCHAR PRIMARY KEY",
@@ -159,6 +159,7 @@ LR_SELECTION_COLUMNS: dict[str, str] = {
     "chosen_lr": "DOUBLE",
     "bracketed": "BOOLEAN",
     "cap_reached": "BOOLEAN",
+    "failed": "BOOLEAN",
     "n_extra": "BIGINT",
     "n_points": "BIGINT",
     "factor": "DOUBLE",
@@ -317,9 +318,11 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "arm": "the arm",
         "centre_lr": "the first grid's centre: the study's lr_rule at that size (default: the tuned lr where the "
         "family was tuned, else the arm's lr)",
-        "chosen_lr": "the lr every later stage runs the cell at (lowest mean loss); NULL when no lr trained",
+        "chosen_lr": "the lr every later stage runs the cell at (lowest mean loss); NULL when no lr trained (failed)",
         "bracketed": "the chosen lr has a ranked point on each side (interior to the grid)",
         "cap_reached": "still at an edge after max_extra_points extra points: the cell is unbracketed",
+        "failed": "no lr trained (every point diverged, down to the cap): no lr to measure at, so the size is not "
+        "measured (stage 2 leaves it out) and check 2 fails the cell",
         "n_extra": "points run beyond the first grid",
         "n_points": "lrs run in all",
         "factor": "the step from an edge to the next point",

@@ -18,7 +18,9 @@ Ranking rules:
   diverges on a seed is not a candidate, however well its other seeds did;
 - ties (equal means, all-diverged included) go to the lower lr, the more
   stable one; so a grid that diverges everywhere walks down until it
-  finds a point that trains;
+  finds a point that trains, within `max_extra_points`; if none does, the
+  cell FAILS (`failed`: no lr to measure at; the study leaves the size out
+  of stage 2 and check 2 fails it) rather than waiting for an lr forever;
 - a point that ran but has no usable result on any selection seed (every
   run failed, which is not divergence) is left out of the ranking and
   said in the note; the grid still extends beyond it.
@@ -75,6 +77,8 @@ def select_lr(
       lr: the chosen lr (None while running, or when no point trained);
       bracketed: the chosen lr has a ranked point on each side;
       cap_reached: the best was still at an edge after max_extra_points;
+      failed: done without an lr to measure at (every ranked lr diverged,
+        or no selection seed finished at every lr);
       n_extra: points run beyond the first grid;
       ranked_on: the seeds the ranking used;
       mean_loss: lr -> mean loss on those seeds (inf: diverged);
@@ -95,6 +99,7 @@ def select_lr(
         "lr": None,
         "bracketed": False,
         "cap_reached": False,
+        "failed": False,
         "n_extra": len(set(ran) - set(grid_lrs)),
         "ranked_on": [],
         "mean_loss": {},
@@ -113,6 +118,7 @@ def select_lr(
     if not shared:
         return out | {
             "action": "done",
+            "failed": True,
             "note": "; ".join(notes + ["no selection seed finished at every lr: nothing to rank"]),
         }
     if any(set(r) != shared for r in ranked.values()):
@@ -122,21 +128,19 @@ def select_lr(
     lrs = sorted(means)
     interior = lrs[0] < best < lrs[-1]
     out |= {"ranked_on": sorted(shared), "mean_loss": means}
-    if means[best] == math.inf:
-        notes.append("every lr diverged")
     if interior and means[best] < math.inf:
         return out | {"action": "done", "run": [], "lr": best, "bracketed": True, "note": "; ".join(notes) or None}
     tried = sorted(ran)
     if out["n_extra"] < max_extra_points:
         nxt = lr_key(tried[0] / factor) if best == lrs[0] else lr_key(tried[-1] * factor)
+        if means[best] == math.inf:
+            notes.append("every lr so far diverged: walking down")
         return out | {"run": [nxt], "note": "; ".join(notes) or None}
+    if means[best] == math.inf:
+        notes.append(f"every lr diverged, down to {lrs[0]:g} ({out['n_extra']} extra point(s), cap {max_extra_points})")
+        return out | {"action": "done", "cap_reached": True, "failed": True, "note": "; ".join(notes)}
     notes.append(
         f"best lr {best:g} still at the {'low' if best == lrs[0] else 'high'} edge after "
         f"{out['n_extra']} extra point(s) (cap {max_extra_points}): unbracketed"
     )
-    return out | {
-        "action": "done",
-        "lr": best if means[best] < math.inf else None,
-        "cap_reached": True,
-        "note": "; ".join(notes),
-    }
+    return out | {"action": "done", "lr": best, "cap_reached": True, "note": "; ".join(notes)}

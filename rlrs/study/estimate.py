@@ -61,6 +61,7 @@ class Estimate:
     # staged studies: (cell, first-grid runs, worst-case extra runs, one run's cost) per pending selection
     selection: list[tuple[str, int, int, dict]] = None
     pending_sizes: list[str] = None  # sizes whose stage-2 lrs (run ids) wait for stage 1
+    failed: dict[tuple[str, str], str] = None  # (size, arm) -> why: cells whose selection failed (size not measured)
 
     def stage_seconds(self, prefix: str) -> float:
         return sum(c["seconds"] for k, c in self.costs.items() if k.startswith(prefix))
@@ -102,12 +103,12 @@ def estimate(study: dict, study_path: Path) -> Estimate:
     else:
         tune_state = None
     pending_sel: list[tuple[str, int, int, dict]] = []
-    select_state, waiting = None, []
+    select_state, waiting, failed = None, [], {}
     if is_staged(study):
         # Stage 1 counted as its first grids plus every extra point the cap allows (the worst
         # case); stage 2 as if each pending cell chose its centre (the same runs at another lr).
         done_state = selection.load_state(study, load_state(study) if study.get("tune") else None)
-        waiting = sorted(done_state.pending)
+        waiting, failed = sorted(done_state.pending), done_state.failed
         for c in selection.cells(study, tune_state.tuned if tune_state is not None else None):
             if selection.read_result(c) is None:
                 n = len(c.selection_seeds)
@@ -123,7 +124,9 @@ def estimate(study: dict, study_path: Path) -> Estimate:
         costs.update({f"select:{label}:{i}": cost for i in range(n)})
         costs.update({f"select-extra:{label}:{i}": cost for i in range(extra)})
     staged = is_staged(study)
-    return Estimate(plan, budget, costs, selection=pending_sel if staged else None, pending_sizes=waiting)
+    return Estimate(
+        plan, budget, costs, selection=pending_sel if staged else None, pending_sizes=waiting, failed=failed
+    )
 
 
 def fmt_seconds(s: float) -> str:
@@ -156,6 +159,8 @@ def stage_lines(est: Estimate) -> list[str]:
             f"  not yet known: the lrs (hence the run ids) at {', '.join(est.pending_sizes)} wait for stage 1; "
             "counted at the grid's centre (the same runs and cost at another lr)"
         )
+    for (size, arm), why in (est.failed or {}).items():
+        out.append(f"  {size}: not measured, the lr selection of {size}.{arm} failed ({why})")
     return out
 
 

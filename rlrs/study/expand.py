@@ -188,8 +188,9 @@ def expand(study: dict, tune_state=None, select_state=None) -> list[tuple[str, d
 
     select_state (rlrs.study.selection.SelectState, for a staged study): the
     selection runs come first after the searches' (sweep `lr`, stage
-    select), every other sweep runs at each (size, arm)'s chosen lr, and the
-    sizes whose selection has not finished are left out until it has.
+    select), every other sweep runs at each (size, arm)'s chosen lr, the
+    sizes whose selection has not finished are left out until it has, and
+    those where a cell's selection failed (no lr trained) are left out.
     """
     study = check_study(study, default_name=study.get("study"))
     tuned = tune_state.tuned if tune_state is not None else {}
@@ -198,7 +199,7 @@ def expand(study: dict, tune_state=None, select_state=None) -> list[tuple[str, d
         drop |= {s for s in study["sizes"] if size_family(study, s) in tune_state.pending}
     staged = is_staged(study)
     if select_state is not None:
-        drop |= select_state.pending
+        drop |= select_state.pending | select_state.failed_sizes
     if staged and "ladder" in (study.get("sweeps") or {}):
         study["sweeps"]["ladder"]["seeds"] = ladder_seeds(study)
     full = study

@@ -15,7 +15,11 @@ interface with the analysis, /work/notes/select-interface.md):
 status, study, size, family, arm, centre_lr, factor, selection_seeds,
 max_extra_points, points [{lr, lr_factor, runs {seed: run_id}, losses
 {seed: loss | null (diverged)}}], chosen_lr, bracketed, cap_reached,
-n_extra, ranked_on, note, digest.
+failed, n_extra, ranked_on, note, digest. `failed` (no lr trained: every
+point diverged down to the cap) is an outcome, not a wait: the size is
+left out of stage 2 (SelectState.failed), `rlrs plan` and `rlrs status`
+say so, and check 2 fails the cell. A document written before `failed`
+existed reads as failed when its chosen_lr is null (`is_failed`).
 """
 
 from __future__ import annotations
@@ -140,15 +144,27 @@ def read_result(cell: Cell, root: Path | None = None) -> dict | None:
     return doc
 
 
+def is_failed(doc: dict) -> bool:
+    """A finished selection that chose no lr (every point diverged)."""
+    return bool(doc.get("failed", doc.get("chosen_lr") is None))
+
+
 @dataclass
 class SelectState:
     """What the expansion needs from stage 1: each cell's chosen lr, the
     sizes still waiting for a selection (left out of stage 2 until then),
-    and the selection runs themselves."""
+    the cells whose selection failed (their sizes left out for good), and
+    the selection runs themselves."""
 
     chosen: dict[tuple[str, str], float] = field(default_factory=dict)  # (size, arm) -> lr
     pending: set[str] = field(default_factory=set)  # sizes
+    failed: dict[tuple[str, str], str] = field(default_factory=dict)  # (size, arm) -> why (the result's note)
     runs: list[tuple[Cell, float, int]] = field(default_factory=list)  # (cell, lr, seed)
+
+    @property
+    def failed_sizes(self) -> set[str]:
+        """Sizes with a failed cell: nothing to compare there, so not measured."""
+        return {size for size, _ in self.failed}
 
 
 def load_state(study: dict, tune_state=None, root: Path | None = None, assume_done: bool = False) -> SelectState:
@@ -170,8 +186,8 @@ def load_state(study: dict, tune_state=None, root: Path | None = None, assume_do
             else:
                 state.pending.add(c.size)
             continue
-        if doc["chosen_lr"] is None:  # every point diverged: the size cannot be measured
-            state.pending.add(c.size)
+        if is_failed(doc):  # every point diverged: the size cannot be measured, and is not waited for
+            state.failed[(c.size, c.arm)] = doc.get("note") or "no lr trained"
         else:
             state.chosen[(c.size, c.arm)] = float(doc["chosen_lr"])
         for point in doc["points"]:
