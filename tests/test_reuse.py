@@ -248,15 +248,17 @@ def test_a_copy_replaces_an_interrupted_attempt_and_a_diverged_run_is_reused(tmp
     (src / ids[1] / rundir.SUMMARY).write_text(json.dumps(s | {"status": "diverged", "final_eval_loss": None}))
     (src / ids[1] / rundir.METRICS).unlink()
     dst = tmp_path / "dst" / "runs"
-    (dst / ids[0]).mkdir(parents=True)
-    for name in (rundir.CHECKPOINT, rundir.FAILURE):  # an interrupted, failed attempt of B's own
-        (dst / ids[0] / name).write_bytes(b"x")
+    for rid in ids:  # interrupted, failed attempts of B's own
+        (dst / rid).mkdir(parents=True, exist_ok=True)
+        for name in (rundir.CHECKPOINT, rundir.FAILURE, rundir.METRICS):
+            (dst / rid / name).write_bytes(b"x")
     assert submit([dst / r for r in ids], cfgs, SETTINGS, "debug", reuse_from=["src"]) == 0
     assert sorted(p.name for p in (dst / ids[0]).iterdir()) == sorted(
         [rundir.CONFIG, rundir.METRICS, rundir.SUMMARY, rundir.REUSED]
     )
     assert sorted(p.name for p in (dst / ids[1]).iterdir()) == sorted([rundir.CONFIG, rundir.SUMMARY, rundir.REUSED])
     assert rundir.finished_summary(dst / ids[1])["status"] == "diverged"
+    assert files(dst / ids[0]) == files(src / ids[0])
     assert not list(dst.rglob("*.tmp"))  # every file written atomically, no temp file left
 
 

@@ -160,6 +160,8 @@ def copy_finished(run_dir: Path, planned: dict, studies: list[str]) -> dict | No
     upstream = atomic.read_json(src.run_dir / rundir.REUSED) or {}
     if rundir.METRICS in src.files:
         atomic.write_bytes(run_dir / rundir.METRICS, src.files[rundir.METRICS])
+    else:  # a diverged run that stopped before writing any: none here either
+        (run_dir / rundir.METRICS).unlink(missing_ok=True)
     # This study's labels (size, arm, sweep, tags); the rest as the run was trained.
     atomic.write_json(run_dir / rundir.CONFIG, {**src.config, "meta": planned.get("meta")})
     atomic.write_json(
@@ -170,6 +172,7 @@ def copy_finished(run_dir: Path, planned: dict, studies: list[str]) -> dict | No
             "from_run_dir": f"{src.study}/{paths.RUNS_DIR}/{run_dir.name}",
             "trained_in": upstream.get("trained_in") or src.study,
             "copied_at": _now(),
+            # of each file as read from the source (config.json before its labels were replaced)
             "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(src.files.items())},
         },
     )
