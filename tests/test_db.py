@@ -440,7 +440,9 @@ def test_other_schema_versions_are_refused(db_path, four_runs, capsys):
     con = duckdb.connect(str(db_path))
     con.execute("UPDATE schema_version SET version = 0")
     con.close()
-    with pytest.raises(db.DatabaseError, match=f"schema version 0, older than the {db.SCHEMA_VERSION} this rlrs writes: delete it"):
+    with pytest.raises(
+        db.DatabaseError, match=f"schema version 0, older than the {db.SCHEMA_VERSION} this rlrs writes: delete it"
+    ):
         db.ingest(db_path, four_runs)
 
 
