@@ -100,8 +100,8 @@ def cmd_submit(a) -> int:
 
     run_dirs = [Path(d) for d in a.run_dirs]
     try:
-        configs, settings = launch.load_configs(run_dirs, a.plan, a.study)
-        return launch.submit(run_dirs, configs, settings, a.executor or settings["kind"])
+        configs, settings, reuse_from = launch.load_configs(run_dirs, a.plan, a.study)
+        return launch.submit(run_dirs, configs, settings, a.executor or settings["kind"], reuse_from=reuse_from)
     except ConfigError as e:
         return _error("submit", e)
 
@@ -110,12 +110,16 @@ def cmd_submit(a) -> int:
 
 
 def cmd_plan(a) -> int:
-    """`rlrs plan STUDY.yaml`: runs per sweep and in total, tokens, FLOPs and
-    time; with a tune block, each search's run budget first."""
+    """`rlrs plan STUDY.yaml [--after OTHER.yaml...]`: runs per sweep and in
+    total, tokens, FLOPs and time; with a tune block, each search's run budget
+    first; with reuse_runs_from, the runs other studies train for it (0 cost
+    here): those finished there now, and with --after those the other study
+    plans (it runs first)."""
     from rlrs.study import estimate as E
 
     try:
-        est = E.estimate(load_study(a.study), a.study)
+        study = load_study(a.study)
+        est = E.estimate(study, a.study, after=E.load_after(study, a.after))
     except ConfigError as e:
         print(f"error: {a.study}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -378,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="count a study's runs, tokens, FLOPs and CPU time")
     p.add_argument("study", type=Path)
+    p.add_argument(
+        "--after",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="study file(s) of reuse_runs_from studies that run first: the runs they plan cost nothing here",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("status", help="show each run of a study as done, running, failed, diverged or missing")

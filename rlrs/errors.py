@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from jsonschema import Draft202012Validator
 
+# The pattern of every name a study gives (sizes, arms, studies): workflow/schemas/study.schema.yaml.
+NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
 
 class ConfigError(ValueError):
     """A bad setting, named by its field path, raised before any work starts."""
@@ -50,6 +53,12 @@ def _translate(err, root: str) -> ConfigError:
         return ConfigError(at(path + [bad]), f"bad name {bad!r}; allowed: letters, digits, '_', '.', '-'")
     if err.validator == "enum":
         return ConfigError(at(path), f"{err.instance!r} is not allowed; allowed: {', '.join(map(str, schema['enum']))}")
+    if err.validator == "pattern" and schema.get("pattern") == NAME_PATTERN:
+        return ConfigError(at(path), f"bad name {err.instance!r}; allowed: letters, digits, '_', '.', '-'")
+    if err.validator == "minItems":
+        return ConfigError(at(path), f"{err.instance!r} is too short; give at least {schema['minItems']} item(s)")
+    if err.validator == "uniqueItems":
+        return ConfigError(at(path), f"{err.instance!r} names an item twice; give each once")
     if err.validator == "type":
         want = schema["type"]
         want = " or ".join(want) if isinstance(want, list) else want

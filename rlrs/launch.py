@@ -17,6 +17,9 @@ paths when it fails.
   for local jobs we poll `job.done()` ourselves every LOCAL_POLL_S (a
   subprocess poll, cheap); Slurm jobs keep 1 s (each poll may call sacct).
 
+A run that finished in a study named by the study's `reuse_runs_from` is
+copied from there instead of submitted (rlrs.study.reuse): no job at all.
+
 Run-directory markers (rlrs.rundir), read by `rlrs status`: `submitted.json`
 while a job is in flight (job id, executor, log paths), `failure.json` after a
 failed job (Snakemake deletes a failed job's summary.json, so the failure is
@@ -42,6 +45,7 @@ from submitit.helpers import Checkpointable
 from rlrs import atomic, paths, rundir
 from rlrs.errors import ConfigError
 from rlrs.executor import KINDS, check_world, executor_settings, slurm_parameters, world_size
+from rlrs.study import reuse
 from rlrs.study.plan import chunks, load_plan, tuned_plan
 from rlrs.study.validate import load_study
 
@@ -123,19 +127,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def load_configs(run_dirs: list[Path], plan: Path | None, study: Path | None) -> tuple[dict, dict]:
-    """(run_id -> resolved config, executor settings) from a plan or a study.
+def load_configs(run_dirs: list[Path], plan: Path | None, study: Path | None) -> tuple[dict, dict, list[str]]:
+    """(run_id -> resolved config, executor settings, the studies it reuses
+    runs from) from a plan or a study.
 
     Default: the plan of the study the run directories belong to,
     results/<study>/plan.json two levels above results/<study>/runs/<id>/."""
     if study is not None:
         st = load_study(study)
         p = tuned_plan(st, study_file=study)  # with a tune block: the transfer runs of finished searches
-        return p.configs, executor_settings(st)
+        return p.configs, executor_settings(st), reuse.sources(st)
     if plan is None:
         plan = paths.plan_of_run_dir(run_dirs[0])
     doc = load_plan(plan)
-    return doc["configs"], doc.get("executor") or executor_settings(doc.get("study_config") or {})
+    study_config = doc.get("study_config") or {}
+    return doc["configs"], doc.get("executor") or executor_settings(study_config), reuse.sources(study_config)
 
 
 def check_parallel(configs: list[dict], settings: dict, kind: str) -> None:
@@ -212,10 +218,37 @@ def _result(job, kind: str):
     return lead.result()  # no result file: submitit says why (killed, timed out too often)
 
 
-def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_per_job: int | None = None) -> int:
+def copy_reused(run_dirs: list[Path], configs: dict, reuse_from: list[str] | tuple) -> list[Path]:
+    """Copy every unfinished run that finished in a `reuse_from` study
+    (rlrs.study.reuse) instead of training it; returns the copied ones."""
+    copied = []
+    for d in run_dirs if reuse_from else []:
+        if rundir.finished_summary(d) is not None:
+            continue
+        summary = reuse.copy_finished(d, configs[d.name], list(reuse_from))
+        if summary is not None:
+            origin = (atomic.read_json(d / rundir.REUSED) or {}).get("from_study")
+            loss = summary.get("final_eval_loss")
+            print(
+                f"[{d.name}] {summary['status']} in study {origin}: reused (copied, not trained), final eval loss {loss}"
+            )
+            copied.append(d)
+    return copied
+
+
+def submit(
+    run_dirs: list[Path],
+    configs: dict,
+    settings: dict,
+    kind: str,
+    runs_per_job: int | None = None,
+    reuse_from: list[str] | tuple = (),
+) -> int:
     """Submit the run directories (`runs_per_job` to a job: the study's
-    `executor.runs_per_job` unless given), wait for all, report. Returns the
-    exit code: 0 when every run ended completed or diverged."""
+    `executor.runs_per_job` unless given), wait for all, report. A run
+    finished in one of the `reuse_from` studies (the study's
+    reuse_runs_from) is copied from there instead (rlrs.study.reuse). Returns
+    the exit code: 0 when every run ended completed or diverged."""
     if kind not in KINDS:
         raise ConfigError("--executor", f"{kind!r} is not an executor; allowed: {', '.join(KINDS)}")
     missing = [d.name for d in run_dirs if d.name not in configs]
@@ -226,8 +259,11 @@ def submit(run_dirs: list[Path], configs: dict, settings: dict, kind: str, runs_
             "(re-run snakemake to rewrite plan.json after editing the study)",
         )
     check_parallel([configs[d.name] for d in run_dirs], settings, kind)
+    copied = copy_reused(run_dirs, configs, reuse_from)
     todo = []
     for d in run_dirs:
+        if d in copied:
+            continue
         done = rundir.finished_summary(d)
         if done is not None:  # nothing to train: skip the job (and its torch import)
             print(f"[{d.name}] already {done['status']}: nothing to do")

@@ -9,9 +9,12 @@ statuses a run ends in, and reading them back.
     submitted.json    held by `rlrs submit` while the run's job is in flight
     failure.json      written by `rlrs submit` when the job failed (Snakemake
                       deletes a failed job's summary.json; the failure is kept here)
+    reused.json       the run was copied from another study's finished run
+                      instead of trained (rlrs.study.reuse): from where
 
-rlrs.train writes the run's own files; rlrs.launch the markers; rlrs.db, the
-study's status and the search read them through this module.
+rlrs.train writes the run's own files; rlrs.launch the markers; rlrs.study.reuse
+a copy's files; rlrs.db, the study's status and the search read them through
+this module.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train.log"
 SUBMITTED = "submitted.json"
 FAILURE = "failure.json"
+REUSED = "reused.json"
 
 STATUSES = ("completed", "diverged", "failed")  # summary.json `status`
 TERMINAL = ("completed", "diverged")  # a run in one of these is done: a result, not a failure

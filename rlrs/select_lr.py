@@ -17,7 +17,8 @@ at the end ("done"); `rlrs collect` loads the finished ones into the table
 The selection is its own checkpoint: its decisions are a pure function of
 the finished runs, and every candidate is an ordinary run directory
 (results/<study>/runs/<id>/), so a restarted selection finds its finished
-runs there (rlrs.launch.submit skips them) and decides the same. A run that
+runs there (rlrs.launch.submit skips them; with `reuse_runs_from`, a run
+finished in another study is copied from there) and decides the same. A run that
 fails (not diverges) stops the selection with its run ids; rerunning
 retries it. A diverged run counts as +inf loss.
 """
@@ -31,7 +32,8 @@ from pathlib import Path
 from rlrs import atomic, paths, rundir
 from rlrs.errors import ConfigError
 from rlrs.executor import executor_settings
-from rlrs.launch import submit
+from rlrs.launch import copy_reused, submit
+from rlrs.study import reuse
 from rlrs.study.bracketing import select_lr
 from rlrs.study.searches import load_state as load_tune_state
 from rlrs.study.selection import RESULT_VERSION, Cell, cells, is_failed, read_result
@@ -79,7 +81,9 @@ def _document(cell: Cell, results: dict, runs: dict, decision: dict) -> dict:
     }
 
 
-def run_selection(todo: list[Cell], runs_dir: Path, settings: dict, kind: str, cores: int, log=print) -> list[dict]:
+def run_selection(
+    todo: list[Cell], runs_dir: Path, settings: dict, kind: str, cores: int, log=print, reuse_from=()
+) -> list[dict]:
     """Rounds of every cell's selection until each is done; returns the result documents."""
     results: dict[str, dict[float, dict[int, float]]] = {c.key: {} for c in todo}
     runs: dict[str, dict[tuple[float, int], str]] = {c.key: {} for c in todo}
@@ -114,8 +118,10 @@ def run_selection(todo: list[Cell], runs_dir: Path, settings: dict, kind: str, c
                     configs[rid] = resolved
             log(f"[select {c.key}] round {rnd}: lr {', '.join(f'{x:g}' for x in decision['run'])}")
         dirs = [runs_dir / rid for rid in configs]
-        per_job = 1 if kind != "local" else max(1, math.ceil(len(dirs) / max(1, cores)))
-        if submit(dirs, configs, settings, kind, runs_per_job=per_job) != 0:
+        copy_reused(dirs, configs, reuse_from)  # first, so that the jobs share the cores among the runs left
+        left = [d for d in dirs if rundir.finished_summary(d) is None]
+        per_job = 1 if kind != "local" else max(1, math.ceil(len(left) / max(1, cores)))
+        if submit(dirs, configs, settings, kind, runs_per_job=per_job, reuse_from=reuse_from) != 0:
             failed = [d.name for d in dirs if rundir.finished_summary(d) is None]
             raise SelectError(
                 f"selection run(s) failed: {', '.join(failed) or '?'} (see failure.json in their run "
@@ -162,6 +168,14 @@ def select(study: dict, executor: str | None = None, cores: int | None = None, l
             else:
                 pending.append(c)
         if pending:
-            docs = run_selection(pending, root / "runs", settings, kind, cores or os.cpu_count() or 1, log=log)
+            docs = run_selection(
+                pending,
+                root / "runs",
+                settings,
+                kind,
+                cores or os.cpu_count() or 1,
+                log=log,
+                reuse_from=reuse.sources(study),
+            )
             out.update({d["size"] + "." + d["arm"]: d for d in docs})
     return [out[c.key] for c in todo]

@@ -25,7 +25,9 @@ The search, per (size, arm):
 Every candidate is an ordinary run with an id in results/<study>/runs/<id>/,
 so the search is its own checkpoint: a restarted search recomputes the same
 decisions (seeded order, rounded values, hence the same run ids) and finds
-every finished run already there (rlrs.launch.submit skips a terminal run).
+every finished run already there (rlrs.launch.submit skips a terminal run),
+or, with the study's `reuse_runs_from`, in another study that ran the same
+search (the run is copied: replaying a finished search trains nothing).
 What is spent is counted from the search's decisions, never from what is on
 disk, so an interrupted-then-resumed search and an uninterrupted one write the
 same result. The result, trajectory and final settings, goes atomically to
@@ -47,6 +49,7 @@ from rlrs import atomic, paths, rundir, tags
 from rlrs.errors import ConfigError
 from rlrs.executor import executor_settings
 from rlrs.launch import submit
+from rlrs.study import reuse
 from rlrs.study.searches import RESULT_VERSION, Search, read_result, searches
 from rlrs.tunables import rounded
 
@@ -63,14 +66,15 @@ def _better(a: float | None, b: float | None) -> bool:
 class Runner:
     """Trains a batch of a search's candidates through the study's executor."""
 
-    def __init__(self, runs_dir: Path, settings: dict, kind: str):
-        self.runs_dir, self.settings, self.kind = runs_dir, settings, kind
+    def __init__(self, runs_dir: Path, settings: dict, kind: str, reuse_from: list[str] | tuple = ()):
+        self.runs_dir, self.settings, self.kind, self.reuse_from = runs_dir, settings, kind, list(reuse_from)
 
     def __call__(self, configs: dict[str, dict]) -> None:
         dirs = [self.runs_dir / rid for rid in configs]
         # One job per candidate whatever executor.runs_per_job says: the
-        # candidates of a step run in parallel.
-        code = submit(dirs, configs, self.settings, self.kind, runs_per_job=1)
+        # candidates of a step run in parallel. A candidate finished in a study
+        # of reuse_runs_from is copied (a search replayed there costs nothing).
+        code = submit(dirs, configs, self.settings, self.kind, runs_per_job=1, reuse_from=self.reuse_from)
         if code != 0:
             failed = [d.name for d in dirs if rundir.finished_summary(d) is None]
             raise TuneError(
@@ -246,7 +250,7 @@ def tune(study: dict, executor: str | None = None, log=print) -> list[dict]:
     settings = executor_settings(study)
     kind = executor or settings["kind"]
     root = paths.results_dir(todo[0].study)
-    runner = Runner(root / "runs", settings, kind)
+    runner = Runner(root / "runs", settings, kind, reuse.sources(study))
     out = []
     with Lock(paths.tune_dir(todo[0].study) / ".lock"):
         for s in todo:

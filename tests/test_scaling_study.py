@@ -234,26 +234,48 @@ def test_scaling_charts_render_in_headless_chromium(scaling_report, tmp_path):
 
 
 def test_shipped_scaling_cpu_study_and_its_plan(capsys):
-    """scaling-cpu: per family (dense, MoE 8x top-1 capacity 1.25) and arm, 5 sizes x 3 budgets."""
+    """scaling-cpu: per family (dense, MoE 8x top-1 capacity 1.25) and arm, 4 sizes x 3 budgets, on
+    study-cpu's settings key for key, so that its searches, selections, main runs and baseline ladder are
+    study-cpu's runs (reuse_runs_from), and the baseline's scaling points at the shared sizes are its ladder."""
     from rlrs.study import load_study
+    from rlrs.study.estimate import estimate
 
     from _cli_fixtures import cli_plan
 
-    path = Path(__file__).resolve().parent.parent / "workflow" / "configs" / "scaling-cpu.yaml"
-    plan = make_plan(load_study(path))
+    configs = Path(__file__).resolve().parent.parent / "workflow" / "configs"
+    path, cpu_path = configs / "scaling-cpu.yaml", configs / "study-cpu.yaml"
+    study, cpu = load_study(path), load_study(cpu_path)
+    assert study["reuse_runs_from"] == ["study-cpu"]
+    for key in ("executor", "defaults", "arms", "seeds", "selection_seeds", "tune"):
+        assert study[key] == cpu[key], key
+    assert {k: study["sizes"][k] for k in cpu["sizes"]} == cpu["sizes"]
+    assert study["sweeps"]["lr"] == cpu["sweeps"]["lr"]
+    assert {k: v for k, v in study["sweeps"]["ladder"].items() if k != "sizes"} == cpu["sweeps"]["ladder"]
+    # Both expanded as `rlrs plan` does (stages not yet run: each cell at its grid's centre, in both).
+    plan, cpu_plan = estimate(study, path).plan, estimate(cpu, cpu_path).plan
+    cpu_sweeps: dict[str, set] = {}
+    for r in cpu_plan.runs:
+        cpu_sweeps.setdefault(r["run_id"], set()).add(r["sweep"])
     cells = {}
     for r in plan.runs:
-        if r["sweep"] == tags.SCALING:
-            cfg = plan.configs[r["run_id"]]
-            moe = cfg["model"]["moe"]
-            fam = "moe" if moe else "dense"
-            assert moe is None or (moe["n_experts"], moe["top_k"], moe["capacity_factor"]) == (8, 1, 1.25)
-            cells.setdefault((fam, r["arm"]), set()).add((r["size"], cfg["train"]["steps"]))
+        if r["sweep"] != tags.SCALING:
+            assert r["run_id"] in cpu_plan.configs, r  # tune, selection, main, ladder: study-cpu's runs
+            continue
+        cfg = plan.configs[r["run_id"]]
+        moe = cfg["model"]["moe"]
+        fam = "moe" if moe else "dense"
+        assert moe is None or (moe["n_experts"], moe["top_k"], moe["capacity_factor"]) == (8, 1, 1.25)
+        steps = cfg["train"]["steps"]
+        cells.setdefault((fam, r["arm"]), set()).add((r["size"], steps))
+        shared = r["size"] in cpu["sizes"] and (r["arm"] == "baseline" or steps == 2000)
+        assert (r["run_id"] in cpu_plan.configs) == shared, r
+        if shared:  # the scaling tag is a label, not part of the run id
+            assert cpu_sweeps[r["run_id"]] & {"ladder", "main"}
     assert set(cells) == {(f, a) for f in ("dense", "moe") for a in ("baseline", "rlrs")}
     for got in cells.values():
-        assert len({s for s, _ in got}) >= 4 and len({t for _, t in got}) >= 3 and len(got) == 15
+        assert len({s for s, _ in got}) == 4 and {t for _, t in got} == {1000, 2000, 4000} and len(got) == 12
     assert cli_plan(path) == 0
-    assert "scaling sweep: 60 unique runs" in capsys.readouterr().out
+    assert "scaling sweep: 48 unique runs" in capsys.readouterr().out
 
 
 def test_a_reader_of_a_fresh_database_reads_the_stored_fits(scaling_path, tmp_path):

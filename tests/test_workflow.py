@@ -160,11 +160,11 @@ BAD = {
     # A study missing `sizes` must not inherit the demo's (the configfile pitfall).
     "missing sizes": (
         lambda s: s.pop("sizes"),
-        "sizes: required key is missing (keys here: arms, defaults, description, executor, health, lr_rule, min_reported_seeds, scaling, seeds, selection_seeds, sizes, study, sweeps, tune)",
+        "sizes: required key is missing (keys here: arms, defaults, description, executor, health, lr_rule, min_reported_seeds, reuse_runs_from, scaling, seeds, selection_seeds, sizes, study, sweeps, tune)",
     ),
     "unknown key": (
         _set("colour", "blue"),
-        "colour: unknown key; allowed keys here: arms, defaults, description, executor, health, lr_rule, min_reported_seeds, scaling, seeds, selection_seeds, sizes, study, sweeps, tune",
+        "colour: unknown key; allowed keys here: arms, defaults, description, executor, health, lr_rule, min_reported_seeds, reuse_runs_from, scaling, seeds, selection_seeds, sizes, study, sweeps, tune",
     ),
     "unknown executor": (
         _set("executor.kind", "cluster"),

@@ -205,6 +205,7 @@ def _read_run_dir(run_dir: Path, study: str | None) -> RunRow:
             )
         },
         "config": config,
+        "reused_from": _reused_from(run_dir),
         "run_dir": str(run_dir.resolve()),
         "source_sha256": None,  # below
         "ingested_at": None,  # set once per collect
@@ -214,11 +215,19 @@ def _read_run_dir(run_dir: Path, study: str | None) -> RunRow:
     return RunRow(run_dir, row, metrics, metric_columns)
 
 
+def _reused_from(run_dir: Path) -> str | None:
+    """The study a copied run came from (rlrs.study.reuse), None for a run trained here."""
+    if not (run_dir / rundir.REUSED).exists():
+        return None
+    return _get(_load_json(run_dir / rundir.REUSED), "from_study", rundir.REUSED)
+
+
 def _fingerprint(run_dir: Path, study: str | None, metrics: Path | None) -> str:
     """SHA-256 of everything a run's rows are made from (its files, where they
     are, the study label), so an unchanged run need not be rewritten."""
     h = hashlib.sha256(json.dumps([SCHEMA_VERSION, str(run_dir.resolve()), study]).encode())
-    for path in (run_dir / rundir.CONFIG, run_dir / rundir.SUMMARY, metrics):
+    reused = run_dir / rundir.REUSED
+    for path in (run_dir / rundir.CONFIG, run_dir / rundir.SUMMARY, metrics, reused if reused.exists() else None):
         if path is not None:
             with open(path, "rb") as f:
                 h.update(hashlib.file_digest(f, "sha256").digest())

@@ -22,7 +22,7 @@ import duckdb
 
 from rlrs.components import COMPONENTS, SCHEDULED
 
-SCHEMA_VERSION = 2  # 2: lr_selection.failed
+SCHEMA_VERSION = 2  # 2: lr_selection.failed, runs.reused_from
 
 RUN_COLUMNS: dict[str, str] = {
     "run_id": "VARCHAR PRIMARY KEY",
@@ -77,6 +77,7 @@ RUN_COLUMNS: dict[str, str] = {
     "error": "VARCHAR",
     "started_at": "TIMESTAMP",
     "finished_at": "TIMESTAMP",
+    "reused_from": "VARCHAR",
     "run_dir": "VARCHAR",
     "source_sha256": "VARCHAR",
     "ingested_at": "TIMESTAMP",
@@ -255,6 +256,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "error": "message of a failed or diverged run, else NULL",
         "started_at": "UTC, without time zone (TIMESTAMPTZ would need pytz to fetch in Python)",
         "finished_at": "UTC, without time zone",
+        "reused_from": "the study whose finished run was copied here instead of training it "
+        "(reuse_runs_from; the run directory's reused.json); NULL when trained in this study",
         "run_dir": "absolute path of the ingested run directory",
         "source_sha256": "SHA-256 of the run's files, path and study label: an unchanged run is not rewritten",
         "ingested_at": "UTC, when this row was written",

@@ -6,6 +6,7 @@ searches   the tune block's searches as data, and their results on disk
 bracketing the stage-1 lr decision of a staged study (pure)
 selection  a staged study's stage-1 lr selections as data, and their results on disk
 plan       plan.json: Plan, make_plan / tuned_plan, its schema and reader
+reuse      copying another study's finished runs (reuse_runs_from)
 estimate   tokens, FLOPs and time per run (imports the model, hence torch;
            not imported here, so that `import rlrs.study` stays torch-free)
 """

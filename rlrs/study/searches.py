@@ -142,13 +142,18 @@ def read_result(search: Search, root: Path | None = None) -> dict | None:
     return doc
 
 
-def load_state(study: dict, root: Path | None = None, assume_done: bool = False) -> TuneState:
+def load_state(study: dict, root: Path | None = None, assume_done: bool = False, replay: tuple = ()) -> TuneState:
     """The tune state of a study from its results/<study>/tune/ folder.
     assume_done: pretend every pending search ended at its start point (for
-    cost estimates of the transfer before tuning)."""
+    cost estimates of the transfer before tuning). replay: other studies'
+    results/<study>/ folders whose finished result of the same search (same
+    digest) stands in for a missing one: the search, replayed on their runs
+    (reuse_runs_from), decides the same (for cost estimates)."""
     state = TuneState()
     for s in searches(study):
         doc = read_result(s, root)
+        for other in replay if doc is None else ():
+            doc = doc or read_result(s, other)
         if doc is None:
             if assume_done:
                 state.tuned[(s.family, s.arm)] = dict(s.start)

@@ -167,11 +167,15 @@ class SelectState:
         return {size for size, _ in self.failed}
 
 
-def load_state(study: dict, tune_state=None, root: Path | None = None, assume_done: bool = False) -> SelectState:
+def load_state(
+    study: dict, tune_state=None, root: Path | None = None, assume_done: bool = False, replay: tuple = ()
+) -> SelectState:
     """The selection state of a staged study from results/<study>/select/.
     tune_state: the study's TuneState (a family still tuning has every size
     pending). assume_done: pretend every pending cell chose its centre (for
-    cost estimates before stage 1)."""
+    cost estimates before stage 1). replay: other studies' results/<study>/
+    folders whose finished result of the same cell (same digest) stands in for
+    a missing one (reuse_runs_from; for cost estimates)."""
     study = check_study(study, default_name=study.get("study"))
     state = SelectState()
     tuning = tune_state.pending if tune_state is not None else set()
@@ -180,6 +184,8 @@ def load_state(study: dict, tune_state=None, root: Path | None = None, assume_do
             state.pending.add(c.size)
             continue
         doc = read_result(c, root)
+        for other in replay if doc is None else ():
+            doc = doc or read_result(c, other)
         if doc is None:
             if assume_done:
                 state.chosen[(c.size, c.arm)] = c.centre_lr

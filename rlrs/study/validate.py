@@ -122,6 +122,11 @@ def _check_references(study: dict) -> None:
     check_stages(study)
     check_scaling(study)
     check_lr_rule(study)
+    for i, name in enumerate(study.get("reuse_runs_from", [])):
+        if name == study["study"]:
+            raise ConfigError(
+                f"reuse_runs_from[{i}]", f"{name!r} is this study itself; allowed: the names of other studies"
+            )
 
 
 def check_tune(study: dict) -> None:

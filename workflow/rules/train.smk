@@ -40,6 +40,8 @@ rule plan:
 # job runs, so a job rerun for any reason other than a lost summary (a rebuilt
 # plan.json, a changed rule) finds the run finished and trains nothing. To
 # train a run again, delete its run directory.
+# A run that finished in a study of the study's reuse_runs_from is copied from
+# there by `rlrs submit` (rlrs.study.reuse) instead of trained: no job starts.
 rule train:
     input:
         plan=ancient(PLAN_JSON),
