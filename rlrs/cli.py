@@ -110,11 +110,8 @@ def cmd_submit(a) -> int:
 
 
 def cmd_plan(a) -> int:
-    """`rlrs plan STUDY.yaml [--after OTHER.yaml...]`: runs per sweep and in
-    total, tokens, FLOPs and time; with a tune block, each search's run budget
-    first; with reuse_runs_from, the runs other studies train for it (0 cost
-    here): those finished there now, and with --after those the other study
-    plans (it runs first)."""
+    """`rlrs plan STUDY.yaml [--after OTHER.yaml...]`: runs, tokens, FLOPs and
+    time (searches first; runs other studies train for it cost 0 here)."""
     from rlrs.study import estimate as E
 
     try:
@@ -382,13 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="count a study's runs, tokens, FLOPs and CPU time")
     p.add_argument("study", type=Path)
-    p.add_argument(
-        "--after",
-        type=Path,
-        nargs="+",
-        default=[],
-        help="study file(s) of reuse_runs_from studies that run first: the runs they plan cost nothing here",
-    )
+    p.add_argument("--after", type=Path, nargs="+", default=[], help="reuse_runs_from studies that run first")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("status", help="show each run of a study as done, running, failed, diverged or missing")
