@@ -14,6 +14,7 @@ from rlrs import paths, tags
 from rlrs.config import resolve, run_id
 from rlrs.errors import ConfigError
 from rlrs.study.expand import Expander
+from rlrs.study.stage_result import first_done
 from rlrs.study.validate import check_study, size_family
 from rlrs.tunables import apply_settings, settings_of, space_parameters
 
@@ -131,15 +132,10 @@ class TuneState:
     runs: list[tuple[Search, str, dict, dict]] = field(default_factory=list)  # (search, run_id, settings, tags)
 
 
-def read_result(search: Search, root: Path | None = None) -> dict | None:
-    """The search's finished result, or None when absent, unfinished or stale."""
-    try:
-        doc = json.loads(search.result_path(root).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if doc.get("status") != "done" or doc.get("digest") != search.digest() or doc.get("version") != RESULT_VERSION:
-        return None
-    return doc
+def read_result(search: Search, root: Path | None = None, replay: tuple = ()) -> dict | None:
+    """The search's finished result, or None when absent, unfinished or stale;
+    replay: other studies' results/<study>/ folders tried after `root`."""
+    return first_done([search.result_path(r) for r in (root, *replay)], search.digest(), RESULT_VERSION)
 
 
 def load_state(study: dict, root: Path | None = None, assume_done: bool = False, replay: tuple = ()) -> TuneState:
@@ -151,9 +147,7 @@ def load_state(study: dict, root: Path | None = None, assume_done: bool = False,
     (reuse_runs_from), decides the same (for cost estimates)."""
     state = TuneState()
     for s in searches(study):
-        doc = read_result(s, root)
-        for other in replay if doc is None else ():
-            doc = doc or read_result(s, other)
+        doc = read_result(s, root, replay)
         if doc is None:
             if assume_done:
                 state.tuned[(s.family, s.arm)] = dict(s.start)

@@ -34,6 +34,7 @@ from rlrs.config import resolve, run_id
 from rlrs.study.bracketing import lr_key
 from rlrs.study.expand import Expander, _with_centre
 from rlrs.study.searches import load_state as load_tune_state
+from rlrs.study.stage_result import first_done
 from rlrs.study.validate import STAGE_DEFAULTS, check_study, deep_merge, is_staged, size_family
 
 RESULT_VERSION = 1
@@ -133,15 +134,10 @@ def cells(study: dict, tuned: dict | None = None) -> list[Cell]:
     return out
 
 
-def read_result(cell: Cell, root: Path | None = None) -> dict | None:
-    """The cell's finished, current result, or None (absent, running or stale)."""
-    try:
-        doc = json.loads(cell.result_path(root).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if doc.get("status") != "done" or doc.get("digest") != cell.digest() or doc.get("version") != RESULT_VERSION:
-        return None
-    return doc
+def read_result(cell: Cell, root: Path | None = None, replay: tuple = ()) -> dict | None:
+    """The cell's finished, current result, or None (absent, running or stale);
+    replay: other studies' results/<study>/ folders tried after `root`."""
+    return first_done([cell.result_path(r) for r in (root, *replay)], cell.digest(), RESULT_VERSION)
 
 
 def is_failed(doc: dict) -> bool:
@@ -183,9 +179,7 @@ def load_state(
         if c.family in tuning:
             state.pending.add(c.size)
             continue
-        doc = read_result(c, root)
-        for other in replay if doc is None else ():
-            doc = doc or read_result(c, other)
+        doc = read_result(c, root, replay)
         if doc is None:
             if assume_done:
                 state.chosen[(c.size, c.arm)] = c.centre_lr
