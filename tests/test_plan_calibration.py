@@ -1,7 +1,8 @@
 """`rlrs plan` calibrated by the finished runs (rlrs.study.calibration): real
 runs trained at two of a study's sizes give those sizes' step times exactly
-(the median of their summary.json `step_time_s`), and the sizes nobody has
-run the FLOP model times the factor those runs give; each line says which."""
+(the mean of their summary.json `step_time_s`, the median and quartiles
+beside it), and the sizes nobody has run the FLOP model times the factor
+those runs give; each line says which."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ STUDY = {
         "moe": {"d_model": 16, "n_layers": 1, "n_heads": 2, "moe": {"n_experts": 4, "top_k": 1}},  # never run
     },
     "arms": {"baseline": {}},
-    "seeds": [0, 1, 2],
+    "seeds": [0, 1, 2, 3],
     "sweeps": {"main": {}},
 }
 
@@ -45,8 +46,8 @@ def _config(plan, size: str, seed: int) -> tuple[str, dict]:
 
 @pytest.fixture(scope="module")
 def half_run(tmp_path_factory):
-    """The study with tiny's seeds 0 and 1 and small's seed 0 trained for real
-    (tiny's seed 2, small's seeds 1 and 2, wide and moe not), and a reused copy
+    """The study with tiny's seeds 0-2 and small's seed 0 trained for real
+    (tiny's seed 3, small's seeds 1-3, wide and moe not), and a reused copy
     of one tiny run in another study, which must not count twice."""
     from rlrs.train import train
 
@@ -56,7 +57,7 @@ def half_run(tmp_path_factory):
     plan = make_plan(check_study(load_study(path)), path)
     runs = work / "results" / "cal" / "runs"
     summaries = {}
-    for size, seed in (("tiny", 0), ("tiny", 1), ("small", 0)):
+    for size, seed in (("tiny", 0), ("tiny", 1), ("tiny", 2), ("small", 0)):
         rid, cfg = _config(plan, size, seed)
         summaries[size, seed] = train(cfg, runs / rid, executor="debug")
         assert summaries[size, seed]["status"] == "completed"
@@ -83,40 +84,38 @@ def test_finished_sizes_use_their_measured_step_time_and_the_rest_the_fitted_fac
     work, path, plan, summaries = half_run
     monkeypatch.setenv("RLRS_RESULTS", str(work / "results"))
     est = estimate(load_study(path), path)
-    assert est.calibration.runs == 3  # the reused copy is its original's measurement, not a fourth
-    tiny_times = [summaries["tiny", s]["step_time_s"] for s in (0, 1)]
-    measured = {"tiny": (tiny_times[0] + tiny_times[1]) / 2, "small": summaries["small", 0]["step_time_s"]}
-    ratios, models = {}, {}
-    for size, step_s in measured.items():
-        for seed in (0, 1, 2):  # the unfinished seeds too: the same shape
+    assert est.calibration.runs == 4  # the reused copy is its original's measurement, not a fifth
+    x0, x1, x2 = sorted(summaries["tiny", s]["step_time_s"] for s in (0, 1, 2))
+    t_small = summaries["small", 0]["step_time_s"]
+    # tiny: the mean of 3, their median, their quartiles (inclusive: halfway to the neighbours)
+    stats = {"tiny": ((x0 + x1 + x2) / 3, x1, x0 + (x1 - x0) / 2, x1 + (x2 - x1) / 2), "small": (t_small,) * 4}
+    models = {}
+    for size, (mean, med, q1, q3) in stats.items():
+        for seed in (0, 1, 2, 3):  # the unfinished seeds too: the same shape
             rid, cfg = _config(plan, size, seed)
-            cost = est.costs[rid]
-            assert cost["step"].source == C.MEASURED and cost["step"].seconds == step_s
-            assert cost["step"].runs == (2 if size == "tiny" else 1)
-            assert cost["seconds"] == pytest.approx(_expected_seconds(cfg, step_s), rel=1e-12)
-        ratios[size] = step_s / C.model_step_seconds(cfg)
+            cost, step = est.costs[rid], est.costs[rid]["step"]
+            assert step.source == C.MEASURED and step.runs == (3 if size == "tiny" else 1)
+            assert (step.seconds, step.median, step.low, step.high) == pytest.approx((mean, med, q1, q3), rel=1e-12)
+            for k, v in (("seconds", mean), ("median", med), ("low", q1), ("high", q3)):
+                assert cost[k] == pytest.approx(_expected_seconds(cfg, v), rel=1e-12), k
         models[size] = C.model_step_seconds(cfg)
-    lo, hi = sorted(tiny_times)
-    q1, q3 = lo + (hi - lo) / 4, lo + 3 * (hi - lo) / 4  # the quartiles of two (inclusive: linear between them)
-    rid, cfg = _config(plan, "tiny", 2)
-    assert est.costs[rid]["low"] == pytest.approx(_expected_seconds(cfg, q1), rel=1e-12)
-    assert est.costs[rid]["high"] == pytest.approx(_expected_seconds(cfg, q3), rel=1e-12)
-    # a factor's spread: the lowest and highest quartile / modelled over its shapes
-    low = min(q1 / models["tiny"], ratios["small"])
-    high = max(q3 / models["tiny"], ratios["small"])
-    factor = (ratios["tiny"] + ratios["small"]) / 2  # the median of the two shapes' ratios
+    # The factor: the median of the shapes' mean / modelled (of two: halfway); its median-based twin
+    # the same of their medians; its spread the lowest and highest quartile / modelled over them.
+    ratio = {s: stats[s][0] / models[s] for s in stats}
+    factor = (ratio["tiny"] + ratio["small"]) / 2
+    median = (stats["tiny"][1] / models["tiny"] + ratio["small"]) / 2
+    low = min(stats["tiny"][2] / models["tiny"], ratio["small"])
+    high = max(stats["tiny"][3] / models["tiny"], ratio["small"])
     for size, basis in (("wide", "dense runs of cal"), ("moe", "runs of cal")):  # no MoE run: both families'
         rid, cfg = _config(plan, size, 0)
-        step = est.costs[rid]["step"]
-        assert step.source == C.FACTOR and step.of.basis == basis and step.runs == 3
+        step, model = est.costs[rid]["step"], C.model_step_seconds(cfg)
+        assert step.source == C.FACTOR and step.of.basis == basis and step.runs == 4
         assert step.factor == pytest.approx(factor, rel=1e-12)
-        assert step.seconds == pytest.approx(C.model_step_seconds(cfg) * factor, rel=1e-12)
-        assert (step.low, step.high) == pytest.approx(
-            (C.model_step_seconds(cfg) * low, C.model_step_seconds(cfg) * high), rel=1e-12
+        assert (step.seconds, step.median, step.low, step.high) == pytest.approx(
+            (model * factor, model * median, model * low, model * high), rel=1e-12
         )
         assert est.costs[rid]["seconds"] == pytest.approx(_expected_seconds(cfg, step.seconds), rel=1e-12)
-    total = sum(c["seconds"] for c in est.costs.values())
-    assert est.seconds("cpu") == pytest.approx(total, rel=1e-12)
+    assert est.seconds("cpu") == pytest.approx(sum(c["seconds"] for c in est.costs.values()), rel=1e-12)
 
 
 def test_plan_says_what_each_estimate_rests_on(half_run, monkeypatch, capsys):
@@ -128,17 +127,21 @@ def test_plan_says_what_each_estimate_rests_on(half_run, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     est = estimate(load_study(path), path)
     by_size = {s: next(x for x in lines if x.startswith(f"  {s} ")) for s in STUDY["sizes"]}
-    assert "measured on 2 runs (median; quartiles " in by_size["tiny"] and "  3 " in by_size["tiny"]
-    assert by_size["small"].endswith("measured on 1 run (median)")
+    assert "measured on 3 runs (mean; median " in by_size["tiny"] and "  4 " in by_size["tiny"]
+    assert by_size["small"].endswith("measured on 1 run (mean)")
     factor = est.costs[_config(plan, "wide", 0)[0]]["step"].factor
     assert by_size["wide"].endswith(f"x {factor:.2f} (the factor of dense runs of cal)")
     assert by_size["moe"].endswith(f"x {factor:.2f} (the factor of runs of cal)")
-    assert f"calibration: 3 finished runs of 2 shapes under {work / 'results'}/" in "\n".join(lines)
-    assert any(x.startswith("  used: dense runs of cal: x") and "2 shapes, 3 runs)" in x for x in lines)
+    assert f"calibration: 4 finished runs of 2 shapes under {work / 'results'}/" in "\n".join(lines)
+    assert any(
+        x.startswith(f"  used: dense runs of cal: x{factor:.2f} at the mean") and "2 shapes, 4 runs)" in x
+        for x in lines
+    )
     cpu = next(x for x in lines if x.startswith("estimated CPU time: "))
-    low, high = est.spread("cpu")
+    median, low, high = est.spread("cpu")
     assert cpu.startswith(f"estimated CPU time: {fmt_seconds(est.seconds('cpu'))} of one-thread runs")
-    assert f"({fmt_seconds(low)} to {fmt_seconds(high)} over the step times' spread; " in cpu
+    assert f"(at mean step times; {fmt_seconds(median)} at their medians, " in cpu
+    assert f", {fmt_seconds(low)} to {fmt_seconds(high)} at their quartiles; " in cpu
 
 
 def test_without_finished_runs_the_plan_is_the_flop_model_and_says_so(tmp_path, monkeypatch, capsys):

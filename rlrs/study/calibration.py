@@ -4,22 +4,26 @@ ones the finished runs under the results root measured, which calibrate it.
 A run's compute shape (SHAPE_FIELDS) decides its step time; its lr,
 schedule, init, parametrization and seed do not. A planned run takes:
 
-- measured: the median `step_time_s` (summary.json: the mean train step,
+- measured: the mean `step_time_s` (summary.json: the mean train step,
   evaluations left out) of the finished runs of its shape (completed, and
   trained where they lie: a reused copy is its original's measurement);
 - FLOP model x factor: where no finished run has its shape, the FLOP model's
   step time times the calibration factor, the median over the finished
-  shapes of (their median measured / modelled step time): of the planning
+  shapes of (their mean measured / modelled step time): of the planning
   study's own runs (and those of the studies it reuses runs from) where it
   has some on the run's device, since they ran with its code under its load,
   per family (dense or MoE) where that family has some; else of all runs;
 - FLOP model only: where nothing on its device has finished.
 
-Measured step times move with the machine's load (several-fold between an
-idle and a shared machine) and with the code and CPU they ran on, and the
-ratio moves with the shape; so each median keeps its spread beside
-it: the quartiles of a shape's runs; of a factor, the lowest and highest
-quartile / modelled over its shapes.
+The mean, not the median: a plan's total is a sum of run times, which the
+mean predicts if the load stays what it was. On a shared machine the load is
+skewed (study-cpu's first 146 runs at d32 x 2: median 46 ms a step, mean 109
+ms; their summed wall time is what the mean predicts, 2.4x what the median
+does), so the median is kept beside it as the typical step. Measured step
+times move with the load (several-fold), the code and the CPU they ran on,
+and the ratio moves with the shape; so each estimate keeps its spread: the
+quartiles of a shape's runs; of a factor, the lowest and highest quartile /
+modelled over its shapes.
 """
 
 from __future__ import annotations
@@ -129,7 +133,8 @@ class Factor:
     """measured / modelled step time over a set of finished shapes."""
 
     basis: str  # whose runs: "dense runs of study-cpu", "all MoE runs", ...
-    ratios: tuple[float, ...]  # one per shape: the median of its runs / its FLOP-model step time
+    ratios: tuple[float, ...]  # one per shape: the mean of its runs / its FLOP-model step time
+    medians: tuple[float, ...]  # one per shape: the median of its runs / its FLOP-model step time
     low: float  # the lowest lower quartile / modelled over the shapes
     high: float  # the highest upper quartile / modelled
     runs: int
@@ -138,11 +143,16 @@ class Factor:
     def value(self) -> float:
         return statistics.median(self.ratios)
 
+    @property
+    def median_value(self) -> float:
+        return statistics.median(self.medians)
+
     def __str__(self) -> str:
         n = len(self.ratios)
         return (
-            f"{self.basis}: x{self.value:.2f} (per shape {min(self.ratios):.2f}-{max(self.ratios):.2f}, "
-            f"runs {self.low:.2f}-{self.high:.2f}; {n} shape{'s' * (n > 1)}, {self.runs} runs)"
+            f"{self.basis}: x{self.value:.2f} at the mean, x{self.median_value:.2f} at the median "
+            f"(means per shape {min(self.ratios):.2f}-{max(self.ratios):.2f}, quartiles {self.low:.2f}-{self.high:.2f}; "
+            f"{n} shape{'s' * (n > 1)}, {self.runs} runs)"
         )
 
 
@@ -150,8 +160,9 @@ class Factor:
 class StepTime:
     """One planned run's estimated step time and what it rests on."""
 
-    seconds: float  # the estimate: a median, or the FLOP model's step time x factor
-    low: float  # its spread: the measured runs' lower quartile (x factor: Factor.low); FLOP model: seconds
+    seconds: float  # the estimate: the measured runs' mean, or the FLOP model's step time x Factor.value
+    median: float  # the measured runs' median (x factor: x Factor.median_value): the typical step
+    low: float  # its spread: the measured runs' lower quartile (x factor: x Factor.low); FLOP model: seconds
     high: float
     source: str  # MEASURED | FACTOR | MODEL
     runs: int  # the finished runs it rests on (measured: of its shape; x factor: behind the factor)
@@ -189,12 +200,13 @@ class Calibration:
     def factor(self, device: str, fam: str | None, studies: tuple[str, ...] | None) -> Factor | None:
         """The Factor over the finished shapes on a device, of one family (None:
         both) and of the runs of some studies (None: all), or None without any."""
-        ratios, lows, highs, runs = [], [], [], 0
+        ratios, medians, lows, highs, runs = [], [], [], [], 0
         for key in self.measured:
             times = self.times(key, studies)
             if times and dict(key)["train.device"] == device and fam in (None, family(key)):
                 lo, hi = _quartiles(times)
-                ratios.append(statistics.median(times) / self.modelled[key])
+                ratios.append(statistics.fmean(times) / self.modelled[key])
+                medians.append(statistics.median(times) / self.modelled[key])
                 lows.append(lo / self.modelled[key])
                 highs.append(hi / self.modelled[key])
                 runs += len(times)
@@ -202,26 +214,27 @@ class Calibration:
             return None
         whose = f"{FAMILY_NAMES[fam]} runs" if fam else "runs"
         basis = f"{whose} of {', '.join(studies)}" if studies is not None else f"all {whose}"
-        return Factor(basis, tuple(ratios), min(lows), max(highs), runs)
+        return Factor(basis, tuple(ratios), tuple(medians), min(lows), max(highs), runs)
 
     def step_time(self, key: tuple, model: float, studies: tuple[str, ...] = ()) -> StepTime:
         """The step time of a run of shape `key` whose FLOP-model step time is
         `model`, planned by a study that reads `studies` (itself, the studies it
-        reuses runs from): its shape's measured median, else the factor of the
+        reuses runs from): its shape's measured mean, else the factor of the
         first of these with finished runs on its device: the studies' runs of
         its family, the studies' runs, all runs of its family, all runs."""
         times = self.times(key)
         if times:
-            med = statistics.median(times)
-            return StepTime(med, *_quartiles(times), MEASURED, len(times), med / model)
+            mean = statistics.fmean(times)
+            return StepTime(mean, statistics.median(times), *_quartiles(times), MEASURED, len(times), mean / model)
         device, fam = dict(key)["train.device"], family(key)
         for scope, f in ((studies, fam), (studies, None), (None, fam), (None, None)):
             if scope == ():
                 continue
             fit = self.factor(device, f, scope)
             if fit is not None:
-                return StepTime(model * fit.value, model * fit.low, model * fit.high, FACTOR, fit.runs, fit.value, fit)
-        return StepTime(model, model, model, MODEL, 0, 1.0)
+                med, lo, hi = model * fit.median_value, model * fit.low, model * fit.high
+                return StepTime(model * fit.value, med, lo, hi, FACTOR, fit.runs, fit.value, fit)
+        return StepTime(model, model, model, model, MODEL, 0, 1.0)
 
 
 def load(root: Path | None = None) -> Calibration:

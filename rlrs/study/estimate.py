@@ -45,6 +45,7 @@ def run_cost(cfg: dict, calibration: C.Calibration | None = None, studies: tuple
         "seconds": seconds(step.seconds),
         "low": seconds(step.low),  # the spread of the step time behind it
         "high": seconds(step.high),
+        "median": seconds(step.median),  # at the measured runs' median step time
         "device": train["device"],
         "step": step,
         "shape": key,
@@ -88,10 +89,11 @@ class Estimate:
     def seconds(self, device: str) -> float:
         return sum(c["seconds"] for c in self._own() if c["device"] == device)
 
-    def spread(self, device: str) -> tuple[float, float]:
-        """(low, high) of seconds(device) over the spread of the step times behind it."""
+    def spread(self, device: str) -> tuple[float, float, float]:
+        """(median, low, high) of seconds(device): at the median of the step
+        times behind it, and at their quartiles."""
         own = [c for c in self._own() if c["device"] == device]
-        return sum(c["low"] for c in own), sum(c["high"] for c in own)
+        return tuple(sum(c[k] for c in own) for k in ("median", "low", "high"))
 
     def calibrated(self, device: str) -> bool:
         """Whether some run on the device rests on measured step times."""
@@ -231,8 +233,8 @@ def fmt_ms(s: float) -> str:
 
 def _source(step: C.StepTime) -> str:
     if step.source == C.MEASURED:
-        spread = f"; quartiles {fmt_ms(step.low)} to {fmt_ms(step.high)}" if step.runs > 1 else ""
-        return f"measured on {step.runs} run{'s' * (step.runs > 1)} (median{spread})"
+        spread = f"; median {fmt_ms(step.median)}, quartiles {fmt_ms(step.low)} to {fmt_ms(step.high)}"
+        return f"measured on {step.runs} run{'s' * (step.runs > 1)} (mean{spread if step.runs > 1 else ''})"
     if step.source == C.FACTOR:
         return f"FLOP model {fmt_ms(step.seconds / step.factor)} x {step.factor:.2f} (the factor of {step.of.basis})"
     return "FLOP model only (no finished run to calibrate on)"
@@ -264,7 +266,7 @@ def step_lines(est: Estimate) -> list[str]:
     out.append(
         f"calibration: {cal.runs} finished runs of {len(cal.measured)} shapes under {cal.root}/ "
         f"(host {', '.join(sorted(cal.hosts)) or 'unknown'}); factor = measured / FLOP-model step time, "
-        "the median over the shapes:"
+        "the median over the shapes of their mean (their median beside it):"
     )
     used = {r["step"].of.basis: r["step"].of for r in rows.values() if r["step"].of is not None}
     out += [f"  used: {f}" for f in used.values()]
@@ -375,9 +377,10 @@ def plan_lines(est: Estimate, cores: int) -> list[str]:
                 f"{C.CPU_FLOPS_PER_THREAD / 1e9:.0f} GFLOP/s per thread + {C.CPU_STEP_OVERHEAD_S * 1e3:.0f} ms/step"
             )
             if est.calibrated(device):
-                low, high = est.spread(device)
+                median, low, high = est.spread(device)
                 how = (
-                    f"{fmt_seconds(low)} to {fmt_seconds(high)} over the step times' spread; step times measured "
+                    f"at mean step times; {fmt_seconds(median)} at their medians, {fmt_seconds(low)} to "
+                    f"{fmt_seconds(high)} at their quartiles; step times measured "
                     f"or the FLOP model ({flop_model}) x its factor, as above, + {C.RUN_START_S:.0f} s/run"
                 )
             else:
