@@ -39,8 +39,13 @@ FIGURES_DIR = "figures"
 DEFAULT_DB = Path("results") / "demo" / DB_FILE
 
 
+def results_root() -> Path:
+    """$RLRS_RESULTS (default results/): every study's folder lies below it."""
+    return Path(os.environ.get(RESULTS_ENV, "results"))
+
+
 def results_dir(study: str) -> Path:
-    return Path(os.environ.get(RESULTS_ENV, "results")) / study
+    return results_root() / study
 
 
 def reports_dir(study: str) -> Path:

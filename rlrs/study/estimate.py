@@ -10,33 +10,20 @@ from rlrs import atomic, paths, rundir
 from rlrs.errors import ConfigError
 from rlrs.executor import executor_settings, world_size
 from rlrs.model import train_flops_per_token
+from rlrs.study import calibration as C
 from rlrs.study import reuse, selection
 from rlrs.study.plan import Plan, make_plan
 from rlrs.study.searches import load_state, read_result, searches
 from rlrs.study.validate import is_staged, load_study
 from rlrs.tags import SWEEPS
 
-# Run-time estimate for `rlrs plan`. Calibrated on this kind of machine (2
-# cores, one torch thread per run, byte vocabulary, seq 128, batch 16; the
-# stack notes' throughput table and the demo's measured CPU time): a step
-# costs a fixed ~10 ms of Python/dispatch overhead plus its FLOPs at ~50
-# GFLOP/s per thread, and a run ~2 s to start (job process, torch import).
-# On cuda an effective 1e14 FLOP/s is assumed (bf16, ~30% of an H100's
-# peak). Estimates only: MoE dispatch and small widths run slower.
-CPU_FLOPS_PER_THREAD = 5e10
 
-
-CPU_STEP_OVERHEAD_S = 0.010
-
-
-RUN_START_S = 2.0
-
-
-GPU_FLOPS = 1e14
-
-
-def run_cost(cfg: dict) -> dict:
-    """Tokens, FLOPs and an estimated time for one resolved run config."""
+def run_cost(cfg: dict, calibration: C.Calibration | None = None, studies: tuple[str, ...] = ()) -> dict:
+    """Tokens, FLOPs and an estimated time for one resolved run config: its
+    steps at the step time the calibration gives it (rlrs.study.calibration;
+    without one, the FLOP model's), its evaluations at the FLOP model's time
+    scaled by the same factor, and the run's start. studies: whose finished
+    runs calibrate it first (Calibration.step_time)."""
     model, train, data = cfg["model"], cfg["train"], cfg["data"]
     steps = train["steps"]
     tokens = steps * train["batch_size"] * model["seq_len"]
@@ -44,12 +31,26 @@ def run_cost(cfg: dict) -> dict:
     # Evaluation: a forward pass (~1/3 of a training step's FLOPs per token)
     # over the fixed eval budget every eval_interval steps and at the end.
     n_evals = steps // train["eval_interval"] + (steps % train["eval_interval"] != 0)
-    flops = tokens * per_token + n_evals * data["eval_tokens"] * per_token / 3
-    if train["device"] == "cuda":
-        seconds = RUN_START_S + flops / GPU_FLOPS
-    else:
-        seconds = RUN_START_S + steps * CPU_STEP_OVERHEAD_S + flops / (CPU_FLOPS_PER_THREAD * train["threads"])
-    return {"tokens": tokens, "flops": flops, "seconds": seconds, "device": train["device"]}
+    eval_flops = n_evals * data["eval_tokens"] * per_token / 3
+    key, model_step = C.shape(cfg), C.model_step_seconds(cfg, per_token)
+    step = (calibration or C.Calibration(Path())).step_time(key, model_step, studies)
+    eval_model = eval_flops / C.flop_rate(cfg)
+
+    def seconds(step_s: float) -> float:
+        return C.RUN_START_S + steps * step_s + eval_model * step_s / model_step
+
+    return {
+        "tokens": tokens,
+        "flops": tokens * per_token + eval_flops,
+        "seconds": seconds(step.seconds),
+        "low": seconds(step.low),  # the spread of the step time behind it
+        "high": seconds(step.high),
+        "median": seconds(step.median),  # at the measured runs' median step time
+        "device": train["device"],
+        "step": step,
+        "shape": key,
+        "size": (cfg.get("meta") or {}).get("size"),
+    }
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Estimate:
     reused: set[str] = field(default_factory=set)  # cost keys finished in a reuse_runs_from study now
     shared: set[str] = field(default_factory=set)  # cost keys an `after` study trains first
     after: list[str] = field(default_factory=list)  # the `after` studies' names
+    calibration: C.Calibration | None = None  # the finished runs' step times the costs rest on
 
     def trains(self, key: str) -> bool:
         """Whether this study trains the run itself (not reused, not shared)."""
@@ -86,6 +88,16 @@ class Estimate:
 
     def seconds(self, device: str) -> float:
         return sum(c["seconds"] for c in self._own() if c["device"] == device)
+
+    def spread(self, device: str) -> tuple[float, float, float]:
+        """(median, low, high) of seconds(device): at the median of the step
+        times behind it, and at their quartiles."""
+        own = [c for c in self._own() if c["device"] == device]
+        return tuple(sum(c[k] for c in own) for k in ("median", "low", "high"))
+
+    def calibrated(self, device: str) -> bool:
+        """Whether some run on the device rests on measured step times."""
+        return any(c["step"].source != C.MODEL for c in self._own() if c["device"] == device)
 
     def devices(self) -> list[str]:
         return sorted({c["device"] for c in self.costs.values()})
@@ -133,7 +145,7 @@ def load_after(study: dict, files: list[Path]) -> tuple:
     return tuple(out)
 
 
-def estimate(study: dict, study_path: Path, after: tuple = ()) -> Estimate:
+def estimate(study: dict, study_path: Path, after: tuple = (), calibration: C.Calibration | None = None) -> Estimate:
     """The cost of a validated study. With a tune block: each search's run
     budget, then the transfer counted as if every search were done (sizes
     still waiting for a search are counted with the arm's untuned settings,
@@ -141,15 +153,18 @@ def estimate(study: dict, study_path: Path, after: tuple = ()) -> Estimate:
     listed study finished stands in for this one's (a replay decides the
     same), and the runs finished there cost nothing. after: (study dict,
     path) of listed studies that run first: what they plan costs nothing
-    either."""
+    either. calibration: the finished runs' step times (default: those under
+    the results root now)."""
+    cal = calibration if calibration is not None else C.load()
     srcs = reuse.sources(study)
+    own = (study["study"], *srcs)  # whose finished runs calibrate the FLOP model first
     replay = tuple(paths.results_dir(s) for s in srcs)
     reused_first: dict[str, int] = {}  # cost-key prefix -> how many of its runs are finished elsewhere
     budget: list[tuple[str, int, dict, str]] = []
     if study.get("tune"):
         for srch in searches(study):
             if read_result(srch) is None and not any(read_result(srch, r) for r in replay):
-                cost = run_cost(srch.candidate(srch.start)[1])
+                cost = run_cost(srch.candidate(srch.start)[1], cal, own) | {"size": srch.size}
                 label = f"{srch.size} x {srch.arm} ({srch.space}, {len(srch.parameters)} parameters)"
                 budget.append((label, srch.run_budget(), cost, srch.digest()))
                 reused_first[f"tune:{label}:"] = _finished_share(
@@ -169,12 +184,12 @@ def estimate(study: dict, study_path: Path, after: tuple = ()) -> Estimate:
         for c in selection.cells(study, tune_state.tuned if tune_state is not None else None):
             if selection.read_result(c) is None and not any(selection.read_result(c, r) for r in replay):
                 n = len(c.selection_seeds)
-                cost = run_cost(c.candidate(c.centre_lr, 0)[1])
+                cost = run_cost(c.candidate(c.centre_lr, 0)[1], cal, own) | {"size": c.size}
                 pending_sel.append((c.key, len(c.grid) * n, c.max_extra_points * n, cost, c.digest()))
                 reused_first[f"select:{c.key}:"] = _finished_share(c.result_path, c.digest(), replay, _cell_runs)
         select_state = selection.load_state(study, tune_state, assume_done=True, replay=replay)
     plan = make_plan(study, study_file=study_path, tune_state=tune_state, select_state=select_state)
-    costs = {rid: run_cost(cfg) for rid, cfg in plan.configs.items()}
+    costs = {rid: run_cost(cfg, cal, own) for rid, cfg in plan.configs.items()}
     for label, n, cost, _ in budget:
         costs.update({f"tune:{label}:{i}": cost for i in range(n)})
     for label, n, extra, cost, _ in pending_sel:
@@ -190,9 +205,9 @@ def estimate(study: dict, study_path: Path, after: tuple = ()) -> Estimate:
     est = Estimate(
         plan, budget, costs, selection=pending_sel if is_staged(study) else None, pending_sizes=waiting, failed=failed
     )
-    est.reused = reused
+    est.reused, est.calibration = reused, cal
     for other, other_path in after:
-        first = estimate(other, other_path)
+        first = estimate(other, other_path, calibration=cal)
         pending = {d for *_, d in first.budget} | {d for *_, d in first.selection or []}
         shared = set(first.plan.configs) & set(costs)
         shared |= {k for label, *_, d in budget if d in pending for k in costs if k.startswith(f"tune:{label}:")}
@@ -210,6 +225,55 @@ def fmt_seconds(s: float) -> str:
     if s < 7200:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.1f} h"
+
+
+def fmt_ms(s: float) -> str:
+    return f"{s * 1e3:.1f} ms" if s < 0.01 else f"{s * 1e3:.0f} ms"
+
+
+def _source(step: C.StepTime) -> str:
+    if step.source == C.MEASURED:
+        spread = f"; median {fmt_ms(step.median)}, quartiles {fmt_ms(step.low)} to {fmt_ms(step.high)}"
+        return f"measured on {step.runs} run{'s' * (step.runs > 1)} (mean{spread if step.runs > 1 else ''})"
+    if step.source == C.FACTOR:
+        return f"FLOP model {fmt_ms(step.seconds / step.factor)} x {step.factor:.2f} (the factor of {step.of.basis})"
+    return "FLOP model only (no finished run to calibrate on)"
+
+
+def step_lines(est: Estimate) -> list[str]:
+    """`rlrs plan`: each compute shape this study trains, its step time and
+    what it rests on (measured, FLOP model x factor, FLOP model only), and
+    the calibration factors."""
+    rows: dict[tuple, dict] = {}
+    for key, c in est.costs.items():
+        if est.trains(key):
+            r = rows.setdefault(c["shape"], {"sizes": set(), "runs": 0, "seconds": 0.0, "step": c["step"]})
+            r["sizes"].add(c["size"] or "-")
+            r["runs"] += 1
+            r["seconds"] += c["seconds"]
+    labels = {shape: ", ".join(sorted(r["sizes"])) for shape, r in rows.items()}
+    w = max(map(len, labels.values()), default=0) + 2
+    out = [f"{'time per step, by compute shape':<{w + 48}}{'runs':>6}{'time':>10}{'step':>10}  what it rests on"]
+    for shape, r in sorted(rows.items(), key=lambda kv: (labels[kv[0]], kv[1]["step"].seconds)):
+        out.append(
+            f"  {labels[shape]:<{w}}{C.describe(shape):<46}{r['runs']:>6}{fmt_seconds(r['seconds']):>10}"
+            f"{fmt_ms(r['step'].seconds):>10}  {_source(r['step'])}"
+        )
+    cal = est.calibration
+    if cal is None or not cal.runs:
+        out.append(f"calibration: no finished runs under {cal.root if cal else 'results'}/: the FLOP model alone")
+        return out
+    out.append(
+        f"calibration: {cal.runs} finished runs of {len(cal.measured)} shapes under {cal.root}/ "
+        f"(host {', '.join(sorted(cal.hosts)) or 'unknown'}); factor = measured / FLOP-model step time, "
+        "the median over the shapes of their mean (their median beside it):"
+    )
+    used = {r["step"].of.basis: r["step"].of for r in rows.values() if r["step"].of is not None}
+    out += [f"  used: {f}" for f in used.values()]
+    for device in sorted({dict(k)["train.device"] for k in cal.measured}):
+        fits = [cal.factor(device, fam, None) for fam in ("dense", "moe")]
+        out += [f"  {device}, for comparison: {f}" for f in fits if f is not None and f.basis not in used]
+    return out
 
 
 def _not_trained(est: Estimate, prefix: str) -> str:
@@ -296,6 +360,7 @@ def plan_lines(est: Estimate, cores: int) -> list[str]:
     out.append(f"{'total':<14}{len(plan.runs):>10}   unique runs (trained once each): {len(plan.configs)}")
     if reusing:
         out += reuse_lines(est)
+    out += step_lines(est)
     out.append(f"training tokens: {est.total('tokens'):,}")
     out.append(f"estimated FLOPs: {est.total('flops'):.3g}")
     for device in est.devices():
@@ -305,13 +370,23 @@ def plan_lines(est: Estimate, cores: int) -> list[str]:
             out.append(
                 f"estimated GPU time: {s / 3600:,.1f} GPU-hours, {gpus} GPU(s) per run "
                 f"(executor.tasks_per_node x nodes): ~{fmt_seconds(s / gpus)} wall for the runs one after another "
-                f"(assumes {GPU_FLOPS:.0e} effective FLOP/s per GPU and perfect data-parallel scaling; an estimate)"
+                f"(assumes {C.GPU_FLOPS:.0e} effective FLOP/s per GPU and perfect data-parallel scaling; an estimate)"
             )
         else:
+            flop_model = (
+                f"{C.CPU_FLOPS_PER_THREAD / 1e9:.0f} GFLOP/s per thread + {C.CPU_STEP_OVERHEAD_S * 1e3:.0f} ms/step"
+            )
+            if est.calibrated(device):
+                median, low, high = est.spread(device)
+                how = (
+                    f"at mean step times; {fmt_seconds(median)} at their medians, {fmt_seconds(low)} to "
+                    f"{fmt_seconds(high)} at their quartiles; step times measured "
+                    f"or the FLOP model ({flop_model}) x its factor, as above, + {C.RUN_START_S:.0f} s/run"
+                )
+            else:
+                how = f"assumes {flop_model} + {C.RUN_START_S:.0f} s/run"
             out.append(
                 f"estimated {device.upper()} time: {fmt_seconds(s)} of one-thread runs, "
-                f"~{fmt_seconds(s / cores)} wall with `snakemake -c {cores}` "
-                f"(assumes {CPU_FLOPS_PER_THREAD / 1e9:.0f} GFLOP/s per thread + "
-                f"{CPU_STEP_OVERHEAD_S * 1e3:.0f} ms/step + {RUN_START_S:.0f} s/run; an estimate)"
+                f"~{fmt_seconds(s / cores)} wall with `snakemake -c {cores}` ({how}; an estimate)"
             )
     return out
