@@ -180,7 +180,9 @@ class Trainer:
 
         self.step = 0
         self.wall = 0.0  # seconds spent in earlier attempts (resume)
+        self.cpu = 0.0  # this process's CPU seconds in earlier attempts (resume)
         self.train_time = 0.0
+        self.train_cpu = 0.0  # CPU seconds inside train steps (all of the process's threads)
         self.started_at = _now()
         self.columns: dict[str, list] = {name: [] for name in self._column_names()}
 
@@ -202,7 +204,9 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "columns": self.columns,
             "wall": self.wall + (time.perf_counter() - self._t0),
+            "cpu": None if self.cpu is None else self.cpu + (time.process_time() - self._c0),
             "train_time": self.train_time,
+            "train_cpu": self.train_cpu,
             "started_at": self.started_at,
         }
         atomic.write(self.out / CHECKPOINT, lambda p: torch.save(state, p))
@@ -221,6 +225,8 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step, self.columns = state["step"], state["columns"]
         self.wall, self.train_time, self.started_at = state["wall"], state["train_time"], state["started_at"]
+        # None: a checkpoint written before CPU time was recorded (its run's CPU time is unknown)
+        self.cpu, self.train_cpu = state.get("cpu"), state.get("train_cpu")
         return True
 
     # ------------------------------------------------------------- the loop
@@ -329,7 +335,7 @@ class Trainer:
             self.columns[k].append(v)
 
     def run(self) -> dict:
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
         resumed = self.load_checkpoint()
         t = self.cfg["train"]
         log = Progress(self.steps, self.step, resumed, self.run_id, quiet=not self.world.main)
@@ -337,9 +343,11 @@ class Trainer:
         eval_loss = None
         while self.step < self.steps:
             step = self.step
-            t_step = time.perf_counter()
+            t_step, c_step = time.perf_counter(), time.process_time()
             scalars, update = self.train_step(step)
             self.train_time += time.perf_counter() - t_step
+            if self.train_cpu is not None:
+                self.train_cpu += time.process_time() - c_step
             eval_loss = None
             diverged = not math.isfinite(scalars[0])
             if not diverged and ((step + 1) % t["eval_interval"] == 0 or step + 1 == self.steps):
@@ -376,6 +384,10 @@ class Trainer:
             **self.counts,
             "wall_time_s": self.wall + (time.perf_counter() - self._t0),
             "step_time_s": self.train_time / max(1, self.step),
+            # CPU seconds of the writing process (rank 0), all its threads: the
+            # machine's cost, which wall time overstates when cores are shared
+            "cpu_time_s": None if self.cpu is None else self.cpu + (time.process_time() - self._c0),
+            "step_cpu_time_s": None if self.train_cpu is None else self.train_cpu / max(1, self.step),
             "started_at": self.started_at,
             "finished_at": _now(),
             **self.meta,

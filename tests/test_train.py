@@ -109,6 +109,9 @@ def test_summary_contract(moe_tiny_run):
     assert s["final_eval_loss"] == m["eval_loss"][-1]
     assert s["params_active"] < s["params_total"]
     assert not (moe_tiny_run / "checkpoint.pt").exists()
+    # CPU time: the steps' share is part of the run's, and one thread cannot use more CPU than wall time
+    assert 0 < s["step_cpu_time_s"] * s["steps_done"] <= s["cpu_time_s"]
+    assert s["step_cpu_time_s"] <= s["step_time_s"] * 1.05
 
 
 def test_completed_run_directory_is_left_alone(moe_tiny_run):
@@ -150,8 +153,10 @@ def _whole_and_killed_then_resumed(tmp_path, cfg) -> tuple[Path, Path]:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (cut / "summary.json").exists(), "the run finished before it could be killed"
-    step = torch.load(cut / "checkpoint.pt", weights_only=True)["step"]
+    killed = torch.load(cut / "checkpoint.pt", weights_only=True)
+    step = killed["step"]
     assert 10 <= step < cfg["train"]["steps"]
+    (tmp_path / "killed_cpu_s").write_text(repr(killed["cpu"]))
 
     resumed = _rlrs("train", path, "--out", cut)
     assert resumed.returncode == 0, resumed.stderr
@@ -167,6 +172,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, moe):
     assert a.equals(b, null_equal=True)
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
     assert sa["final_eval_loss"] == sb["final_eval_loss"]
+    # The resumed run's CPU time adds the killed attempt's (saved in its checkpoint) to its own
+    assert 0 < float((tmp_path / "killed_cpu_s").read_text()) < sb["cpu_time_s"]
 
 
 # A resumed compiled run recompiles in its new process. Tolerance: every

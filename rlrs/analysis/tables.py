@@ -168,7 +168,8 @@ def provenance(con: duckdb.DuckDBPyConnection, study: str) -> dict[str, pl.DataF
         params={"study": study},
     ).pl()
     out["executors"] = con.sql(
-        "SELECT executor, host, count(*) AS runs, round(sum(wall_time_s) / 3600, 3) AS wall_hours "
+        "SELECT executor, host, count(*) AS runs, round(sum(wall_time_s) / 3600, 3) AS wall_hours, "
+        "round(sum(cpu_time_s) / 3600, 3) AS cpu_hours, count(cpu_time_s) AS runs_with_cpu_time "
         "FROM runs WHERE study = $study GROUP BY 1, 2 ORDER BY 3 DESC",
         params={"study": study},
     ).pl()

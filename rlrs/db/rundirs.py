@@ -194,6 +194,8 @@ def _read_run_dir(run_dir: Path, study: str | None) -> RunRow:
                 "train_loss_last100",
                 "wall_time_s",
                 "step_time_s",
+                "cpu_time_s",
+                "step_cpu_time_s",
                 "executor",
                 "job_id",
                 "host",

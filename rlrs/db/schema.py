@@ -22,7 +22,7 @@ import duckdb
 
 from rlrs.components import COMPONENTS, SCHEDULED
 
-SCHEMA_VERSION = 2  # 2: lr_selection.failed, runs.reused_from
+SCHEMA_VERSION = 3  # 2: lr_selection.failed, runs.reused_from; 3: runs.cpu_time_s, step_cpu_time_s
 
 RUN_COLUMNS: dict[str, str] = {
     "run_id": "VARCHAR PRIMARY KEY",
@@ -68,6 +68,8 @@ RUN_COLUMNS: dict[str, str] = {
     "train_loss_last100": "DOUBLE",
     "wall_time_s": "DOUBLE",
     "step_time_s": "DOUBLE",
+    "cpu_time_s": "DOUBLE",
+    "step_cpu_time_s": "DOUBLE",
     "executor": "VARCHAR",
     "job_id": "VARCHAR",
     "host": "VARCHAR",
@@ -246,7 +248,9 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "final_eval_bpb": "bits per byte (bits per token for a tokens: corpus)",
         "train_loss_last100": "mean train loss over the last 100 steps (the tuning score)",
         "wall_time_s": "run wall time, summed over resumes",
-        "step_time_s": "mean train step time",
+        "step_time_s": "mean train step time (wall clock)",
+        "cpu_time_s": "CPU seconds of the run's (rank 0's) process, all its threads, summed over resumes; NULL for runs trained before it was recorded",
+        "step_cpu_time_s": "mean CPU seconds per train step (as cpu_time_s); below step_time_s x threads when cores were shared",
         "executor": "local | slurm | debug",
         "job_id": "Slurm or submitit job id",
         "host": "host the run trained on",
