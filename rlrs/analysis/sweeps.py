@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from rlrs import tags
+from rlrs.analysis import health
 from rlrs.analysis.estimates import loss_gap
 from rlrs.analysis.members import (
     F,
@@ -20,9 +21,12 @@ from rlrs.analysis.members import (
     I,
     S,
     best_group,
+    completed,
     excluded_note,
     frame,
+    lr_pool,
     main_steps,
+    mean_over,
     seed_groups,
     size_family,
     size_order,
@@ -60,6 +64,9 @@ LR_SWEEP_SCHEMA = {
     "n_diverged": I,
     "is_best": pl.Boolean,
     "run_ids": S,
+    "mean_loss_shared": F,
+    "n_shared": I,
+    "shared_seeds": S,
 }
 
 
@@ -79,6 +86,11 @@ USWEEP_SCHEMA = {
     "run_ids": S,
     "delta": F,
     "n_pairs": I,
+    "mean_loss_shared": F,
+    "n_shared": I,
+    "shared_seeds": S,
+    "failed_checks": S,
+    "warned_checks": S,
 }
 
 
@@ -95,6 +107,8 @@ REGRET_SCHEMA = {
     "best_loss": F,
     "regret": F,
     "note": S,
+    "n_shared": I,
+    "shared_seeds": S,
 }
 
 
@@ -107,10 +121,22 @@ REGRET_DOCS = {
     "reference_size": "the smallest swept size of the line, where chosen_factor was best",
     "chosen_factor": "the factor best at reference_size (lr: lr / the grid's centre)",
     "best_factor": "the factor best at this size",
-    "loss_at_chosen": "mean final eval loss at chosen_factor at this size",
-    "best_loss": "mean final eval loss at best_factor at this size",
-    "regret": "loss_at_chosen - best_loss (0 = the small size's choice is still optimal)",
-    "note": "why a value is missing, or NULL",
+    "loss_at_chosen": "mean final eval loss at chosen_factor at this size, over shared_seeds",
+    "best_loss": "mean final eval loss at best_factor at this size, over shared_seeds",
+    "regret": "loss_at_chosen - best_loss, seed-matched (0 = the small size's choice is still optimal)",
+    "note": "why a value is missing, or the pooled means when the two points hold other seeds too, or NULL",
+    "n_shared": "seeds both means average over: those the chosen and the best point at this size both have",
+    "shared_seeds": "those seeds, comma-separated (in a staged study the selection seeds: its chosen lr also "
+    "pools the reported seeds, which the other lrs never ran)",
+}
+# The sweeps' shared-seed columns (lr_sweep, usweep): what best_group ranks on.
+SHARED_DOCS = {
+    "mean_loss": "mean final eval loss over every completed seed of the point (points may hold different seeds: "
+    "compare mean_loss_shared)",
+    "mean_loss_shared": "mean final eval loss over the seeds every competing point of its (size, arm) has "
+    "(members.best_group ranks on these; NULL when they share none)",
+    "n_shared": "seeds in mean_loss_shared",
+    "shared_seeds": "those seeds, comma-separated",
 }
 
 
@@ -133,6 +159,8 @@ ABLATION_SCHEMA = {
     "delta_ci_high": F,
     "delta_unpaired": F,
     "reference_loss_all": F,
+    "failed_checks": S,
+    "warned_checks": S,
 }
 
 
@@ -144,6 +172,23 @@ def _group_stats(g: Group) -> dict:
         "std_loss": float(g.losses.std(ddof=1)) if n >= 2 else None,
         "n": n,
         "n_excluded": g.n_excluded,
+    }
+
+
+def common_seeds(groups: list[Group]) -> set[int]:
+    """The seeds every competing point has (members.lr_pool: the points that
+    compete for the best; empty when they share none)."""
+    sets = [set(g.seeds) for g in lr_pool(groups)]
+    return set.intersection(*sets) if sets else set()
+
+
+def _shared_stats(g: Group, common: set[int]) -> dict:
+    """The point's mean over `common` (what best_group ranks on)."""
+    seeds = sorted(set(g.seeds) & common)
+    return {
+        "mean_loss_shared": mean_over(g, set(seeds)) if seeds else None,
+        "n_shared": len(seeds),
+        "shared_seeds": ", ".join(map(str, seeds)) or None,
     }
 
 
@@ -172,7 +217,11 @@ def final_losses(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
 def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
     """Final loss against base lr per (size, arm) wherever an lr sweep ran;
     the main runs join as the sweep's factor-1 point. `is_best` marks the
-    lr the speedup comparison uses."""
+    lr the speedup comparison uses. `mean_loss` pools every seed of a
+    point; `mean_loss_shared` averages the seeds every point of the
+    (size, arm) has (in a staged study the chosen lr's point holds the
+    selection seeds and the reported ones, the other lrs the selection
+    seeds only): the best lr is the lowest of these."""
     rows = []
     swept = members.filter(pl.col("sweep") == tags.LR).select("size", "arm").unique()
     for size, arm in swept.sort(["size", "arm"]).iter_rows():
@@ -184,7 +233,7 @@ def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
             & ((pl.col("steps") == steps) if steps is not None else pl.lit(True))
         )
         groups = seed_groups(cand)
-        best = best_group(groups)
+        best, common = best_group(groups), common_seeds(groups)
         main_lr = cand.filter(pl.col("sweep") == tags.MAIN)["lr"].drop_nulls()
         for g in groups:
             if g.lr is None:  # planned runs not ingested yet
@@ -203,6 +252,7 @@ def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
                     "n_diverged": g.n_diverged,
                     "is_best": g is best,
                     "run_ids": ",".join(g.run_ids),
+                    **_shared_stats(g, common),
                 }
             )
     return frame(rows, LR_SWEEP_SCHEMA)
@@ -259,9 +309,11 @@ def _vs_reference(g: Group, ref: Group | None) -> dict:
     return {"delta": matched.get("delta"), "n_pairs": matched["n_pairs"]}
 
 
-def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
+def usweep(members: pl.DataFrame, health_rows, study: str = "") -> pl.DataFrame:
     """U-plot points: final loss per (size, component, start|end, factor),
-    with the unscaled base arm at the same lr and length as factor 1."""
+    with the unscaled base arm at the same lr and length as factor 1 (and
+    the shared-seed means, as lr_sweep), each beside the health checks that
+    qualify its (size, base arm) cell's points (health.with_checks)."""
     # A U-sweep point needs its tags; a hand-made plan row without them is skipped, not guessed.
     sw = members.filter(
         (pl.col("sweep") == tags.USWEEP) & pl.all_horizontal(pl.col("component", "which", "factor").is_not_null())
@@ -283,6 +335,7 @@ def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
             if ref is not None:
                 points.append((1.0, ref))
         best = best_group([g for _, g in sorted(points, key=lambda p: p[0])])  # the lr rule, over factors
+        common = common_seeds([g for _, g in points])
         for f, g in sorted(points, key=lambda p: p[0]):
             rows.append(
                 {
@@ -297,12 +350,14 @@ def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
                     "params_nonembedding": params[size][0],
                     "run_ids": ",".join(g.run_ids),
                     **_vs_reference(g, ref),
+                    **_shared_stats(g, common),
                 }
             )
     order = {s: i for i, s in enumerate(size_order(members))}
-    return frame(rows, USWEEP_SCHEMA).sort(
+    out = frame(rows, USWEEP_SCHEMA).sort(
         "component", "which", pl.col("size").replace_strict(order, default=len(order)), "factor"
     )
+    return health.with_checks(out, health_rows, "sweeps", size_family(members), arm="base_arm")
 
 
 def _merge_groups(groups: list[Group]) -> Group:
@@ -335,10 +390,18 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
     loss at that size (0 = the small-scale choice is still optimal). Within a
     model family and parametrization only: a MoE size is referred to the
     smallest MoE size, a dense size to the smallest dense size, a muP size
-    to the smallest muP size of its family (sp and muP lines never mix)."""
+    to the smallest muP size of its family (sp and muP lines never mix).
+
+    Both losses are seed-matched: means over the seeds both compared points
+    (the chosen factor's and the best one's) have. Pooled means would mix
+    seed sets: in a staged study the chosen lr's point also holds the
+    reported seeds, which the other lrs never ran. A chosen point with a
+    diverged seed has no regret (its survivors would flatter it)."""
     order = {s: i for i, s in enumerate(size_order(members))}
     family, param = size_family(members), size_parametrization(members)
     line = {s: (family[s], param.get(s, "sp")) for s in family}
+    done = completed(members).unique("run_id")
+    results = {r: (s, v) for r, s, v in done.select("run_id", "seed", "final_eval_loss").iter_rows()}
     curves = []  # (parameter, kind, frame with size, factor, mean_loss, eligible)
     if not lr_frame.is_empty():
         for (arm,), part in lr_frame.group_by(["arm"], maintain_order=True):
@@ -353,8 +416,8 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
         for sizes in _family_lines(part["size"].unique().to_list(), order, line)
     ]:
         best = {r["size"]: r for r in part.filter(pl.col("is_best")).iter_rows(named=True)}
-        if len(sizes) < 2 or sizes[0] not in best:
-            continue
+        if len(sizes) < 2 or sizes[0] not in best or best[sizes[0]]["factor"] is None:
+            continue  # nothing to refer to (an lr point without its factor: no lr_factor tag, no main run)
         ref = sizes[0]
         chosen = best[ref]["factor"]
         for size in sizes[1:]:
@@ -371,20 +434,62 @@ def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame,
                 rows.append(row | {"note": "no eligible point at this size"})
                 continue
             at = part.filter((pl.col("size") == size) & (pl.col("factor") - chosen).abs().lt(1e-9 * abs(chosen)))
-            row |= {"best_factor": best[size]["factor"], "best_loss": best[size]["mean_loss"]}
+            b = best[size]
+            row |= {"best_factor": b["factor"]}
             if at.is_empty() or at["mean_loss"][0] is None:
                 rows.append(row | {"note": f"factor {chosen:g} not run (or not completed) at this size"})
                 continue
-            loss = float(at["mean_loss"][0])
-            rows.append(row | {"loss_at_chosen": loss, "regret": loss - best[size]["mean_loss"]})
+            rows.append(row | _seed_matched_regret(at.row(0, named=True), b, results))
     return frame(rows, REGRET_SCHEMA)
 
 
-def ablation(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
+def _seed_matched_regret(at: dict, best: dict, results: dict[str, tuple[int, float]]) -> dict:
+    """loss_at_chosen, best_loss, regret, n_shared, shared_seeds and note of
+    one regret row: `at` (the chosen factor) and `best` are rows of the
+    sweep's frame (run_ids: their completed runs), `results` run id ->
+    (seed, final loss). The two means are over the seeds both points have."""
+    if at.get("n_diverged"):
+        return {
+            "note": f"factor {at['factor']:g} diverged on {at['n_diverged']} seed(s) at this size: no regret "
+            "(the small size's choice is unstable here; its surviving seeds would flatter it)"
+        }
+    a, b = (_losses_by_seed(r["run_ids"], results) for r in (at, best))
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return {"note": "no seed in both the chosen and the best point at this size: no seed-matched regret"}
+    loss, best_loss = (float(np.mean([v for seed in shared for v in d[seed]])) for d in (a, b))
+    out = {
+        "loss_at_chosen": loss,
+        "best_loss": best_loss,
+        "regret": loss - best_loss,
+        "n_shared": len(shared),
+        "shared_seeds": ", ".join(map(str, shared)),
+    }
+    if set(a) != set(shared) or set(b) != set(shared):
+        out["note"] = (
+            f"seed-matched on seed(s) {out['shared_seeds']}, the ones both points have; pooled over all their "
+            f"seeds: {at['mean_loss']:.4f} (n={at['n']}) at the chosen factor, {best['mean_loss']:.4f} "
+            f"(n={best['n']}) at the best"
+        )
+    return out
+
+
+def _losses_by_seed(run_ids: str | None, results: dict[str, tuple[int, float]]) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for rid in (run_ids or "").split(","):
+        if rid in results:
+            seed, loss = results[rid]
+            out.setdefault(seed, []).append(loss)
+    return out
+
+
+def ablation(members: pl.DataFrame, health_rows, study: str = "") -> pl.DataFrame:
     """Per component: removal = loss(RLRS with the component reset to (1, 1))
     - loss(RLRS), positive when the component's schedule helps; contribution
     = loss(baseline + only this component's RLRS values) - loss(baseline),
-    negative when it helps. References are matched on size, lr and length."""
+    negative when it helps. References are matched on size, lr and length.
+    Each row is beside the health checks that qualify its (size, reference
+    arm) cell's points (health.with_checks)."""
     rows = []
     for kind in tags.ABLATIONS:
         part = members.filter((pl.col("sweep") == kind) & pl.col("component").is_not_null())
@@ -425,6 +530,7 @@ def ablation(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
                         row["reference_loss"] = float(np.mean([v for s, v in ref.by_seed().items() if s in shared]))
             rows.append(row | {"note": "; ".join(notes) or None})
     order = {s: i for i, s in enumerate(size_order(members))}
-    return frame(rows, ABLATION_SCHEMA).sort(
+    out = frame(rows, ABLATION_SCHEMA).sort(
         "kind", pl.col("size").replace_strict(order, default=len(order)), "component"
     )
+    return health.with_checks(out, health_rows, "sweeps", size_family(members), arm="reference_arm")
