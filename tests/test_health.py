@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rlrs.analysis import health, health_checks, health_view, plateau
+from rlrs.analysis import health, health_checks, health_view, plateau, scaling_lr
 from rlrs.errors import ConfigError
 
 S = health.settings()
@@ -509,7 +509,7 @@ def test_scaling_points_fail_check_2_unless_they_ran_at_their_sizes_bracketed_lr
     scaling = pl.DataFrame(
         [{"size": s, "family": "dense", "arm": "rlrs", "lr": 1e-3} for s in ("a", "a", "b", "c", "d", "e", "f")]
     )
-    got = {r["size"]: r for r in health_checks.scaling_lr(scaling, choices)}
+    got = {r["size"]: r for r in scaling_lr.scaling_lr(scaling, choices)}
     assert {s: r["status"] for s, r in got.items()} == {
         "a": "pass",
         "b": "fail",
@@ -529,7 +529,7 @@ def test_scaling_points_fail_check_2_unless_they_ran_at_their_sizes_bracketed_lr
     check = {c.name: c for c in health.CHECKS}
     assert check["scaling_lr"].qualifies == {"scaling"}
     assert "sweeps" in check["lr_bracketed"].qualifies and "scaling" not in check["lr_bracketed"].qualifies
-    rows = health_checks.scaling_lr(scaling, choices) + health_checks.seeds_disjoint([0], [0], [])
+    rows = scaling_lr.scaling_lr(scaling, choices) + health_checks.seeds_disjoint([0], [0], [])
     assert health.named_checks(rows, [("dense", "b", "rlrs")], "scaling") == {
         "failed_checks": "scaling_lr, seeds_disjoint",
         "warned_checks": None,

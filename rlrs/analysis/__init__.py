@@ -12,7 +12,8 @@ gets every table and view, only with fewer rows.
     speedup   speedup, loss gap, transfer
     health, plateau, health_view
               the eight study-health checks, run at collect time (`health`)
-    sweeps    final losses, lr sweep, U-plots, regret, ablations
+    sweeps    final losses, lr sweep, U-plots, ablations
+    regret    the transfer regret of every swept parameter
     lr_width  the best base lr against width per (family, parametrization, arm)
     curves    loss curves, update sizes, lr schedules (binned for plots)
     scaling   scaling-law fits of the scaling sweep (laws, fit, frontier, multiplier, study)
@@ -68,7 +69,7 @@ from dataclasses import dataclass, field
 import duckdb
 import polars as pl
 
-from rlrs.analysis import curves, health, health_view, lr_width, members, speedup, sweeps, tables
+from rlrs.analysis import curves, health, health_view, lr_width, members, regret, speedup, sweeps, tables
 from rlrs.analysis.scaling import study as scaling_study
 from rlrs.db import has_table
 from rlrs.db.schema import utc_now
@@ -141,10 +142,10 @@ VIEWS: dict[str, View] = {
         sweeps.SHARED_DOCS | health.CHECK_DOCS,
     ),
     "regret": View(
-        lambda x: sweeps.regret(x.frames["lr_sweep"], x.frames["usweep"], x.members, x.study),
-        sweeps.REGRET_SCHEMA,
+        lambda x: regret.regret(x.frames["lr_sweep"], x.frames["usweep"], x.members, x.study),
+        regret.REGRET_SCHEMA,
         "one row per (swept parameter, larger size): loss at the small size's best factor minus the best loss",
-        sweeps.REGRET_DOCS,
+        regret.REGRET_DOCS,
     ),
     "lr_vs_width": View(
         lambda x: lr_width.lr_vs_width(x.con, x.study, x.members, x.frames["health"]),

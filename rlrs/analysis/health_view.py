@@ -1,5 +1,6 @@
 """The `health` view: the eight checks of rlrs.analysis.health (and
-rlrs.analysis.plateau) run on one study's database, at collect time.
+rlrs.analysis.plateau, rlrs.analysis.scaling_lr) run on one study's
+database, at collect time.
 
 Inputs, read from the database:
 - the compared cells: each (size, arm)'s compared group (its chosen lr at
@@ -36,6 +37,7 @@ from rlrs import tags
 from rlrs.analysis import health, health_checks, members
 from rlrs.analysis.members import F, I, S, frame
 from rlrs.analysis.plateau import plateau
+from rlrs.analysis.scaling_lr import scaling_lr
 from rlrs.db import has_table
 from rlrs.study.bracketing import select_lr
 
@@ -100,7 +102,7 @@ def study_health(
     rows = (
         health_checks.loss_falls_with_size(runs, s)
         + health_checks.lr_bracketed(lr_choices)
-        + (health_checks.scaling_lr(scaling, scaling_choices) if scaling is not None else [])
+        + (scaling_lr(scaling, scaling_choices) if scaling is not None else [])
         + health_checks.ladder_brackets_arm(speedups)
         + health_checks.tokens_per_param(runs, s)
         + plateau(runs, curves, s)
