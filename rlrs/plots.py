@@ -38,7 +38,7 @@ SPEEDUP_SHAPES = alt.Scale(
 )
 
 
-def _validity(blocked_by: str) -> list[pl.Expr]:
+def validity(blocked_by: str) -> list[pl.Expr]:
     """Each row's legend label (`number`: VALID or BLOCKED) and the checks
     that block it (`blocked_by`), read from the analysis' column `blocked_by`."""
     return [
@@ -136,7 +136,7 @@ def _loss_panel(size: str, part: pl.DataFrame, speedup: pl.DataFrame, opacity) -
             pl.col("t_star").alias("step"),
             pl.col("arm_loss").alias("loss"),
             "speedup",
-            *_validity("speedup_blocked_by"),
+            *validity("speedup_blocked_by"),
         )
         # A target speedup under a failed check: a grey cross, not the black one.
         layers.append(
@@ -267,7 +267,7 @@ def speedup_vs_size(frame: pl.DataFrame) -> alt.Chart:
             pl.col("speedup_kind").alias("kind"),
             pl.col("speedup_kind").replace_strict(kind_label).alias("point"),
             pl.coalesce("bound", pl.col("speedup").round(3).cast(pl.Utf8)).alias("value"),
-            *_validity("speedup_blocked_by"),
+            *validity("speedup_blocked_by"),
         )
         .select(
             "size",
@@ -317,7 +317,7 @@ def loss_gap_vs_size(frame: pl.DataFrame) -> alt.Chart:
     a failed health check hollow (see _against_size)."""
     data = (
         frame.filter((pl.col("definition") == "ladder") & pl.col("loss_gap").is_not_null())
-        .with_columns(pl.lit("estimate").alias("kind"), *_validity("loss_gap_blocked_by"))
+        .with_columns(pl.lit("estimate").alias("kind"), *validity("loss_gap_blocked_by"))
         .select(
             "size",
             "arm",

@@ -32,16 +32,19 @@ import vl_convert as vlc
 from rlrs import analysis, atomic, db, plots, report_health, scaling_report, sweep_plots
 from rlrs.analysis import members, tables
 from rlrs.report_text import (
+    ABLATION_COLUMNS,
     FINAL_COLUMNS,
     PROBLEM_COLUMNS,
     REGRET_COLUMNS,
     SIZES_COLUMNS,
     SPEEDUP_COLUMNS,
     TUNED_COLUMNS,
+    USWEEP_COLUMNS,
     esc,
     multipliers_table,
     script_json,
     table,
+    with_checks_text,
 )
 from rlrs.vega import PNG_SCALE, VL_VERSION
 
@@ -149,12 +152,14 @@ FIGURES = (
     Figure(
         "lr_sweep",
         "Base learning-rate sweeps",
-        "Final eval loss (mean over seeds) against the base learning rate, one line per size, one panel per arm. "
-        "The large dot is the lr the speedup compares that arm at: the lowest mean loss, where an lr on which a "
-        "seed diverged is chosen only if every lr has a diverged seed. Hover a point for its run ids and seed "
-        "count.",
-        "the study has no `lr` sweep",
-        _if_rows("lr_sweep", sweep_plots.lr_sweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
+        "Final eval loss against the base learning rate, one line per size, one panel per arm, each point the "
+        "mean over the seeds every lr of its line has (a staged study's chosen lr also holds the reported seeds, "
+        "which the other lrs never ran: its mean over all of them is in the tooltip, not on the line). "
+        "The large dot is the lr the speedup compares that arm at: the lowest of these means, where an lr on "
+        "which a seed diverged is chosen only if every lr has a diverged seed. Hover a point for its run ids and "
+        "seed counts.",
+        "the study has no `lr` sweep (or its lr points share no seed)",
+        _if_rows("lr_sweep", sweep_plots.lr_sweep, lambda f: f.filter(pl.col("mean_loss_shared").is_not_null())),
     ),
     Figure(
         "lr_vs_width",
@@ -173,10 +178,12 @@ FIGURES = (
         "usweep",
         "Sensitivity of each multiplier (U-plots)",
         "Final eval loss when one component's start or end multiplier is scaled by a factor (log x; factor 1 is "
-        "the tuned value), the others held at their tuned values; one line per size. The large dot is the best "
-        "factor at that size. A minimum at 1 that stays at 1 for the larger size means the tuned value transfers.",
-        "the study has no `usweep` sweep",
-        _if_rows("usweep", sweep_plots.usweep, lambda f: f.filter(pl.col("mean_loss").is_not_null())),
+        "the tuned value), the others held at their tuned values; one line per size, each point the mean over "
+        "the seeds every factor of its line has. The large dot is the best factor at that size. A minimum at 1 "
+        "that stays at 1 for the larger size means the tuned value transfers. The table 'U-sweep points' gives "
+        "the numbers beside the health checks of each size's runs.",
+        "the study has no `usweep` sweep (or its points share no seed)",
+        _if_rows("usweep", sweep_plots.usweep, lambda f: f.filter(pl.col("mean_loss_shared").is_not_null())),
     ),
     Figure(
         "ablation",
@@ -185,7 +192,8 @@ FIGURES = (
         "component reset to the baseline's (1, 1); a positive bar means the component's schedule helps. "
         "Contribution: the baseline plus only that component's relative values; a negative bar means it helps "
         "on its own. References are matched on size, learning rate and length, and each run is compared with the "
-        "reference run of the same seed (seed-matched differences).",
+        "reference run of the same seed (seed-matched differences). The table 'Ablations' gives each number "
+        "beside the health checks of its reference arm's runs at that size (hover a bar for the failed ones).",
         "the study has no completed `removal` or `contribution` runs with a matching reference",
         _if_rows("ablation", sweep_plots.ablation, lambda f: f.filter(pl.col("delta").is_not_null())),
     ),
@@ -240,6 +248,31 @@ _RENDER_SCRIPT = """
   });
 })();
 """
+
+
+def _sweeps_section(frames: dict[str, pl.DataFrame]) -> list[str]:
+    """The ablations and the U-sweep points as tables, each number beside
+    the health checks of its cell (the analysis' failed_checks,
+    warned_checks: those of the runs at its size and arm)."""
+    out = []
+    ab, u = frames["ablation"], frames["usweep"]
+    if ab.height:
+        out += [
+            '<h3 id="ablation-table">Ablations</h3>',
+            "<p>Each removal or contribution against its reference arm at the same size, lr and length, "
+            "seed-matched, beside the health checks that fail (or warn) for the reference arm's runs at that size: "
+            "a number under a failed check is qualified by it, not a result.</p>",
+            table(with_checks_text(ab), ABLATION_COLUMNS, cls="ablation"),
+        ]
+    if u.height:
+        out += [
+            '<h3 id="usweep-table">U-sweep points</h3>',
+            '<details id="usweep-rows"><summary>'
+            f"{u.height} point(s): the loss over the seeds every point of the line has (the best factor is chosen "
+            "on it), over all of the point's seeds, and the health checks of the arm's runs at that size"
+            "</summary>" + table(with_checks_text(u), USWEEP_COLUMNS, cls="usweep") + "</details>",
+        ]
+    return out
 
 
 def _tuned_section(tuned: pl.DataFrame) -> list[str]:
@@ -338,9 +371,12 @@ def build_page(study: str, frames: dict[str, pl.DataFrame], extra: dict, bundle:
         report_health.tuning_section(extra["budgets"]) if "budgets" in extra else "",
         report_health.lr_choice_section(frames["health"]),
         report_health.lr_width_section(frames["lr_vs_width"]),
+        *_sweeps_section(frames),
         "<h3>Transfer regret</h3>",
         "<p>For each swept parameter: the factor that was best at the smallest size, used at a larger size, "
-        "minus the best loss at that larger size (0 = the small-scale choice is still optimal).</p>",
+        "minus the best loss at that larger size (0 = the small-scale choice is still optimal), both over the "
+        "seeds the two points both have (a staged study's chosen lr also holds the reported seeds, which "
+        "the other lrs never ran).</p>",
         table(frames["regret"], REGRET_COLUMNS)
         if frames["regret"].height
         else "<p>No parameter was swept at two or more sizes.</p>",

@@ -60,6 +60,22 @@ def headline_rows(speedup: pl.DataFrame) -> list[dict]:
     return rows
 
 
+def checks_text(failed: str | None, warned: str | None) -> str:
+    """'fail: a, b; warn: c' for a number's failed_checks and warned_checks."""
+    parts = ([f"fail: {failed}"] if failed else []) + ([f"warn: {warned}"] if warned else [])
+    return "; ".join(parts) or "no failed or warned check"
+
+
+def with_checks_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` (with the analysis' failed_checks, warned_checks) plus the
+    text column `checks` that the tables show beside each number."""
+    return frame.with_columns(
+        pl.struct("failed_checks", "warned_checks")
+        .map_elements(lambda r: checks_text(r["failed_checks"], r["warned_checks"]), return_dtype=pl.Utf8)
+        .alias("checks")
+    )
+
+
 # ---------------------------------------------------------------- tables
 def _fmt(value, kind: str = "") -> str:
     if value is None:
@@ -146,7 +162,41 @@ REGRET_COLUMNS = {
     "loss_at_chosen": ("loss at chosen", "loss"),
     "best_loss": ("best loss", "loss"),
     "regret": ("regret (nats)", "loss"),
+    "n_shared": ("seeds compared", ""),
     "note": ("note", ""),
+}
+
+
+# The sweeps' tables: every number beside the health checks of its cell (`checks`, with_checks_text).
+ABLATION_COLUMNS = {
+    "size": ("size", ""),
+    "kind": ("kind", ""),
+    "component": ("component", ""),
+    "reference_arm": ("reference arm", ""),
+    "loss": ("loss", "loss"),
+    "reference_loss": ("reference loss (same seeds)", "loss"),
+    "delta": ("delta (seed-matched)", "loss"),
+    "delta_ci_low": ("95% low", "loss"),
+    "delta_ci_high": ("95% high", "loss"),
+    "n_pairs": ("seed pairs", ""),
+    "checks": ("health checks of its cell", ""),
+    "note": ("note", ""),
+}
+
+
+USWEEP_COLUMNS = {
+    "size": ("size", ""),
+    "base_arm": ("arm", ""),
+    "component": ("component", ""),
+    "which": ("start / end", ""),
+    "factor": ("factor", ""),
+    "mean_loss_shared": ("loss (shared seeds)", "loss"),
+    "n_shared": ("shared seeds", ""),
+    "mean_loss": ("loss (all its seeds)", "loss"),
+    "n": ("seeds", ""),
+    "is_best": ("best", ""),
+    "delta": ("vs factor 1 (seed-matched)", "loss"),
+    "checks": ("health checks of its cell", ""),
 }
 
 

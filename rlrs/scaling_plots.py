@@ -8,7 +8,7 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
-from rlrs.plots import HEIGHT, WIDTH, legend_highlight
+from rlrs.plots import ARM_PALETTE, BLOCKED, HEIGHT, VALID, WIDTH, legend_highlight, validity
 
 LOG = alt.Scale(type="log")
 COLUMNS = 3
@@ -56,6 +56,7 @@ def observed_vs_fitted(points: pl.DataFrame) -> alt.FacetChart:
                 alt.Tooltip("loss:Q", format=".4f"),
                 alt.Tooltip("fitted:Q", format=".4f"),
                 "held_out:N",
+                alt.Tooltip("failed_checks:N", title="failed health checks"),
             ],
         )
         .add_params(sel)
@@ -175,22 +176,45 @@ def iso_loss(iso: pl.DataFrame, frontier: pl.DataFrame, points: pl.DataFrame) ->
 
 def multiplier_vs_compute(mult: pl.DataFrame) -> alt.FacetChart:
     """Each arm's compute multiplier over the baseline against the baseline's
-    compute, with its bootstrap band; dashed where extrapolated."""
-    data = with_panel(mult)
+    compute, with its bootstrap band; dashed where extrapolated; its points
+    hollow where a health check of either fit's runs fails (the analysis'
+    failed_checks: BLOCKED in the legend, as the study's figures draw it)."""
+    data = with_panel(mult).with_columns(*validity("failed_checks"))
+    arms = sorted(data["arm"].unique().to_list())
+    palette = [ARM_PALETTE[i % len(ARM_PALETTE)] for i in range(len(arms))]
+    color = alt.Color("arm:N", title="arm", scale=alt.Scale(domain=arms, range=palette))
     sel, opacity = legend_highlight("arm")
     x = alt.X("compute:Q", title="baseline compute C (FLOPs)", scale=LOG)
-    band = alt.Chart().mark_area(opacity=0.18).encode(x=x, y="ci_low:Q", y2="ci_high:Q", color="arm:N")
+    y = alt.Y("multiplier:Q", title="compute multiplier (baseline C / arm C)", scale=alt.Scale(type="symlog"))
+    band = alt.Chart().mark_area(opacity=0.18).encode(x=x, y="ci_low:Q", y2="ci_high:Q", color=color)
     line = (
         alt.Chart()
-        .mark_line(point=True)
+        .mark_line()
         .encode(
             x=x,
-            y=alt.Y("multiplier:Q", title="compute multiplier (baseline C / arm C)", scale=alt.Scale(type="symlog")),
-            color=alt.Color("arm:N", title="arm"),
+            y=y,
+            color=color,
             opacity=opacity,
             strokeDash=alt.StrokeDash(
                 "extrapolated:N", title="extrapolated", scale=alt.Scale(domain=[False, True], range=[[1, 0], [4, 3]])
             ),
+        )
+    )
+    points = (
+        alt.Chart()
+        .transform_calculate(fill=f"datum.number == '{VALID}' ? datum.arm : '{BLOCKED}'")
+        .mark_point(size=30, strokeWidth=1.5, opacity=1)
+        .encode(
+            x=x,
+            y=y,
+            color=color,
+            fill=alt.Fill(
+                "fill:N",
+                title="number",
+                scale=alt.Scale(domain=[*arms, BLOCKED], range=[*palette, "white"]),
+                legend=alt.Legend(values=[BLOCKED], symbolType="circle", symbolStrokeColor="#555"),
+            ),
+            opacity=opacity,
             tooltip=[
                 "arm:N",
                 alt.Tooltip("compute:Q", format=".3e"),
@@ -198,14 +222,26 @@ def multiplier_vs_compute(mult: pl.DataFrame) -> alt.FacetChart:
                 alt.Tooltip("ci_low:Q", format=".3f"),
                 alt.Tooltip("ci_high:Q", format=".3f"),
                 "extrapolated:N",
+                alt.Tooltip("blocked_by:N", title="failed health checks"),
+                alt.Tooltip("warned_checks:N", title="warned health checks"),
             ],
         )
     )
     one = alt.Chart().mark_rule(color="#999", strokeDash=[2, 2]).encode(y=alt.datum(1))
     return (
-        alt.layer(band, line, one, data=data)
+        alt.layer(band, line, points, one, data=data)
         .add_params(sel)
         .properties(width=WIDTH, height=HEIGHT)
         .facet(facet=alt.Facet("panel:N", title=None), columns=COLUMNS)
         .resolve_scale(y="independent")
+        .properties(title=alt.TitleParams("Compute multiplier over the baseline", subtitle=_qualified_subtitle(data)))
     )
+
+
+def _qualified_subtitle(data: pl.DataFrame) -> str:
+    fits = data.filter(pl.col("number") == BLOCKED).select("panel", "arm").unique().height
+    total = data.select("panel", "arm").unique().height
+    if not fits:
+        return "no health check fails for the runs of any multiplier shown"
+    head = "every multiplier here is" if fits == total else f"{fits} of {total} multipliers are"
+    return f"{head} under a failed health check of its runs (hollow points): see the multiplier table"

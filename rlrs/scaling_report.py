@@ -9,7 +9,7 @@ from __future__ import annotations
 import polars as pl
 
 from rlrs import scaling_plots, tags
-from rlrs.report_text import esc, table
+from rlrs.report_text import esc, table, with_checks_text
 
 PART = "scaling"
 _NEEDS = (
@@ -62,7 +62,9 @@ FIGURES = (
         "compute-optimal frontiers (1 = no gain; 0 = the arm never reaches the baseline's loss), at the baseline's "
         "compute C. The band is a 95% paired bootstrap interval over runs (both arms refit on each resample); "
         "no band where a resample leaves the frontier undefined. Dashed: extrapolated beyond the fitted compute, "
-        "up to the study's named budget; trust it less.",
+        "up to the study's named budget; trust it less. Hollow points: a multiplier whose runs (the arm's or the "
+        "baseline's) fail a health check (hover for which; the table names them): qualified by that failure, "
+        "not a result.",
         "no compute multiplier: that needs a scaling-law fit of the baseline and of another arm of one family",
         lambda f: (
             scaling_plots.multiplier_vs_compute(f["compute_multiplier"]) if f["compute_multiplier"].height else None
@@ -83,6 +85,7 @@ FIT_COLUMNS = {
     "rmse_heldout": ("RMSE held out", ""),
     "n_points": ("runs fitted", ""),
     "n_heldout": ("held out", ""),
+    "checks": ("health checks of its runs", ""),
 }
 MULTIPLIER_COLUMNS = {
     "law": ("law", ""),
@@ -94,6 +97,7 @@ MULTIPLIER_COLUMNS = {
     "ci_low": ("95% low", ""),
     "ci_high": ("95% high", ""),
     "extrapolated": ("extrapolated", ""),
+    "checks": ("health checks of both fits' runs", ""),
 }
 # The coefficients and the derived quantities at the named budget; m, mu, n, nu repeat them in another form.
 _SHOWN = ("A", "alpha", "B", "beta", "c", "a", "b", "g", "gamma", "delta", "omega", "zeta", "E_start", "E_max")
@@ -116,8 +120,11 @@ def section(frames: dict[str, pl.DataFrame]) -> list[str]:
         "<p>Every coefficient of every fit with its 95% bootstrap interval over runs, the RMSE of log L over the "
         "training runs and over the held-out (largest-compute) runs, and the compute-optimal N_opt, D_opt and "
         "loss at the study's named extrapolation budget (parameter@C=...). N is the parameter count the column "
-        "names. All numbers: view <code>scaling_fit</code>.</p>",
-        table(shown, FIT_COLUMNS),
+        "names. Beside each, the health checks that fail or warn for the (size, arm) cells of its runs "
+        "(a failed one qualifies the fit: it is not a result until fixed; <code>scaling_lr</code> fails when the "
+        "runs' lr was not the bracketed best at their size, which mixes the arm's effect with lr mis-tuning). "
+        "All numbers: view <code>scaling_fit</code>.</p>",
+        table(with_checks_text(shown), FIT_COLUMNS),
     ]
     if mult.height:
         last_in = mult.filter(~pl.col("extrapolated")).group_by(["law", "family", "arm"]).agg(pl.col("compute").max())
@@ -126,10 +133,13 @@ def section(frames: dict[str, pl.DataFrame]) -> list[str]:
         out += [
             "<h3>Compute multiplier</h3>",
             "<p>Per family and arm, at the largest budget inside the fitted range and at the named extrapolation "
-            "budget (extrapolated: the law's shape, not a measurement). Every budget: view "
+            "budget (extrapolated: the law's shape, not a measurement), beside the health checks of the runs of "
+            "both fits it compares (the arm's and the baseline's). Every budget: view "
             "<code>compute_multiplier</code>.</p>",
             table(
-                pl.concat([picked.select(mult.columns), named]).sort(["law", "family", "arm", "compute"]),
+                with_checks_text(
+                    pl.concat([picked.select(mult.columns), named]).sort(["law", "family", "arm", "compute"])
+                ),
                 MULTIPLIER_COLUMNS,
             ),
         ]

@@ -12,15 +12,29 @@ from rlrs.plots import HEIGHT, LOSS_SCALE, WIDTH, legend_highlight
 
 def lr_sweep(frame: pl.DataFrame) -> alt.Chart:
     """Figure 4: final loss against base lr per arm, one line per size; the
-    lr each arm is compared at drawn larger."""
+    lr each arm is compared at drawn larger. The loss is each point's mean
+    over the seeds every point of its line has (what the best lr is chosen
+    on); the mean over all its seeds is in the tooltip."""
     sel, opacity = legend_highlight("size")
     data = frame.select(
-        "size", "arm", "lr", "lr_factor", "mean_loss", "std_loss", "n", "n_excluded", "is_best", "run_ids"
+        "size",
+        "arm",
+        "lr",
+        "lr_factor",
+        "mean_loss_shared",
+        "n_shared",
+        "shared_seeds",
+        "mean_loss",
+        "std_loss",
+        "n",
+        "n_excluded",
+        "is_best",
+        "run_ids",
     )
-    base = alt.Chart(data.filter(pl.col("mean_loss").is_not_null()))
+    base = alt.Chart(data.filter(pl.col("mean_loss_shared").is_not_null()))
     enc = dict(
         x=alt.X("lr:Q", title="base learning rate", scale=alt.Scale(type="log")),
-        y=alt.Y("mean_loss:Q", title="final eval loss (mean over seeds)", scale=LOSS_SCALE),
+        y=alt.Y("mean_loss_shared:Q", title="final eval loss (mean over the shared seeds)", scale=LOSS_SCALE),
         color=alt.Color("size:N", sort=frame["size"].unique(maintain_order=True).to_list()),
         opacity=opacity,
     )
@@ -33,7 +47,9 @@ def lr_sweep(frame: pl.DataFrame) -> alt.Chart:
             "arm:N",
             alt.Tooltip("lr:Q", format=".2e"),
             "lr_factor:Q",
-            alt.Tooltip("mean_loss:Q", format=".4f"),
+            alt.Tooltip("mean_loss_shared:Q", format=".4f", title="mean loss, shared seeds"),
+            alt.Tooltip("shared_seeds:N", title="shared seeds"),
+            alt.Tooltip("mean_loss:Q", format=".4f", title="mean loss, all its seeds"),
             alt.Tooltip("std_loss:Q", format=".4f"),
             "n:Q",
             "n_excluded:Q",
@@ -56,14 +72,27 @@ def usweep(frame: pl.DataFrame) -> alt.Chart:
     one line per size, panels per component and start/end."""
     sel, opacity = legend_highlight("size")
     data = (
-        frame.filter(pl.col("mean_loss").is_not_null())
+        frame.filter(pl.col("mean_loss_shared").is_not_null())
         .with_columns(pl.format("{}.{}", "component", "which").alias("parameter"))
-        .select("size", "parameter", "base_arm", "factor", "mean_loss", "std_loss", "n", "is_best", "run_ids")
+        .select(
+            "size",
+            "parameter",
+            "base_arm",
+            "factor",
+            "mean_loss_shared",
+            "shared_seeds",
+            "mean_loss",
+            "std_loss",
+            "n",
+            "is_best",
+            "run_ids",
+            "failed_checks",
+        )
     )
     base = alt.Chart(data)
     enc = dict(
         x=alt.X("factor:Q", title="multiplier factor", scale=alt.Scale(type="log")),
-        y=alt.Y("mean_loss:Q", title="final eval loss", scale=LOSS_SCALE),
+        y=alt.Y("mean_loss_shared:Q", title="final eval loss (shared seeds)", scale=LOSS_SCALE),
         color=alt.Color("size:N", sort=frame["size"].unique(maintain_order=True).to_list()),
         opacity=opacity,
     )
@@ -76,11 +105,14 @@ def usweep(frame: pl.DataFrame) -> alt.Chart:
             "parameter:N",
             "base_arm:N",
             "factor:Q",
-            alt.Tooltip("mean_loss:Q", format=".4f"),
+            alt.Tooltip("mean_loss_shared:Q", format=".4f", title="mean loss, shared seeds"),
+            alt.Tooltip("shared_seeds:N", title="shared seeds"),
+            alt.Tooltip("mean_loss:Q", format=".4f", title="mean loss, all its seeds"),
             alt.Tooltip("std_loss:Q", format=".4f"),
             "n:Q",
             "is_best:N",
             "run_ids:N",
+            alt.Tooltip("failed_checks:N", title="failed health checks"),
         ],
     )
     return (
@@ -97,7 +129,16 @@ def ablation(frame: pl.DataFrame) -> alt.Chart:
     """Figure 6: loss change per component, removal and contribution."""
     sel, opacity = legend_highlight("size")
     data = frame.filter(pl.col("delta").is_not_null()).select(
-        "size", "kind", "component", "reference_arm", "delta", "loss", "reference_loss", "n", "n_reference"
+        "size",
+        "kind",
+        "component",
+        "reference_arm",
+        "delta",
+        "loss",
+        "reference_loss",
+        "n",
+        "n_reference",
+        "failed_checks",
     )
     return (
         alt.Chart(data)
@@ -118,6 +159,7 @@ def ablation(frame: pl.DataFrame) -> alt.Chart:
                 alt.Tooltip("reference_loss:Q", format=".4f"),
                 "n:Q",
                 "n_reference:Q",
+                alt.Tooltip("failed_checks:N", title="failed health checks"),
             ],
         )
         .add_params(sel)

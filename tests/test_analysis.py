@@ -529,3 +529,140 @@ def test_ladder_at_the_best_lr_ignores_other_lr_runs(tmp_path):
     r = row(view(materialized(db, tmp_path), "speedup"), arm="rlrs", definition="ladder")
     assert r["speedup"] == pytest.approx(0.20, abs=0.005)
     assert r["baseline_lengths"] == 5
+
+
+def staged_lr_study() -> StudyDB:
+    """A staged study: per size, stage 1 ran lr x0.5, x1, x2 on the selection
+    seeds 10 and 11, and stage 2 the chosen lr on the reported seeds 0-2,
+    which happen to land 0.20 nats above the selection seeds at s2. So the
+    chosen lr's point at s2 pools 5 seeds (mean 2.37) and the others hold 2."""
+    db = StudyDB(config={"study": "t", "seeds": [0, 1, 2], "selection_seeds": [10, 11]})
+    stage1 = {"s1": {0.5: 2.60, 1.0: 2.50, 2.0: 2.55}, "s2": {0.5: 2.40, 1.0: 2.30, 2.0: 2.25}}
+    chosen, reported = {"s1": 1.0, "s2": 2.0}, {"s1": 2.50, "s2": 2.45}
+    for size, losses in stage1.items():
+        for f, loss in losses.items():
+            for seed, eps in ((10, 0.01), (11, -0.01)):
+                tags = {"lr": 1e-3 * f, "lr_factor": f, "stage": "select"}
+                db.run(size=size, sweep="lr", lr=1e-3 * f, seed=seed, loss=loss + eps, tags=tags)
+        for seed, eps in ((0, 0.01), (1, 0.0), (2, -0.01)):
+            db.run(size=size, lr=1e-3 * chosen[size], seed=seed, loss=reported[size] + eps)
+    return db
+
+
+def test_regret_compares_the_seeds_every_point_shares_not_a_pooled_mean(tmp_path):
+    con = materialized(staged_lr_study(), tmp_path)
+    reg = row(view(con, "regret"), parameter="lr (baseline)")
+    assert (reg["reference_size"], reg["size"], reg["chosen_factor"], reg["best_factor"]) == ("s1", "s2", 1.0, 2.0)
+    # Pooled, it read 2.30 - 2.37 = -0.07: the small size's choice "better than the best".
+    assert reg["loss_at_chosen"] == pytest.approx(2.30) and reg["best_loss"] == pytest.approx(2.25)
+    assert reg["regret"] == pytest.approx(0.05, abs=1e-12)
+    assert (reg["n_shared"], reg["shared_seeds"]) == (2, "10, 11")
+    assert reg["note"] == (
+        "seed-matched on seed(s) 10, 11, the ones both points have; pooled over all their seeds: "
+        "2.3000 (n=2) at the chosen factor, 2.3700 (n=5) at the best"
+    )
+    sweep = view(con, "lr_sweep", "size = 's2'").sort("lr")
+    # The chosen lr pools the selection and the reported seeds; the shared-seed mean is the ranking's.
+    assert sweep["is_best"].to_list() == [False, False, True]
+    assert sweep["n"].to_list() == [2, 2, 5] and sweep["n_shared"].to_list() == [2, 2, 2]
+    assert sweep["mean_loss"].to_list() == pytest.approx([2.40, 2.30, (2 * 2.25 + 3 * 2.45) / 5])
+    assert sweep["mean_loss_shared"].to_list() == pytest.approx([2.40, 2.30, 2.25])
+    assert set(sweep["shared_seeds"]) == {"10, 11"}
+
+
+def test_regret_pairs_the_two_points_seeds_and_refuses_a_diverged_choice(tmp_path):
+    # At s2 an extra lr x4 ran on seed 10 only: the shared-seed means of the sweep thin to seed 10, the
+    # regret (chosen x1 against the best x2) still pairs both seeds the two points have.
+    db = staged_lr_study()
+    db.run(size="s2", sweep="lr", lr=4e-3, seed=10, loss=2.9, tags={"lr": 4e-3, "lr_factor": 4.0, "stage": "select"})
+    con = materialized(db, tmp_path)
+    assert view(con, "lr_sweep", "size = 's2'").sort("lr")["n_shared"].to_list() == [1, 1, 1, 1]
+    reg = row(view(con, "regret"), parameter="lr (baseline)")
+    assert (reg["regret"], reg["n_shared"], reg["shared_seeds"]) == (pytest.approx(0.05, abs=1e-12), 2, "10, 11")
+    # The chosen x1 diverged on seed 11 at s2: its surviving seed would flatter it; no regret.
+    db = staged_lr_study()
+    db.run(size="s2", sweep="lr", lr=1e-3, seed=12, status="diverged", tags={"lr": 1e-3, "lr_factor": 1.0})
+    reg = row(view(materialized(db, tmp_path, "diverged.duckdb"), "regret"), parameter="lr (baseline)")
+    assert reg["regret"] is None and reg["loss_at_chosen"] is None and reg["best_factor"] == 2.0
+    assert reg["note"] == (
+        "factor 1 diverged on 1 seed(s) at this size: no regret (the small size's choice is unstable here; "
+        "its surviving seeds would flatter it)"
+    )
+
+
+def test_ablations_and_usweep_points_name_the_checks_of_their_cell(tmp_path):
+    # Two sizes, 3 seeds, a removal, a contribution and a U-sweep point at each; stage 1 (lr_selection)
+    # chose every lr bracketed but rlrs's at s2, which sits at the edge of its sweep after the cap.
+    db = StudyDB(config={"study": "t", "seeds": [0, 1, 2]})
+    factor1 = (("usweep", {"component": "head", "which": "end", "factor": 1.0}),)
+    for size, base in (("s1", 2.6), ("s2", 2.4)):
+        for seed, eps in ((0, 0.01), (1, 0.0), (2, -0.01)):
+            db.run(size=size, seed=seed, loss=base + eps)
+            db.run(size=size, arm="rlrs", seed=seed, loss=base - 0.05 + eps, also=factor1)
+            db.run(
+                size=size, arm="rlrs", sweep="removal", seed=seed, loss=base - 0.02 + eps, tags={"component": "head"}
+            )
+            contribution = {"component": "head", "source_arm": "rlrs"}
+            db.run(size=size, sweep="contribution", seed=seed, loss=base - 0.03 + eps, tags=contribution)
+            u = {"component": "head", "which": "end", "factor": 2.0}
+            db.run(size=size, arm="rlrs", sweep="usweep", seed=seed, loss=base - 0.04 + eps, tags=u)
+    path = db.write(tmp_path / "rlrs.duckdb")
+    con = duckdb.connect(str(path))
+    for size in ("s1", "s2"):
+        for arm in ("baseline", "rlrs"):
+            ok = (size, arm) != ("s2", "rlrs")
+            con.execute(
+                "INSERT INTO lr_selection (study, size, family, arm, centre_lr, chosen_lr, bracketed, cap_reached, "
+                "failed, n_extra, n_points, factor, selection_seeds, ranked_on, note) VALUES "
+                "('t', ?, 'dense', ?, 1e-3, 1e-3, ?, ?, false, ?, ?, 2.0, '[10, 11]', '[10, 11]', NULL)",
+                [size, arm, ok, not ok, 0 if ok else 2, 3 if ok else 5],
+            )
+    con.execute("BEGIN")
+    analysis.materialize(con)
+    con.execute("COMMIT")
+    health = view(con, "health")
+    # No ladder: check 3 fails at both sizes, but it qualifies a speedup only, not the sweeps' points.
+    assert sorted(health.filter(pl.col("status") == "fail").select("check_name", "size", "arm").rows()) == [
+        ("ladder_brackets_arm", "s1", "rlrs"),
+        ("ladder_brackets_arm", "s2", "rlrs"),
+        ("lr_bracketed", "s2", "rlrs"),
+    ]
+    # The rows warned at every cell: tokens unknown (check 4), the constructed curves' slow start (check 5).
+    assert set(health.filter(pl.col("status") == "warn")["check_name"]) == {
+        "tokens_per_param",
+        "plateau_exit",
+        "seeds_per_cell",
+    }
+    ab = view(con, "ablation").sort("kind", "size")
+    assert ab.select("kind", "size", "reference_arm", "failed_checks", "warned_checks").rows() == [
+        ("contribution", "s1", "baseline", None, "tokens_per_param, plateau_exit"),
+        ("contribution", "s2", "baseline", None, "tokens_per_param, plateau_exit"),  # the baseline's lr is fine
+        ("removal", "s1", "rlrs", None, "tokens_per_param, plateau_exit"),
+        ("removal", "s2", "rlrs", "lr_bracketed", "tokens_per_param, plateau_exit"),
+    ]
+    assert ab["delta"].to_list() == pytest.approx([-0.03, -0.03, 0.03, 0.03])
+    u = view(con, "usweep").sort("size", "factor")
+    assert u.select("size", "factor", "failed_checks").rows() == [
+        ("s1", 1.0, None),
+        ("s1", 2.0, None),
+        ("s2", 1.0, "lr_bracketed"),
+        ("s2", 2.0, "lr_bracketed"),
+    ]
+    assert set(u["warned_checks"]) == {"tokens_per_param, plateau_exit"}  # seeds_per_cell speaks for the comparison
+
+
+def test_usweep_points_carry_the_mean_over_the_seeds_every_point_has(tmp_path):
+    # The factor-1 reference holds seeds 0-2 (seed effects +0.1, 0, -0.1), the x2 point seed 0 only.
+    db = StudyDB()
+    for seed, e in {0: 0.1, 1: 0.0, 2: -0.1}.items():
+        db.run(
+            arm="rlrs",
+            seed=seed,
+            loss=2.5 + e,
+            also=(("usweep", {"component": "head", "which": "end", "factor": 1.0}),),
+        )
+    db.run(arm="rlrs", sweep="usweep", loss=2.58, tags={"component": "head", "which": "end", "factor": 2.0})
+    u = view(materialized(db, tmp_path), "usweep").sort("factor")
+    assert u["mean_loss"].to_list() == pytest.approx([2.5, 2.58]) and u["n"].to_list() == [3, 1]
+    assert u["mean_loss_shared"].to_list() == pytest.approx([2.6, 2.58]) and u["n_shared"].to_list() == [1, 1]
+    assert u["is_best"].to_list() == [False, True] and set(u["shared_seeds"]) == {"0"}

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rlrs.analysis import health, health_checks, health_view, plateau
+from rlrs.analysis import health, health_checks, health_view, plateau, scaling_lr
 from rlrs.errors import ConfigError
 
 S = health.settings()
@@ -490,3 +490,53 @@ def test_missing_input_columns_are_named():
 def test_each_spec_check_has_a_named_check():
     assert sorted({c.number for c in health.CHECKS}) == list(range(1, 9))
     assert np.all([c.scope in ("arm", "size", "family", "study") for c in health.CHECKS])
+
+
+def test_scaling_points_fail_check_2_unless_they_ran_at_their_sizes_bracketed_lr():
+    def choice(size, lr, bracketed, **kw):
+        base = {"size": size, "family": "dense", "arm": "rlrs", "lr": lr, "bracketed": bracketed}
+        return base | {"cap_reached": False, "n_points": 3, "failed": False, "note": None} | kw
+
+    choices = pl.DataFrame(
+        [
+            choice("a", 1e-3, True),
+            choice("b", 1e-3, False, cap_reached=True, n_points=5),
+            choice("c", 1e-3, False, n_points=1),
+            choice("d", None, False, failed=True, note="every lr diverged down to the cap"),
+            choice("e", 2e-3, True),
+        ]
+    )
+    scaling = pl.DataFrame(
+        [{"size": s, "family": "dense", "arm": "rlrs", "lr": 1e-3} for s in ("a", "a", "b", "c", "d", "e", "f")]
+    )
+    got = {r["size"]: r for r in scaling_lr.scaling_lr(scaling, choices)}
+    assert {s: r["status"] for s, r in got.items()} == {
+        "a": "pass",
+        "b": "fail",
+        "c": "fail",
+        "d": "fail",
+        "e": "fail",
+        "f": "fail",
+    }
+    assert got["a"]["message"] == "the scaling points' lr 0.001 is the bracketed best lr at this size"
+    assert got["a"]["value"] == 1e-3 and got["a"]["scope"] == "arm"
+    assert "is at the edge of its sweep after the bracketing cap" in got["b"]["message"]
+    assert "lr 0.001 is the only lr that ran at this size (no lr sweep)" in got["c"]["message"]
+    assert "the lr selection at this size failed (every lr diverged down to the cap)" in got["d"]["message"]
+    assert "not at the lr the sweep chose at this size (0.002)" in got["e"]["message"]
+    assert "no lr sweep ran at this size" in got["f"]["message"]
+    # What it qualifies: the scaling numbers only; lr_bracketed qualifies the sweeps' points, not the scaling ones.
+    check = {c.name: c for c in health.CHECKS}
+    assert check["scaling_lr"].qualifies == {"scaling"}
+    assert "sweeps" in check["lr_bracketed"].qualifies and "scaling" not in check["lr_bracketed"].qualifies
+    rows = scaling_lr.scaling_lr(scaling, choices) + health_checks.seeds_disjoint([0], [0], [])
+    assert health.named_checks(rows, [("dense", "b", "rlrs")], "scaling") == {
+        "failed_checks": "scaling_lr, seeds_disjoint",
+        "warned_checks": None,
+    }
+    assert health.named_checks(rows, [("dense", "a", "rlrs")], "speedup") == {
+        "failed_checks": "seeds_disjoint",
+        "warned_checks": None,
+    }
+    with pytest.raises(ValueError, match="estimate: 'lr'; allowed: speedup, loss_gap, sweeps, scaling"):
+        health.named_checks(rows, [], "lr")

@@ -166,7 +166,7 @@ def test_sizes_are_compared_within_their_parametrization(widths):
 
 def test_the_views_columns_are_documented_in_the_database(widths):
     dbp, _ = widths
-    for view, docs in (("lr_vs_width", analysis.lr_width.COLUMN_DOCS), ("regret", analysis.sweeps.REGRET_DOCS)):
+    for view, docs in (("lr_vs_width", analysis.lr_width.COLUMN_DOCS), ("regret", analysis.regret.REGRET_DOCS)):
         got = dict(query(dbp, "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ?", (view,)))
         assert got == docs
 

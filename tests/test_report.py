@@ -4,6 +4,7 @@ Chromium with the network closed."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -195,6 +196,33 @@ def test_figures_draw_a_blocked_number_hollow_and_only_valid_ones_joined(built):
         assert sorted(bars) == [("100k", "3,2")] * (n // 2) + [("400k", "1,0")] * (n // 2), (name, bars)
     # The loss curves' subtitle names the checks that block s1's speedups.
     assert "[blocked: failed lr_bracketed]" in (built["out"] / "figures" / "loss_curves.svg").read_text()
+
+
+def test_ablation_and_usweep_tables_show_each_number_beside_its_cells_checks(built):
+    """s1's rlrs lr is unbracketed: the removal (of rlrs) and the U-sweep points at s1 say so beside their
+    numbers; the contribution (into the baseline, whose lr is fine) and the s2 points do not."""
+    html = built["html"]
+
+    def cells(cls: str) -> list[list[str]]:
+        body = html.split(f'class="{cls}"')[1].split("</table>")[0].split("<tbody>")[1]
+        return [re.findall(r"<td>(.*?)</td>", r) for r in body.split("</tr>") if "<td>" in r]
+
+    warned = "warn: tokens_per_param, plateau_exit"
+    ablation = {(r[1], r[0]): r for r in cells("ablation")}
+    assert ablation[("removal", "s1")][6] == "0.1010"
+    assert ablation[("removal", "s1")][10] == f"fail: lr_bracketed; {warned}"
+    assert ablation[("contribution", "s1")][10] == warned
+    usweep = cells("usweep")
+    assert {(r[0], r[-1]) for r in usweep} == {("s1", f"fail: lr_bracketed; {warned}"), ("s2", warned)}
+    # The U-plot is drawn on the shared-seed means: the factor-1 point pools 3 seeds, the others 1.
+    s1_one = next(r for r in usweep if r[0] == "s1" and r[4] == "1")
+    assert (s1_one[5], s1_one[6], s1_one[7], s1_one[8]) == ("2.5990", "1", "2.5960", "3")
+    spec = json.loads(html.split('<script type="application/json" id="spec-usweep">')[1].split("</script>")[0])
+    drawn = {(r["size"], r["factor"]): r for rows in spec["datasets"].values() for r in rows}
+    one = drawn[("s1", 1.0)]
+    assert {layer["encoding"]["y"]["field"] for layer in spec["spec"]["layer"]} == {"mean_loss_shared"}
+    assert one["mean_loss_shared"] == pytest.approx(2.599, abs=5e-5) and one["n"] == 3
+    assert one["mean_loss_shared"] - one["mean_loss"] == pytest.approx(0.003, abs=1e-4)
 
 
 def test_the_report_opens_with_the_description_and_the_health_checks(built):

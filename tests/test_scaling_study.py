@@ -185,6 +185,29 @@ def test_compute_multiplier_and_frontier_are_coherent(scaling_db):
         assert law == pytest.approx(r["level"], rel=1e-9)
 
 
+def test_a_study_that_never_swept_lr_has_every_scaling_number_qualified(scaling_db):
+    """No lr sweep ran at any size: every scaling cell fails check 2's scaling_lr, and every point, fit and
+    multiplier names it (and only it: the d16x1 cells' lr_bracketed failure, one lr only, speaks for their
+    main runs' comparison; the scaling points' lr is scaling_lr's)."""
+    got = rows(scaling_db, "SELECT size, arm, status, message FROM health WHERE check_name = 'scaling_lr'")
+    assert {(r["size"], r["arm"]) for r in got} == {(s, a) for s in SIZES for a in ("baseline", "rlrs")}
+    assert {r["status"] for r in got} == {"fail"}
+    why = {r["size"]: r["message"].split(", but ")[1] for r in got}
+    assert why == {
+        s: "lr 0.01 is the only lr that ran at this size (no lr sweep): not shown to be the best lr"
+        if s == "d16x1"  # its main runs
+        else "no lr sweep ran at this size: not shown to be the best lr"
+        for s in SIZES
+    }
+    assert {r["message"].split(", but ")[0] for r in got} == {"the scaling points ran at lr 0.01"}
+    assert ("lr_bracketed", "d16x1", "fail") in {
+        (r[0], r[1], r[2]) for r in scaling_db.execute("SELECT check_name, size, status FROM health").fetchall()
+    }
+    for view in ("scaling_points", "scaling_fit", "compute_multiplier"):
+        checks = {r[0] for r in scaling_db.execute(f"SELECT DISTINCT failed_checks FROM {view}").fetchall()}
+        assert checks == {"scaling_lr"}, (view, checks)
+
+
 def test_scaling_columns_are_documented_in_the_database(scaling_db):
     from rlrs.analysis.scaling.study import COLUMN_DOCS
 
@@ -217,6 +240,8 @@ def test_report_shows_the_fits_and_the_multiplier(scaling_report):
     assert not set(SCALING_FIGURES) & set(built.missing)
     html = out.read_text()
     assert "<h3>Scaling-law fits</h3>" in html and "<h3>Compute multiplier</h3>" in html
+    mult = html.split("<h3>Compute multiplier</h3>")[1].split("</table>")[0]
+    assert mult.count("<td>fail: scaling_lr") == 2  # the in-range and the named budget, beside each
     assert "RMSE held out" in html and "chinchilla · dense (N: nonembedding)" in json.dumps(
         built.figures, ensure_ascii=False
     )

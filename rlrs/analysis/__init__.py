@@ -12,7 +12,8 @@ gets every table and view, only with fewer rows.
     speedup   speedup, loss gap, transfer
     health, plateau, health_view
               the eight study-health checks, run at collect time (`health`)
-    sweeps    final losses, lr sweep, U-plots, regret, ablations
+    sweeps    final losses, lr sweep, U-plots, ablations
+    regret    the transfer regret of every swept parameter
     lr_width  the best base lr against width per (family, parametrization, arm)
     curves    loss curves, update sizes, lr schedules (binned for plots)
     scaling   scaling-law fits of the scaling sweep (laws, fit, frontier, multiplier, study)
@@ -68,7 +69,7 @@ from dataclasses import dataclass, field
 import duckdb
 import polars as pl
 
-from rlrs.analysis import curves, health, health_view, lr_width, members, speedup, sweeps, tables
+from rlrs.analysis import curves, health, health_view, lr_width, members, regret, speedup, sweeps, tables
 from rlrs.analysis.scaling import study as scaling_study
 from rlrs.db import has_table
 from rlrs.db.schema import utc_now
@@ -132,17 +133,19 @@ VIEWS: dict[str, View] = {
         lambda x: sweeps.lr_sweep(x.members, x.study),
         sweeps.LR_SWEEP_SCHEMA,
         "one row per (size, arm, lr): final loss against base lr; is_best marks the compared lr",
+        sweeps.SHARED_DOCS,
     ),
     "usweep": View(
-        lambda x: sweeps.usweep(x.members, x.study),
+        lambda x: sweeps.usweep(x.members, x.frames["health"], x.study),
         sweeps.USWEEP_SCHEMA,
         "one row per (size, base arm, component, start or end, factor): the U-plots",
+        sweeps.SHARED_DOCS | health.CHECK_DOCS,
     ),
     "regret": View(
-        lambda x: sweeps.regret(x.frames["lr_sweep"], x.frames["usweep"], x.members, x.study),
-        sweeps.REGRET_SCHEMA,
+        lambda x: regret.regret(x.frames["lr_sweep"], x.frames["usweep"], x.members, x.study),
+        regret.REGRET_SCHEMA,
         "one row per (swept parameter, larger size): loss at the small size's best factor minus the best loss",
-        sweeps.REGRET_DOCS,
+        regret.REGRET_DOCS,
     ),
     "lr_vs_width": View(
         lambda x: lr_width.lr_vs_width(x.con, x.study, x.members, x.frames["health"]),
@@ -151,9 +154,10 @@ VIEWS: dict[str, View] = {
         lr_width.COLUMN_DOCS,
     ),
     "ablation": View(
-        lambda x: sweeps.ablation(x.members, x.study),
+        lambda x: sweeps.ablation(x.members, x.frames["health"], x.study),
         sweeps.ABLATION_SCHEMA,
         "one row per (size, removal or contribution, component): loss against the reference arm",
+        health.CHECK_DOCS,
     ),
     "compared_runs": View(
         lambda x: curves.compared_runs(x.members, x.study, x.baseline),
@@ -222,15 +226,21 @@ def _scaling(x: Inputs, name: str) -> pl.DataFrame:
     """The scaling views are fitted together, once per study, by `rlrs
     collect` (the first one asked for fills all five). A reader of a fresh
     database (the report) reads the stored fits instead of refitting: the
-    bootstrap refits are the one costly part of the analysis."""
+    bootstrap refits are the one costly part of the analysis. Stored fits
+    without a column this code writes (a database collected before it) are
+    refitted."""
     if name not in x.frames:
+        stored = {}
         if not is_stale(x.con) and all(has_table(x.con, f"analysis_{n}") for n in SCALING_VIEWS):
             for n in SCALING_VIEWS:
+                got = x.con.sql(f"SELECT * FROM analysis_{n} WHERE study = $study", params={"study": x.study}).pl()
+                stored[n] = got if set(VIEWS[n].schema) <= set(got.columns) else None
+        if stored and all(v is not None for v in stored.values()):
+            for n, got in stored.items():
                 schema = VIEWS[n].schema
-                stored = x.con.sql(f"SELECT * FROM analysis_{n} WHERE study = $study", params={"study": x.study}).pl()
-                x.frames[n] = stored.select(list(schema)).cast(schema) if stored.height else members.frame([], schema)
+                x.frames[n] = got.select(list(schema)).cast(schema) if got.height else members.frame([], schema)
         else:
-            frames = scaling_study.scaling(x.con, x.members, x.study, x.baseline)
+            frames = scaling_study.scaling(x.con, x.members, x.study, x.baseline, x.frames["health"])
             x.frames |= dict(
                 zip(SCALING_VIEWS, (frames.points, frames.fit, frames.multiplier, frames.frontier, frames.iso_loss))
             )

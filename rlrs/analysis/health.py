@@ -35,6 +35,15 @@ LR_CHOICES: size, family, arm, lr, bracketed (bool), cap_reached (bool),
   (rlrs.study.bracketing.select_lr), one per compared or failed cell.
 SPEEDUPS: size, family, arm, speedup, bound: the ladder speedup rows
   (rlrs.analysis.estimates.ladder_speedup), one per non-baseline compared cell.
+SCALING: size, family, arm, lr: one row per completed run of the scaling
+  sweep (check 2's scaling_lr judges each (size, arm) cell's lr against
+  the LR_CHOICES row of that cell).
+
+What a row qualifies is its check's `qualifies` (keys of QUALIFIES): the
+speedup and the loss gap (`blocking_failures`, `with_blocking`: a failure
+blocks them), and the numbers that rest on a cell's other runs, the sweeps'
+points and the scaling fits (`named_checks`, `with_checks`: the failed and
+the warned checks, named beside the number).
 """
 
 from __future__ import annotations
@@ -128,21 +137,46 @@ class Check:
     name: str
     number: int  # the spec's check, 1-8
     scope: str
-    qualifies: frozenset  # which estimates a failure moves under it: 'speedup', 'loss_gap'
+    qualifies: frozenset  # the numbers its rows qualify: keys of QUALIFIES
     doc: str
 
 
+# The numbers a check's rows qualify: a failed row blocks them (the report
+# shows them under the failure, never as a result), a warned row is named
+# beside them.
+QUALIFIES = {
+    "speedup": "the cell's speedup over the baseline (the speedup view)",
+    "loss_gap": "the cell's final-loss gap to the baseline (the speedup view)",
+    "sweeps": "the points the cell's sweeps ran at its lr: U-sweep points, removals, contributions "
+    "(the usweep and ablation views)",
+    "scaling": "the cell's scaling-sweep points and every fit and compute multiplier that uses them "
+    "(the scaling_points, scaling_fit and compute_multiplier views)",
+}
 _BOTH = frozenset({"speedup", "loss_gap"})
+# The checks of the runs themselves at a cell (not of its comparison with the
+# baseline) qualify the cell's other points too; the scaling points' lr is
+# judged by scaling_lr (their own lr), not by lr_bracketed.
+_RUNS = _BOTH | {"sweeps", "scaling"}
 CHECKS = (
     Check(
         "loss_falls_with_size",
         1,
         "arm",
-        _BOTH,
+        _RUNS,
         "per family and arm, a larger size (by active non-embedding parameters) at the same length has a lower mean "
         "final loss than the next smaller one: fail if higher, warn if lower by less than the seed noise",
     ),
-    Check("lr_bracketed", 2, "arm", _BOTH, "every compared lr is interior to its sweep: fail if unbracketed"),
+    Check(
+        "lr_bracketed", 2, "arm", _BOTH | {"sweeps"}, "every compared lr is interior to its sweep: fail if unbracketed"
+    ),
+    Check(
+        "scaling_lr",
+        2,
+        "arm",
+        frozenset({"scaling"}),
+        "the cell's scaling-sweep points ran at the lr its lr sweep (or selection) chose at their size, and that lr "
+        "is interior to the sweep: fail if never swept there, unbracketed, or another lr",
+    ),
     Check(
         "ladder_brackets_arm",
         3,
@@ -154,28 +188,28 @@ CHECKS = (
         "tokens_per_param",
         4,
         "size",
-        _BOTH,
+        _RUNS,
         "training tokens per active non-embedding parameter: warn below the threshold",
     ),
     Check(
         "plateau_exit",
         5,
         "arm",
-        _BOTH,
+        _RUNS,
         "the runs have left their early plateau by 25% of training (the spec's test where eval points allow it, "
         "else the shape test) and ended clearly below their size's plateau level: warn otherwise (the final loss "
         "then times the plateau exit)",
     ),
-    Check("end_slope", 5, "arm", _BOTH, "the runs are not still dropping steeply over the last 10% of training: warn"),
+    Check("end_slope", 5, "arm", _RUNS, "the runs are not still dropping steeply over the last 10% of training: warn"),
     Check(
         "moe_vs_dense",
         6,
         "arm",
-        _BOTH,
+        _RUNS,
         "the MoE baseline is not worse than the dense baseline of the same active size: fail beyond seed noise, warn "
         "within it",
     ),
-    Check("dropped_tokens", 6, "arm", _BOTH, "MoE dropped-token fraction per cell: warn above the threshold"),
+    Check("dropped_tokens", 6, "arm", _RUNS, "MoE dropped-token fraction per cell: warn above the threshold"),
     Check(
         "seeds_per_cell",
         7,
@@ -201,7 +235,7 @@ CHECKS = (
         "seeds_disjoint",
         8,
         "study",
-        _BOTH,
+        _RUNS,
         "the reported seeds are disjoint from the selection and tuning seeds: fail on any overlap",
     ),
 )
@@ -288,6 +322,48 @@ def blocking_failures(
         if r["status"] == FAIL and estimate in _CHECK[r["check_name"]].qualifies
     }
     return sorted(names, key=_ORDER.__getitem__)
+
+
+def _names(checks: set[str]) -> str | None:
+    return ", ".join(sorted(checks, key=_ORDER.__getitem__)) or None
+
+
+def named_checks(health_rows, cells, estimate: str) -> dict[str, str | None]:
+    """CHECK_COLUMNS for a number that rests on the runs of `cells`, each a
+    (family, size, arm) judged as its own cell (its rows, its size's, its
+    family's, the study's; `covering` with baseline=arm): the failed and the
+    warned checks among those that qualify `estimate` (a key of QUALIFIES),
+    a check that fails at one cell and warns at another named as failed."""
+    if estimate not in QUALIFIES:
+        raise ValueError(f"estimate: {estimate!r}; allowed: {', '.join(QUALIFIES)}")
+    rows = health_rows.to_dicts() if isinstance(health_rows, pl.DataFrame) else list(health_rows)
+    found: dict[str, set[str]] = {FAIL: set(), WARN: set()}
+    for family, size, arm in cells:
+        for r in covering(rows, size, arm, baseline=arm, family=family):
+            if r["status"] in found and estimate in _CHECK[r["check_name"]].qualifies:
+                found[r["status"]].add(r["check_name"])
+    return {"failed_checks": _names(found[FAIL]), "warned_checks": _names(found[WARN] - found[FAIL])}
+
+
+CHECK_COLUMNS = ("failed_checks", "warned_checks")
+CHECK_DOCS = {
+    "failed_checks": "the failed health checks that qualify this row's number (rlrs.analysis.health.QUALIFIES; "
+    "those of the cells whose runs it rests on): comma-separated, check order; NULL: none failed. The report "
+    "shows the number beside them, qualified, never as a clean result",
+    "warned_checks": "the warned health checks that qualify it (as failed_checks; a check failed at one of its "
+    "cells is listed there only); NULL: none warned",
+}
+
+
+def with_checks(frame: pl.DataFrame, health_rows, estimate: str, family: dict[str, str], arm: str = "arm"):
+    """`frame` (one number per row at column `arm` and `size`) with
+    CHECK_COLUMNS from `named_checks` of the row's (family, size, arm) cell;
+    `family`: size -> family."""
+    rows = health_rows.to_dicts() if isinstance(health_rows, pl.DataFrame) else list(health_rows)
+    cells = frame.select("size", arm).unique().rows()
+    got = {(size, a): named_checks(rows, [(family.get(size), size, a)], estimate) for size, a in cells}
+    keys = list(zip(frame["size"].to_list(), frame[arm].to_list()))
+    return frame.with_columns(pl.Series(c, [got[k][c] for k in keys], dtype=pl.Utf8) for c in CHECK_COLUMNS)
 
 
 BLOCKED_BY = {"speedup": "speedup_blocked_by", "loss_gap": "loss_gap_blocked_by"}

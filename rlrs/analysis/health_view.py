@@ -1,5 +1,6 @@
 """The `health` view: the eight checks of rlrs.analysis.health (and
-rlrs.analysis.plateau) run on one study's database, at collect time.
+rlrs.analysis.plateau, rlrs.analysis.scaling_lr) run on one study's
+database, at collect time.
 
 Inputs, read from the database:
 - the compared cells: each (size, arm)'s compared group (its chosen lr at
@@ -11,7 +12,10 @@ Inputs, read from the database:
 - the lr choices: table `lr_selection` when the study has a selection stage,
   else the lr sweep as it ran, judged by bracketing.select_lr with
   max_extra_points=0 over each cell's main and lr-sweep runs (a diverged
-  seed counts as +inf);
+  seed counts as +inf); the same for the cells of the scaling sweep
+  (check 2's scaling_lr), at the lr sweep's longest length where a cell has
+  no main runs;
+- the scaling sweep's completed runs (size, family, arm, lr);
 - the ladder rows of the `speedup` view;
 - the seed lists from the studies table's config: `seeds` (reported),
   `selection_seeds` (else those of lr_selection's rows; else, when the
@@ -33,6 +37,7 @@ from rlrs import tags
 from rlrs.analysis import health, health_checks, members
 from rlrs.analysis.members import F, I, S, frame
 from rlrs.analysis.plateau import plateau
+from rlrs.analysis.scaling_lr import scaling_lr
 from rlrs.db import has_table
 from rlrs.study.bracketing import select_lr
 
@@ -63,6 +68,7 @@ CHOICE_SCHEMA = {
     "failed": pl.Boolean,
     "note": S,
 }
+SCALING_SCHEMA = {"size": S, "family": S, "arm": S, "lr": F}
 _CONTRACTS = {
     "runs": tuple(c for c in RUNS_SCHEMA if c != "parametrization"),  # optional: sp
     "curves": ("run_id", "step", "eval_loss"),
@@ -82,8 +88,12 @@ def study_health(
     *,
     overrides: Mapping | None = None,
     baseline: str = "baseline",
+    scaling: pl.DataFrame | None = None,
+    scaling_choices: pl.DataFrame | None = None,
 ) -> list[dict]:
-    """Every check's rows, in check order (frames as in rlrs.analysis.health)."""
+    """Every check's rows, in check order (frames as in rlrs.analysis.health;
+    `scaling`, `scaling_choices`: the SCALING frame and the LR_CHOICES of its
+    cells, for check 2's scaling_lr; None: no scaling sweep)."""
     for name, part in {"runs": runs, "curves": curves, "lr_choices": lr_choices, "speedups": speedups}.items():
         missing = [c for c in _CONTRACTS[name] if c not in part.columns]
         if missing:
@@ -92,6 +102,7 @@ def study_health(
     rows = (
         health_checks.loss_falls_with_size(runs, s)
         + health_checks.lr_bracketed(lr_choices)
+        + (scaling_lr(scaling, scaling_choices) if scaling is not None else [])
         + health_checks.ladder_brackets_arm(speedups)
         + health_checks.tokens_per_param(runs, s)
         + plateau(runs, curves, s)
@@ -173,13 +184,13 @@ def lr_choices(
     for size, family, arm in (
         runs.filter(pl.col("sweep") == "main").select("size", "family", "arm").unique(maintain_order=True).iter_rows()
     ):
-        steps = members.main_steps(study_members, size, arm)
-        cand = study_members.filter(
-            (pl.col("size") == size)
-            & (pl.col("arm") == arm)
-            & pl.col("sweep").is_in(tags.LR_SWEEPS)
-            & (pl.col("steps") == steps)
-            & pl.col("status").is_in(["completed", "diverged"])
+        swept = study_members.filter(
+            (pl.col("size") == size) & (pl.col("arm") == arm) & pl.col("sweep").is_in(tags.LR_SWEEPS)
+        )
+        # At the main length; a cell without main runs (a scaling size) at its lr sweep's longest.
+        steps = members.main_steps(study_members, size, arm) or swept["steps"].max()
+        cand = swept.filter(
+            (pl.col("steps") == (steps or 0)) & pl.col("status").is_in(["completed", "diverged"])
         ).unique("run_id")
         results: dict[float, dict[int, float]] = {}
         for lr, seed, status, loss in cand.select("lr", "seed", "status", "final_eval_loss").iter_rows():
@@ -192,6 +203,14 @@ def lr_choices(
         got = select_lr(sorted(results), 2.0, results, seeds, max_extra_points=0)
         rows.append(at | {k: got[k] for k in ("lr", "bracketed", "failed", "note")} | {"cap_reached": False})
     return frame(rows, CHOICE_SCHEMA)
+
+
+def scaling_cells(study_members: pl.DataFrame) -> pl.DataFrame:
+    """The SCALING frame: size, family, arm, lr of each completed scaling run."""
+    runs = members.completed(study_members.filter(pl.col("sweep") == tags.SCALING)).unique(["run_id", "arm"])
+    family = members.size_family(study_members)
+    runs = runs.with_columns(pl.col("size").replace_strict(family, default=None).alias("family"))
+    return frame(runs.sort("size", "arm", "lr").select(list(SCALING_SCHEMA)).to_dicts(), SCALING_SCHEMA)
 
 
 def seed_lists(
@@ -224,5 +243,19 @@ def health_view(
     choices = lr_choices(con, study, study_members, runs)
     ladder = speedup.filter(pl.col("definition") == "ladder").select("size", "family", "arm", "speedup", "bound")
     seeds, selection, tune, overrides = seed_lists(con, study, study_members)
-    rows = study_health(runs, curves, choices, ladder, seeds, selection, tune, overrides=overrides, baseline=baseline)
+    scaling = scaling_cells(study_members)
+    cells = scaling.select("size", "family", "arm").unique(maintain_order=True).with_columns(sweep=pl.lit("main"))
+    rows = study_health(
+        runs,
+        curves,
+        choices,
+        ladder,
+        seeds,
+        selection,
+        tune,
+        overrides=overrides,
+        baseline=baseline,
+        scaling=scaling if scaling.height else None,
+        scaling_choices=lr_choices(con, study, study_members, cells),
+    )
     return frame([{"study": study} | r for r in rows], VIEW_SCHEMA)

@@ -85,11 +85,6 @@ COLUMN_DOCS = {
 }
 
 
-# The checks that qualify a cell's own numbers (its lr, its loss): those that
-# qualify its loss gap; the ladder's qualify only a speedup over the baseline.
-_QUALIFYING = {c.name for c in health.CHECKS if "loss_gap" in c.qualifies}
-
-
 def _grid_step(con: duckdb.DuckDBPyConnection, study: str) -> dict[tuple[str, str], float]:
     """(size, arm) -> the selection's step factor, where the study has lr_selection rows."""
     if not has_table(con, "lr_selection"):
@@ -145,7 +140,7 @@ def lr_vs_width(
         .agg(pl.col("d_model").max(), pl.col("n_layers").max(), pl.col("params_nonembedding").max())
         .iter_rows(named=True)
     }
-    rows = []
+    rows, health_list = [], health_rows.to_dicts()
     for c in choices.iter_rows(named=True):
         size, arm = c["size"], c["arm"]
         lr_runs = study_members.filter(
@@ -180,15 +175,8 @@ def lr_vs_width(
                     "n": n,
                     "loss_source": source,
                 }
-        failed = sorted(
-            {
-                r["check_name"]
-                for r in health.covering(health_rows, size, arm, baseline=arm, family=c["family"])
-                if r["status"] == health.FAIL and r["check_name"] in _QUALIFYING
-            },
-            key=[ch.name for ch in health.CHECKS].index,
-        )
-        row["failed_checks"] = ", ".join(failed) or None
+        # The checks that qualify the cell's loss gap: its own numbers, not the ladder's (a speedup's).
+        row["failed_checks"] = health.named_checks(health_list, [(c["family"], size, arm)], "loss_gap")["failed_checks"]
         row["note"] = "; ".join(notes) or None
         rows.append(row)
     return _against_base(frame(rows, SCHEMA))

@@ -1,5 +1,5 @@
-"""The sweeps' tables: final losses per arm, the base-lr sweep, U-plots, the
-transfer regret of every swept parameter, and the ablations.
+"""The sweeps' tables: final losses per arm, the base-lr sweep, U-plots and
+the ablations (the transfer regret over them: rlrs.analysis.regret).
 
 Every derived run is compared with its own arm label at the same size, lr
 and length (rlrs.tags): the scaled arm for a U-sweep, the arm a component
@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from rlrs import tags
+from rlrs.analysis import health
 from rlrs.analysis.estimates import loss_gap
 from rlrs.analysis.members import (
     F,
@@ -22,11 +23,12 @@ from rlrs.analysis.members import (
     best_group,
     excluded_note,
     frame,
+    lr_pool,
     main_steps,
+    mean_over,
     seed_groups,
     size_family,
     size_order,
-    size_parametrization,
     size_params,
 )
 
@@ -60,6 +62,9 @@ LR_SWEEP_SCHEMA = {
     "n_diverged": I,
     "is_best": pl.Boolean,
     "run_ids": S,
+    "mean_loss_shared": F,
+    "n_shared": I,
+    "shared_seeds": S,
 }
 
 
@@ -79,38 +84,22 @@ USWEEP_SCHEMA = {
     "run_ids": S,
     "delta": F,
     "n_pairs": I,
+    "mean_loss_shared": F,
+    "n_shared": I,
+    "shared_seeds": S,
+    "failed_checks": S,
+    "warned_checks": S,
 }
 
 
-REGRET_SCHEMA = {
-    "study": S,
-    "parameter": S,
-    "kind": S,
-    "parametrization": S,
-    "size": S,
-    "reference_size": S,
-    "chosen_factor": F,
-    "best_factor": F,
-    "loss_at_chosen": F,
-    "best_loss": F,
-    "regret": F,
-    "note": S,
-}
-
-
-REGRET_DOCS = {
-    "study": "study name",
-    "parameter": "the swept parameter: lr (arm) or component.start|end (base arm)",
-    "kind": "lr | usweep",
-    "parametrization": "sp | mup: the line's parametrization (sizes are referred within one family and parametrization)",
-    "size": "the larger size",
-    "reference_size": "the smallest swept size of the line, where chosen_factor was best",
-    "chosen_factor": "the factor best at reference_size (lr: lr / the grid's centre)",
-    "best_factor": "the factor best at this size",
-    "loss_at_chosen": "mean final eval loss at chosen_factor at this size",
-    "best_loss": "mean final eval loss at best_factor at this size",
-    "regret": "loss_at_chosen - best_loss (0 = the small size's choice is still optimal)",
-    "note": "why a value is missing, or NULL",
+# The sweeps' shared-seed columns (lr_sweep, usweep): what best_group ranks on.
+SHARED_DOCS = {
+    "mean_loss": "mean final eval loss over every completed seed of the point (points may hold different seeds: "
+    "compare mean_loss_shared)",
+    "mean_loss_shared": "mean final eval loss over the seeds every competing point of its (size, arm) has "
+    "(members.best_group ranks on these; NULL when they share none)",
+    "n_shared": "seeds in mean_loss_shared",
+    "shared_seeds": "those seeds, comma-separated",
 }
 
 
@@ -133,6 +122,8 @@ ABLATION_SCHEMA = {
     "delta_ci_high": F,
     "delta_unpaired": F,
     "reference_loss_all": F,
+    "failed_checks": S,
+    "warned_checks": S,
 }
 
 
@@ -144,6 +135,23 @@ def _group_stats(g: Group) -> dict:
         "std_loss": float(g.losses.std(ddof=1)) if n >= 2 else None,
         "n": n,
         "n_excluded": g.n_excluded,
+    }
+
+
+def common_seeds(groups: list[Group]) -> set[int]:
+    """The seeds every competing point has (members.lr_pool: the points that
+    compete for the best; empty when they share none)."""
+    sets = [set(g.seeds) for g in lr_pool(groups)]
+    return set.intersection(*sets) if sets else set()
+
+
+def _shared_stats(g: Group, common: set[int]) -> dict:
+    """The point's mean over `common` (what best_group ranks on)."""
+    seeds = sorted(set(g.seeds) & common)
+    return {
+        "mean_loss_shared": mean_over(g, set(seeds)) if seeds else None,
+        "n_shared": len(seeds),
+        "shared_seeds": ", ".join(map(str, seeds)) or None,
     }
 
 
@@ -172,7 +180,11 @@ def final_losses(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
 def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
     """Final loss against base lr per (size, arm) wherever an lr sweep ran;
     the main runs join as the sweep's factor-1 point. `is_best` marks the
-    lr the speedup comparison uses."""
+    lr the speedup comparison uses. `mean_loss` pools every seed of a
+    point; `mean_loss_shared` averages the seeds every point of the
+    (size, arm) has (in a staged study the chosen lr's point holds the
+    selection seeds and the reported ones, the other lrs the selection
+    seeds only): the best lr is the lowest of these."""
     rows = []
     swept = members.filter(pl.col("sweep") == tags.LR).select("size", "arm").unique()
     for size, arm in swept.sort(["size", "arm"]).iter_rows():
@@ -184,7 +196,7 @@ def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
             & ((pl.col("steps") == steps) if steps is not None else pl.lit(True))
         )
         groups = seed_groups(cand)
-        best = best_group(groups)
+        best, common = best_group(groups), common_seeds(groups)
         main_lr = cand.filter(pl.col("sweep") == tags.MAIN)["lr"].drop_nulls()
         for g in groups:
             if g.lr is None:  # planned runs not ingested yet
@@ -203,6 +215,7 @@ def lr_sweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
                     "n_diverged": g.n_diverged,
                     "is_best": g is best,
                     "run_ids": ",".join(g.run_ids),
+                    **_shared_stats(g, common),
                 }
             )
     return frame(rows, LR_SWEEP_SCHEMA)
@@ -259,9 +272,11 @@ def _vs_reference(g: Group, ref: Group | None) -> dict:
     return {"delta": matched.get("delta"), "n_pairs": matched["n_pairs"]}
 
 
-def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
+def usweep(members: pl.DataFrame, health_rows, study: str = "") -> pl.DataFrame:
     """U-plot points: final loss per (size, component, start|end, factor),
-    with the unscaled base arm at the same lr and length as factor 1."""
+    with the unscaled base arm at the same lr and length as factor 1 (and
+    the shared-seed means, as lr_sweep), each beside the health checks that
+    qualify its (size, base arm) cell's points (health.with_checks)."""
     # A U-sweep point needs its tags; a hand-made plan row without them is skipped, not guessed.
     sw = members.filter(
         (pl.col("sweep") == tags.USWEEP) & pl.all_horizontal(pl.col("component", "which", "factor").is_not_null())
@@ -283,6 +298,7 @@ def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
             if ref is not None:
                 points.append((1.0, ref))
         best = best_group([g for _, g in sorted(points, key=lambda p: p[0])])  # the lr rule, over factors
+        common = common_seeds([g for _, g in points])
         for f, g in sorted(points, key=lambda p: p[0]):
             rows.append(
                 {
@@ -297,12 +313,14 @@ def usweep(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
                     "params_nonembedding": params[size][0],
                     "run_ids": ",".join(g.run_ids),
                     **_vs_reference(g, ref),
+                    **_shared_stats(g, common),
                 }
             )
     order = {s: i for i, s in enumerate(size_order(members))}
-    return frame(rows, USWEEP_SCHEMA).sort(
+    out = frame(rows, USWEEP_SCHEMA).sort(
         "component", "which", pl.col("size").replace_strict(order, default=len(order)), "factor"
     )
+    return health.with_checks(out, health_rows, "sweeps", size_family(members), arm="base_arm")
 
 
 def _merge_groups(groups: list[Group]) -> Group:
@@ -323,68 +341,13 @@ def _merge_groups(groups: list[Group]) -> Group:
     )
 
 
-def _family_lines(sizes: list[str], order: dict[str, int], family: dict) -> list[list[str]]:
-    """`sizes` split by model family (size -> its line's key), each list smallest first."""
-    ordered = sorted(sizes, key=lambda s: order.get(s, len(order)))
-    return [[s for s in ordered if family.get(s) == fam] for fam in dict.fromkeys(family.get(s) for s in ordered)]
-
-
-def regret(lr_frame: pl.DataFrame, u_frame: pl.DataFrame, members: pl.DataFrame, study: str = "") -> pl.DataFrame:
-    """Transfer regret of every swept parameter: at each larger size, the loss
-    at the factor that was best at the smallest swept size minus the best
-    loss at that size (0 = the small-scale choice is still optimal). Within a
-    model family and parametrization only: a MoE size is referred to the
-    smallest MoE size, a dense size to the smallest dense size, a muP size
-    to the smallest muP size of its family (sp and muP lines never mix)."""
-    order = {s: i for i, s in enumerate(size_order(members))}
-    family, param = size_family(members), size_parametrization(members)
-    line = {s: (family[s], param.get(s, "sp")) for s in family}
-    curves = []  # (parameter, kind, frame with size, factor, mean_loss, eligible)
-    if not lr_frame.is_empty():
-        for (arm,), part in lr_frame.group_by(["arm"], maintain_order=True):
-            curves.append((f"lr ({arm})", "lr", part.rename({"lr_factor": "factor"})))
-    if not u_frame.is_empty():
-        for (base, comp, which), part in u_frame.group_by(["base_arm", "component", "which"], maintain_order=True):
-            curves.append((f"{comp}.{which} ({base})", "usweep", part))
-    rows = []
-    for parameter, kind, part, sizes in [
-        (parameter, kind, part, sizes)
-        for parameter, kind, part in curves
-        for sizes in _family_lines(part["size"].unique().to_list(), order, line)
-    ]:
-        best = {r["size"]: r for r in part.filter(pl.col("is_best")).iter_rows(named=True)}
-        if len(sizes) < 2 or sizes[0] not in best:
-            continue
-        ref = sizes[0]
-        chosen = best[ref]["factor"]
-        for size in sizes[1:]:
-            row = {
-                "study": study,
-                "parameter": parameter,
-                "kind": kind,
-                "parametrization": param.get(ref, "sp"),
-                "size": size,
-                "reference_size": ref,
-                "chosen_factor": chosen,
-            }
-            if size not in best:
-                rows.append(row | {"note": "no eligible point at this size"})
-                continue
-            at = part.filter((pl.col("size") == size) & (pl.col("factor") - chosen).abs().lt(1e-9 * abs(chosen)))
-            row |= {"best_factor": best[size]["factor"], "best_loss": best[size]["mean_loss"]}
-            if at.is_empty() or at["mean_loss"][0] is None:
-                rows.append(row | {"note": f"factor {chosen:g} not run (or not completed) at this size"})
-                continue
-            loss = float(at["mean_loss"][0])
-            rows.append(row | {"loss_at_chosen": loss, "regret": loss - best[size]["mean_loss"]})
-    return frame(rows, REGRET_SCHEMA)
-
-
-def ablation(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
+def ablation(members: pl.DataFrame, health_rows, study: str = "") -> pl.DataFrame:
     """Per component: removal = loss(RLRS with the component reset to (1, 1))
     - loss(RLRS), positive when the component's schedule helps; contribution
     = loss(baseline + only this component's RLRS values) - loss(baseline),
-    negative when it helps. References are matched on size, lr and length."""
+    negative when it helps. References are matched on size, lr and length.
+    Each row is beside the health checks that qualify its (size, reference
+    arm) cell's points (health.with_checks)."""
     rows = []
     for kind in tags.ABLATIONS:
         part = members.filter((pl.col("sweep") == kind) & pl.col("component").is_not_null())
@@ -425,6 +388,7 @@ def ablation(members: pl.DataFrame, study: str = "") -> pl.DataFrame:
                         row["reference_loss"] = float(np.mean([v for s, v in ref.by_seed().items() if s in shared]))
             rows.append(row | {"note": "; ".join(notes) or None})
     order = {s: i for i, s in enumerate(size_order(members))}
-    return frame(rows, ABLATION_SCHEMA).sort(
+    out = frame(rows, ABLATION_SCHEMA).sort(
         "kind", pl.col("size").replace_strict(order, default=len(order)), "component"
     )
+    return health.with_checks(out, health_rows, "sweeps", size_family(members), arm="reference_arm")

@@ -19,6 +19,12 @@ bootstrap resamples and the named extrapolation budget; every row carries
 `n_kind`. Points are ordered by (N, D, E, G, run id) and every fit of a study
 uses the same bootstrap seed, so an arm and the baseline trained on the same
 grid are resampled in the same cells (a paired bootstrap).
+
+Every point, fit and multiplier row names the failed and warned health
+checks of the (family, size, arm) cells of the runs it rests on
+(rlrs.analysis.health.named_checks, estimate 'scaling'): a number under a
+failed check (a point whose lr was not the bracketed best at its size,
+check 2's scaling_lr, among them) is qualified by it, not a result.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 import polars as pl
 
 from rlrs import tags
+from rlrs.analysis import health
 from rlrs.analysis.members import F, I, S, completed, frame
 from rlrs.analysis.scaling.fit import Fit, fit_law
 from rlrs.analysis.scaling.frontier import compute_optimal, frontier_loss, tokens_for_loss
@@ -62,6 +69,10 @@ ISO_POINTS = 30
 ISO_LEVELS = 6
 
 _KEY = {"study": S, "law": S, "family": S, "arm": S, "n_kind": S, "experts": F, "granularity": F}
+# What qualifies each number (rlrs.analysis.health.named_checks, estimate
+# 'scaling'): a point, its (family, size, arm) cell's checks; a fit, those of
+# every cell among its points; a multiplier, those of both fits' cells.
+_CHECKS = {c: S for c in health.CHECK_COLUMNS}
 POINTS_SCHEMA = _KEY | {
     "run_id": S,
     "n_params": F,
@@ -71,6 +82,8 @@ POINTS_SCHEMA = _KEY | {
     "loss": F,
     "fitted": F,
     "held_out": B,
+    "size": S,
+    **_CHECKS,
 }
 FIT_SCHEMA = _KEY | {
     "parameter": S,
@@ -82,6 +95,7 @@ FIT_SCHEMA = _KEY | {
     "n_points": I,
     "n_heldout": I,
     "huber_delta": F,
+    **_CHECKS,
 }
 MULTIPLIER_SCHEMA = _KEY | {
     "baseline": S,
@@ -90,6 +104,7 @@ MULTIPLIER_SCHEMA = _KEY | {
     "ci_low": F,
     "ci_high": F,
     "extrapolated": B,
+    **_CHECKS,
 }
 FRONTIER_SCHEMA = _KEY | {
     "compute": F,
@@ -131,7 +146,7 @@ def load_points(con: duckdb.DuckDBPyConnection, members: pl.DataFrame) -> pl.Dat
     """The scaling sweep's completed runs (one row per run id and arm) with
     their parameter counts, E and G (E = 1, G = 1 for dense runs)."""
     runs = completed(members.filter(pl.col("sweep") == tags.SCALING)).unique(["run_id", "arm"]).sort("run_id")
-    cols = ["run_id", "arm", "final_eval_loss", "tokens", *N_KINDS.values(), "moe"]
+    cols = ["run_id", "size", "arm", "final_eval_loss", "tokens", *N_KINDS.values(), "moe"]
     runs = runs.select(cols)
     if runs.is_empty():
         return runs.with_columns(experts=pl.lit(None, F), granularity=pl.lit(None, F))
@@ -267,8 +282,11 @@ def empty() -> Frames:
     return Frames(*(frame([], s) for s in (POINTS_SCHEMA, FIT_SCHEMA, MULTIPLIER_SCHEMA, FRONTIER_SCHEMA, ISO_SCHEMA)))
 
 
-def scaling(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, study: str, baseline: str) -> Frames:
-    """Every scaling frame of one study (empty frames without a scaling sweep)."""
+def scaling(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, study: str, baseline: str, health_rows) -> Frames:
+    """Every scaling frame of one study (empty frames without a scaling
+    sweep); `health_rows`: the study's `health` rows, whose checks that
+    qualify the scaling points are named beside every point, fit and
+    multiplier (_CHECKS)."""
     points = load_points(con, members)
     if points.is_empty():
         return empty()
@@ -277,15 +295,27 @@ def scaling(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, study: str, b
     if not fits:
         return empty()
     grid = budgets(fits, cfg)
+    rows = health_rows.to_dicts() if isinstance(health_rows, pl.DataFrame) else list(health_rows)
+    size_of = dict(zip(zip(points["run_id"], points["arm"]), points["size"]))
+    cells = {
+        id(f): {(f.group.family, size_of[(r, f.group.arm)], f.group.arm) for r in f.fit.points.run_id} for f in fits
+    }
+    checks = lambda *cs: health.named_checks(rows, set().union(*cs), "scaling")  # noqa: E731
     pts, fit_rows, mult, front, iso = [], [], [], [], []
     for f in fits:
         key = f.key(study)
         fitted = f.fit.predict(f.fit.points)
         for row, value in zip(f.fit.point_rows(), fitted):
-            pts.append(key | row | {"compute": 6.0 * row["n_params"] * row["tokens"], "fitted": float(value)})
+            size = size_of[(row["run_id"], f.group.arm)]
+            pts.append(
+                key
+                | row
+                | {"compute": 6.0 * row["n_params"] * row["tokens"], "fitted": float(value), "size": size}
+                | checks({(f.group.family, size, f.group.arm)})
+            )
             if f.group.family == "moe":
                 pts[-1] |= {k: row[k] for k in ("experts", "granularity") if row[k] is not None}
-        extra = {"n_heldout": int(f.fit.held_out.sum()), "huber_delta": f.fit.delta}
+        extra = {"n_heldout": int(f.fit.held_out.sum()), "huber_delta": f.fit.delta} | checks(cells[id(f)])
         at = None if get_law(f.group.law).needs is None else f.at_values()
         fit_rows += [key | r | extra for r in f.fit.rows(budgets=[float(grid[-1])], at=at)]
         for a in f.at_values():
@@ -298,7 +328,8 @@ def scaling(con: duckdb.DuckDBPyConnection, members: pl.DataFrame, study: str, b
             continue
         for a in f.at_values():
             cm = compute_multiplier(base.fit, f.fit, grid, at=a)
-            mult += [f.key(study) | f.shape_of(a) | {"baseline": baseline} | r for r in cm.rows()]
+            qualified = checks(cells[id(base)], cells[id(f)])
+            mult += [f.key(study) | f.shape_of(a) | {"baseline": baseline} | r | qualified for r in cm.rows()]
     return Frames(
         frame(pts, POINTS_SCHEMA),
         frame(fit_rows, FIT_SCHEMA),
@@ -370,7 +401,9 @@ COLUMN_DOCS = {
         "loss": "final eval loss (nats/token)",
         "fitted": "the fitted law's loss at the point",
         "held_out": "in the extrapolation set (the fit's largest-compute runs): not fitted",
-    },
+        "size": "the run's size (its health checks are its (family, size, arm) cell's)",
+    }
+    | health.CHECK_DOCS,
     "scaling_fit": _FIT_KEY
     | {
         "parameter": "a coefficient, a fixed setting (E_start, E_max: no interval) or a derived quantity "
@@ -383,7 +416,8 @@ COLUMN_DOCS = {
         "n_points": "training points",
         "n_heldout": "held-out points",
         "huber_delta": "delta of the summed Huber objective",
-    },
+    }
+    | health.CHECK_DOCS,
     "compute_multiplier": _FIT_KEY
     | {
         "arm": "the arm compared with the baseline",
@@ -394,7 +428,8 @@ COLUMN_DOCS = {
         "ci_low": "paired bootstrap percentile interval, low end",
         "ci_high": "high end",
         "extrapolated": "C lies beyond either fit's largest training compute",
-    },
+    }
+    | health.CHECK_DOCS,
     "scaling_frontier": _FIT_KEY
     | {
         "compute": "compute C (FLOPs)",
