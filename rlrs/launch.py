@@ -35,7 +35,6 @@ import socket
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
 import submitit
@@ -45,6 +44,7 @@ from submitit.helpers import Checkpointable
 from rlrs import atomic, paths, rundir
 from rlrs.errors import ConfigError
 from rlrs.executor import KINDS, check_world, executor_settings, slurm_parameters, world_size
+from rlrs.provenance import utc_now
 from rlrs.study import reuse
 from rlrs.study.plan import chunks, load_plan, tuned_plan
 from rlrs.study.validate import load_study
@@ -121,10 +121,6 @@ def make_executor(kind: str, folder: Path, settings: dict) -> submitit.Executor:
     else:
         raise ConfigError("executor.kind", f"{kind!r} is not an executor; allowed: {', '.join(KINDS)}")
     return ex
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def load_configs(run_dirs: list[Path], plan: Path | None, study: Path | None) -> tuple[dict, dict, list[str]]:
@@ -285,7 +281,7 @@ def submit(
                     "run_id": d.name,
                     "job_id": str(job.job_id),
                     "executor": kind,
-                    "submitted_at": _now(),
+                    "submitted_at": utc_now(),
                     "host": socket.gethostname(),
                     "pid": os.getpid(),
                     "job_runs": [g.name for g in group],
@@ -337,7 +333,7 @@ def submit(
                     "run_id": d.name,
                     "job_id": str(job.job_id),
                     "executor": kind,
-                    "failed_at": _now(),
+                    "failed_at": utc_now(),
                     "error": error[-2000:],
                     **logs,
                 },

@@ -9,12 +9,10 @@ as one that never stopped.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -34,6 +32,7 @@ from rlrs.parallel import join
 from rlrs.parametrization import groups as parametrization_groups
 from rlrs.parametrization import role_of_parameters
 from rlrs.progress import Progress
+from rlrs.provenance import git_commit, utc_now
 from rlrs.rundir import CHECKPOINT, CONFIG, METRICS, SUMMARY, TERMINAL
 from rlrs.schedule import component_table
 
@@ -51,24 +50,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-_GIT_COMMIT: str | None | bool = False
-
-
-def git_commit() -> str | None:
-    """The commit of the rlrs checkout this code runs from (None outside git)."""
-    global _GIT_COMMIT
-    if _GIT_COMMIT is False:
-        try:
-            here = Path(rlrs.__file__).resolve().parent
-            out = subprocess.run(
-                ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-            )
-            _GIT_COMMIT = out.stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            _GIT_COMMIT = None
-    return _GIT_COMMIT
-
-
 def versions() -> dict:
     return {
         "python": platform.python_version(),
@@ -76,10 +57,6 @@ def versions() -> dict:
         "numpy": np.__version__,
         "rlrs": rlrs.__version__,
     }
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------- parameter groups
@@ -183,7 +160,7 @@ class Trainer:
         self.cpu = 0.0  # this process's CPU seconds in earlier attempts (resume)
         self.train_time = 0.0
         self.train_cpu = 0.0  # CPU seconds inside train steps (all of the process's threads)
-        self.started_at = _now()
+        self.started_at = utc_now()
         self.columns: dict[str, list] = {name: [] for name in self._column_names()}
 
     def _column_names(self) -> list[str]:
@@ -389,7 +366,7 @@ class Trainer:
             "cpu_time_s": None if self.cpu is None else self.cpu + (time.process_time() - self._c0),
             "step_cpu_time_s": None if self.train_cpu is None else self.train_cpu / max(1, self.step),
             "started_at": self.started_at,
-            "finished_at": _now(),
+            "finished_at": utc_now(),
             **self.meta,
             "versions": versions(),
             "git_commit": git_commit(),
@@ -441,7 +418,7 @@ def train(config: dict, out_dir: Path, *, executor: str | None = None, job_id: s
                 "final_eval_loss": None,
                 "error": f"{type(e).__name__}: {e}",
                 "steps_done": trainer.step,
-                "finished_at": _now(),
+                "finished_at": utc_now(),
                 **trainer.meta,
             },
         )

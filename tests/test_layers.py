@@ -27,6 +27,7 @@ LAYERS = {
     "rlrs.paper": 0,
     "rlrs.parametrization": 0,
     "rlrs.vega": 0,
+    "rlrs.provenance": 0,
     # L1 config
     "rlrs.config": 1,
     "rlrs.data": 1,

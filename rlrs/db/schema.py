@@ -4,9 +4,7 @@ Every table, view and column is documented once, below (TABLE_DOCS,
 COLUMN_DOCS), and stored in the database itself with COMMENT ON: read it
 with `rlrs query "SELECT table_name, column_name, comment FROM duckdb_columns()"`.
 The README's table of tables is checked against duckdb_columns() by the tests.
-
-A database of another schema version than this code writes is refused (no
-migrations: the database is derived data, rebuilt from the run directories).
+A database of another schema version is refused (no migrations: it is derived data).
 
 `ingest(..., after_ingest=fn)` runs `fn(con)` inside the same transaction, so
 derived tables and views commit or roll back with the runs: `rlrs collect`
@@ -249,8 +247,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "train_loss_last100": "mean train loss over the last 100 steps (the tuning score)",
         "wall_time_s": "run wall time, summed over resumes",
         "step_time_s": "mean train step time (wall clock)",
-        "cpu_time_s": "CPU seconds of the run's (rank 0's) process, all its threads, summed over resumes; NULL for runs trained before it was recorded",
-        "step_cpu_time_s": "mean CPU seconds per train step (as cpu_time_s); below step_time_s x threads when cores were shared",
+        "cpu_time_s": "CPU seconds of the run's (rank 0's) process, all threads, over resumes; NULL if not recorded",
+        "step_cpu_time_s": "mean CPU seconds per train step (as cpu_time_s); below step_time_s when cores were shared",
         "executor": "local | slurm | debug",
         "job_id": "Slurm or submitit job id",
         "host": "host the run trained on",

@@ -28,11 +28,11 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from rlrs import atomic, paths, rundir
 from rlrs.config import identity, run_id
+from rlrs.provenance import utc_now
 
 KEY = "reuse_runs_from"
 PARQUET_MAGIC = b"PAR1"
@@ -142,10 +142,6 @@ def find(rid: str, planned: dict, results_root: Path, studies: list[str], read: 
     return None
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def copy_finished(run_dir: Path, planned: dict, studies: list[str]) -> dict | None:
     """Copy the run's finished outputs from the first listed study that has
     them into `run_dir` (each file atomically, summary.json last) and return
@@ -171,7 +167,7 @@ def copy_finished(run_dir: Path, planned: dict, studies: list[str]) -> dict | No
             "from_study": src.study,
             "from_run_dir": f"{src.study}/{paths.RUNS_DIR}/{run_dir.name}",
             "trained_in": upstream.get("trained_in") or src.study,
-            "copied_at": _now(),
+            "copied_at": utc_now(),
             # of each file as read from the source (config.json before its labels were replaced)
             "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(src.files.items())},
         },
