@@ -183,7 +183,7 @@ def cmd_tune(a) -> int:
 
     try:
         study = load_study(a.study)
-        tune.tune(study, executor=a.executor, log=lambda m: print(m, flush=True))
+        tune.tune(study, executor=a.executor, log=lambda m: print(m, flush=True), cores=a.cores)
     except ConfigError as e:
         return _error("tune", f"{a.study}: {e}")
     except tune.TuneError as e:
@@ -412,7 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", type=Path)
     p.add_argument("--search-only", action="store_true", help="stop after the searches (the Snakemake tune step)")
     p.add_argument("--executor", choices=KINDS, default=None, help="override the study's executor.kind")
-    p.add_argument("--cores", type=int, default=None, help="snakemake -c for the transfer (default: all cores)")
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="local jobs at once, and snakemake -c for the transfer (default: all cores)",
+    )
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("select", help="stage 1 of a staged study: choose each (size, arm)'s lr, bracketing it")

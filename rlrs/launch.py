@@ -29,6 +29,7 @@ kept here).
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -230,6 +231,15 @@ def copy_reused(run_dirs: list[Path], configs: dict, reuse_from: list[str] | tup
             )
             copied.append(d)
     return copied
+
+
+def local_runs_per_job(n_runs: int, kind: str, cores: int) -> int:
+    """Runs per job for a batch of `n_runs`: on the local executor, enough that
+    the batch never runs more jobs at once than `cores` (a job trains its runs
+    one after another; more single-thread runs than cores only share them, and
+    each one's step time then measures the crowding); on a cluster 1, and the
+    scheduler places the jobs."""
+    return max(1, math.ceil(n_runs / max(1, cores))) if kind == "local" else 1
 
 
 def submit(

@@ -32,7 +32,7 @@ from pathlib import Path
 from rlrs import atomic, paths, rundir
 from rlrs.errors import ConfigError
 from rlrs.executor import executor_settings
-from rlrs.launch import copy_reused, submit
+from rlrs.launch import copy_reused, local_runs_per_job, submit
 from rlrs.study import reuse
 from rlrs.study.bracketing import select_lr
 from rlrs.study.searches import load_state as load_tune_state
@@ -120,7 +120,7 @@ def run_selection(
         dirs = [runs_dir / rid for rid in configs]
         copy_reused(dirs, configs, reuse_from)  # first, so that the jobs share the cores among the runs left
         left = [d for d in dirs if rundir.finished_summary(d) is None]
-        per_job = 1 if kind != "local" else max(1, math.ceil(len(left) / max(1, cores)))
+        per_job = local_runs_per_job(len(left), kind, cores)
         if submit(dirs, configs, settings, kind, runs_per_job=per_job, reuse_from=reuse_from) != 0:
             failed = [d.name for d in dirs if rundir.finished_summary(d) is None]
             raise SelectError(

@@ -48,7 +48,7 @@ from pathlib import Path
 from rlrs import atomic, paths, rundir, tags
 from rlrs.errors import ConfigError
 from rlrs.executor import executor_settings
-from rlrs.launch import submit
+from rlrs.launch import copy_reused, local_runs_per_job, submit
 from rlrs.study import reuse
 from rlrs.study.searches import RESULT_VERSION, Search, read_result, searches
 from rlrs.tunables import rounded
@@ -66,15 +66,21 @@ def _better(a: float | None, b: float | None) -> bool:
 class Runner:
     """Trains a batch of a search's candidates through the study's executor."""
 
-    def __init__(self, runs_dir: Path, settings: dict, kind: str, reuse_from: list[str] | tuple = ()):
+    def __init__(
+        self, runs_dir: Path, settings: dict, kind: str, reuse_from: list[str] | tuple = (), cores: int | None = None
+    ):
         self.runs_dir, self.settings, self.kind, self.reuse_from = runs_dir, settings, kind, list(reuse_from)
+        self.cores = cores or os.cpu_count() or 1
 
     def __call__(self, configs: dict[str, dict]) -> None:
         dirs = [self.runs_dir / rid for rid in configs]
-        # One job per candidate whatever executor.runs_per_job says: the
-        # candidates of a step run in parallel. A candidate finished in a study
-        # of reuse_runs_from is copied (a search replayed there costs nothing).
-        code = submit(dirs, configs, self.settings, self.kind, runs_per_job=1, reuse_from=self.reuse_from)
+        # The candidates of a step run in parallel, whatever executor.runs_per_job
+        # says: one job each on a cluster, at most `cores` jobs at once locally. A
+        # candidate finished in a study of reuse_runs_from is copied first (a
+        # search replayed there costs nothing).
+        copy_reused(dirs, configs, self.reuse_from)
+        per_job = local_runs_per_job(sum(rundir.finished_summary(d) is None for d in dirs), self.kind, self.cores)
+        code = submit(dirs, configs, self.settings, self.kind, runs_per_job=per_job, reuse_from=self.reuse_from)
         if code != 0:
             failed = [d.name for d in dirs if rundir.finished_summary(d) is None]
             raise TuneError(
@@ -242,7 +248,7 @@ class Lock:
         os.close(self.fd)
 
 
-def tune(study: dict, executor: str | None = None, log=print) -> list[dict]:
+def tune(study: dict, executor: str | None = None, log=print, cores: int | None = None) -> list[dict]:
     """Run (or resume, or skip) every search of the study; returns the results."""
     todo = searches(study)
     if not todo:
@@ -250,7 +256,7 @@ def tune(study: dict, executor: str | None = None, log=print) -> list[dict]:
     settings = executor_settings(study)
     kind = executor or settings["kind"]
     root = paths.results_dir(todo[0].study)
-    runner = Runner(root / "runs", settings, kind, reuse.sources(study))
+    runner = Runner(root / "runs", settings, kind, reuse.sources(study), cores)
     out = []
     with Lock(paths.tune_dir(todo[0].study) / ".lock"):
         for s in todo:

@@ -666,3 +666,28 @@ def test_usweep_points_carry_the_mean_over_the_seeds_every_point_has(tmp_path):
     assert u["mean_loss"].to_list() == pytest.approx([2.5, 2.58]) and u["n"].to_list() == [3, 1]
     assert u["mean_loss_shared"].to_list() == pytest.approx([2.6, 2.58]) and u["n_shared"].to_list() == [1, 1]
     assert u["is_best"].to_list() == [False, True] and set(u["shared_seeds"]) == {"0"}
+
+
+def test_the_comparison_leaves_out_the_stage1_runs_that_chose_the_lr(tmp_path):
+    # Stage 1 (seeds 10, 11) chose x1 for both arms; on those seeds rlrs's chosen point is its luckiest
+    # draw (0.10 below the baseline), stage 2's reported seeds 0-2 differ by 0.03, 0.01 and 0.015.
+    # Pooling the selection seeds into the measurement read a gap of 0.051 on 5 "pairs".
+    db = StudyDB(config={"study": "t", "seeds": [0, 1, 2], "selection_seeds": [10, 11]})
+    stage1 = {"baseline": {0.5: 2.60, 1.0: 2.50, 2.0: 2.55}, "rlrs": {0.5: 2.55, 1.0: 2.40, 2.0: 2.50}}
+    for arm, losses in stage1.items():
+        for f, loss in losses.items():
+            for seed, eps in ((10, 0.01), (11, -0.01)):
+                tags = {"lr": 1e-3 * f, "lr_factor": f, "stage": "select"}
+                db.run(arm=arm, sweep="lr", lr=1e-3 * f, seed=seed, loss=loss + eps, tags=tags)
+    for seed, base, rlrs in ((0, 2.53, 2.50), (1, 2.52, 2.51), (2, 2.51, 2.495)):
+        db.run(seed=seed, loss=base)
+        db.run(arm="rlrs", seed=seed, loss=rlrs)
+    con = materialized(db, tmp_path)
+    r = row(view(con, "speedup"), arm="rlrs", definition="ladder")
+    assert (r["loss_gap_n_pairs"], r["n_seeds"], r["arm_lr"]) == (3, 3, 1e-3)
+    assert r["loss_gap"] == pytest.approx((0.03 + 0.01 + 0.015) / 3, abs=1e-12)
+    assert r["arm_loss"] == pytest.approx((2.50 + 2.51 + 2.495) / 3, abs=1e-12)
+    assert "stage-1 run(s) on selection seed(s) 10, 11 left out of the comparison (they chose the lr)" in r["note"]
+    # The health checks count the same cell: 3 reported seeds per arm, none of them a selection seed.
+    seeds = view(con, "health", "check_name = 'seeds_per_cell' AND arm = 'rlrs'")
+    assert seeds["value"].to_list() == [3.0]

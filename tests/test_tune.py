@@ -94,6 +94,19 @@ def batches(trajectory: list[dict]) -> list[list[dict]]:
     return out
 
 
+def test_a_local_batch_runs_at_most_one_job_per_core(tmp_path, monkeypatch):
+    # One visit of one parameter: the start run, then 4 candidates through the local executor, which
+    # groups them into one job per core (a job keeps its pickles in its first run's directory).
+    monkeypatch.setenv("RLRS_RESULTS", str(tmp_path))
+    study = tiny(parameters=["lr"], max_passes=1, max_runs=5, arms={"baseline": "global"})
+    study["executor"]["kind"] = "local"
+    (doc,) = T.tune(check_study(study), log=quiet, cores=2)
+    start, batch = batches(doc["trajectory"])
+    runs = tmp_path / "tinytune" / "runs"
+    assert len(batch) == 4 and all((runs / r["run_id"] / "summary.json").exists() for r in batch)
+    assert sum((runs / r["run_id"] / "submitit").is_dir() for r in batch) == 2
+
+
 # ------------------------------------------------------------------ the search rule
 
 

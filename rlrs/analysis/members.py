@@ -10,7 +10,7 @@ groups without a diverged seed, ranked on the seeds they all share.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import duckdb
 import numpy as np
@@ -260,8 +260,38 @@ def lr_candidates(members: pl.DataFrame, size: str, arm: str) -> list[Group]:
 
 def compared_group(members: pl.DataFrame, size: str, arm: str) -> Group | None:
     """The arm at `size` as compared: its best lr among the main and lr-sweep
-    runs at its main length (just the main runs when there is no lr sweep)."""
-    return best_group(lr_candidates(members, size, arm))
+    runs at its main length (just the main runs when there is no lr sweep),
+    as measured (without a staged study's stage-1 runs: `measured`)."""
+    return measured(best_group(lr_candidates(members, size, arm)), members)
+
+
+def measured(group: Group | None, members: pl.DataFrame) -> Group | None:
+    """The group without a staged study's stage-1 (selection) runs. Stage 1
+    chose the lr on its selection seeds, so their losses at the chosen lr
+    are the minimum of noisy draws (winner's curse): the measurement is stage
+    2's alone, on the reported seeds (protocol spec, section 2). A group that
+    holds only selection runs (stage 2 not run yet) comes back empty."""
+    if group is None:
+        return None
+    stage1 = set(members.filter(pl.col("stage") == tags.SELECT)["run_id"].to_list())
+    if not stage1 & (set(group.run_ids) | set(group.excluded)):
+        return group
+    keep = [i for i, rid in enumerate(group.run_ids) if rid not in stage1]
+    return replace(
+        group,
+        losses=group.losses[keep],
+        run_ids=[group.run_ids[i] for i in keep],
+        seeds=[group.seeds[i] for i in keep],
+        excluded={rid: st for rid, st in group.excluded.items() if rid not in stage1},
+    )
+
+
+def stage1_seeds(group: Group | None, members: pl.DataFrame) -> list[int]:
+    """The seeds of `group`'s stage-1 runs that `measured` leaves out (for notes)."""
+    if group is None:
+        return []
+    stage1 = set(members.filter(pl.col("stage") == tags.SELECT)["run_id"].to_list())
+    return sorted(seed for rid, seed in zip(group.run_ids, group.seeds) if rid in stage1)
 
 
 def baseline_ladder(members: pl.DataFrame, size: str, baseline: str = BASELINE) -> list[Group]:
@@ -280,7 +310,8 @@ def baseline_ladder(members: pl.DataFrame, size: str, baseline: str = BASELINE) 
         & pl.col("sweep").is_in(tags.LENGTH_SWEEPS)
         & (pl.col("lr") == best.lr)
     )
-    return sorted(seed_groups(cand), key=lambda g: g.steps)
+    points = [measured(g, members) for g in seed_groups(cand)]
+    return sorted((g for g in points if g.run_ids or g.excluded), key=lambda g: g.steps)
 
 
 def ladder_lrs(members: pl.DataFrame, size: str, baseline: str = BASELINE) -> list[float]:

@@ -24,9 +24,11 @@ from rlrs.analysis.members import (
     frame,
     ladder_lrs,
     lr_candidates,
+    measured,
     size_family,
     size_order,
     size_params,
+    stage1_seeds,
 )
 from rlrs.analysis.stats import ladder_t_star, target_t_star
 
@@ -137,7 +139,8 @@ def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baselin
             candidates = lr_candidates(members, size, arm)
             if not candidates:
                 continue  # this arm does not run at this size
-            group = best_group(candidates)
+            chosen = best_group(candidates)
+            group = measured(chosen, members)
             base = {
                 "study": study,
                 "size": size,
@@ -149,10 +152,15 @@ def speedup(members: pl.DataFrame, evals: pl.DataFrame, study: str = "", baselin
             # Runs left out of the numbers: of the compared arm group and of the baseline points.
             excl = (
                 excluded_note(([group] if group else candidates) + ladder)
-                + choice_notes(candidates, group)
+                + choice_notes(candidates, chosen)
                 + ladder_notes
             )
-            if group is None:
+            if left_out := stage1_seeds(chosen, members):
+                excl.append(
+                    f"stage-1 run(s) on selection seed(s) {', '.join(map(str, left_out))} left out of the "
+                    "comparison (they chose the lr)"
+                )
+            if group is None or not len(group.losses):
                 for d in ("ladder", "target"):
                     rows.append(
                         base
