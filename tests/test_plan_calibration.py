@@ -1,7 +1,7 @@
 """`rlrs plan` calibrated by the finished runs (rlrs.study.calibration): real
 runs trained at two of a study's sizes give those sizes' step times exactly
-(the mean of their summary.json `step_time_s`, the median and quartiles
-beside it), and the sizes nobody has run the FLOP model times the factor
+(the mean of their summary.json `step_cpu_time_s`, the median and quartiles
+beside it; wall-clock `step_time_s` for a shape whose runs lack it), and the sizes nobody has run the FLOP model times the factor
 those runs give; each line says which."""
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def test_finished_sizes_use_their_measured_step_time_and_the_rest_the_fitted_fac
     monkeypatch.setenv("RLRS_RESULTS", str(work / "results"))
     est = estimate(load_study(path), path)
     assert est.calibration.runs == 4  # the reused copy is its original's measurement, not a fifth
-    x0, x1, x2 = sorted(summaries["tiny", s]["step_time_s"] for s in (0, 1, 2))
-    t_small = summaries["small", 0]["step_time_s"]
+    x0, x1, x2 = sorted(summaries["tiny", s]["step_cpu_time_s"] for s in (0, 1, 2))
+    t_small = summaries["small", 0]["step_cpu_time_s"]
     # tiny: the mean of 3, their median, their quartiles (inclusive: halfway to the neighbours)
     stats = {"tiny": ((x0 + x1 + x2) / 3, x1, x0 + (x1 - x0) / 2, x1 + (x2 - x1) / 2), "small": (t_small,) * 4}
     models = {}
@@ -127,8 +127,8 @@ def test_plan_says_what_each_estimate_rests_on(half_run, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     est = estimate(load_study(path), path)
     by_size = {s: next(x for x in lines if x.startswith(f"  {s} ")) for s in STUDY["sizes"]}
-    assert "measured on 3 runs (mean; median " in by_size["tiny"] and "  4 " in by_size["tiny"]
-    assert by_size["small"].endswith("measured on 1 run (mean)")
+    assert "measured on 3 runs (CPU time; mean; median " in by_size["tiny"] and "  4 " in by_size["tiny"]
+    assert by_size["small"].endswith("measured on 1 run (CPU time; mean)")
     factor = est.costs[_config(plan, "wide", 0)[0]]["step"].factor
     assert by_size["wide"].endswith(f"x {factor:.2f} (the factor of dense runs of cal)")
     assert by_size["moe"].endswith(f"x {factor:.2f} (the factor of runs of cal)")
@@ -142,6 +142,25 @@ def test_plan_says_what_each_estimate_rests_on(half_run, monkeypatch, capsys):
     assert cpu.startswith(f"estimated CPU time: {fmt_seconds(est.seconds('cpu'))} of one-thread runs")
     assert f"(at mean step times; {fmt_seconds(median)} at their medians, " in cpu
     assert f", {fmt_seconds(low)} to {fmt_seconds(high)} at their quartiles; " in cpu
+
+
+def test_a_shape_rests_on_its_cpu_timed_runs_else_on_wall_clock(half_run, tmp_path):
+    # Runs from before CPU time was recorded: tiny's seed 2 and small's only run lose step_cpu_time_s.
+    work, _, plan, summaries = half_run
+    shutil.copytree(work / "results", tmp_path / "results")
+    runs = tmp_path / "results" / "cal" / "runs"
+    for size, seed in (("tiny", 2), ("small", 0)):
+        path = runs / _config(plan, size, seed)[0] / rundir.SUMMARY
+        doc = json.loads(path.read_text())
+        del doc["step_cpu_time_s"]
+        path.write_text(json.dumps(doc))
+    cal = C.load(tmp_path / "results")
+    tiny, small = (C.shape(_config(plan, size, 0)[1]) for size in ("tiny", "small"))
+    assert sorted(cal.times(tiny)) == sorted(summaries["tiny", s]["step_cpu_time_s"] for s in (0, 1))
+    assert cal.times(small) == [summaries["small", 0]["step_time_s"]]
+    assert cal.cpu_timed == {tiny}
+    model = C.model_step_seconds(_config(plan, "small", 0)[1])
+    assert not cal.step_time(small, model).cpu_time and cal.step_time(tiny, model).cpu_time
 
 
 def test_without_finished_runs_the_plan_is_the_flop_model_and_says_so(tmp_path, monkeypatch, capsys):

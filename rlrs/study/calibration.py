@@ -4,9 +4,14 @@ ones the finished runs under the results root measured, which calibrate it.
 A run's compute shape (SHAPE_FIELDS) decides its step time; its lr,
 schedule, init, parametrization and seed do not. A planned run takes:
 
-- measured: the mean `step_time_s` (summary.json: the mean train step,
-  evaluations left out) of the finished runs of its shape (completed, and
-  trained where they lie: a reused copy is its original's measurement);
+- measured: the mean `step_cpu_time_s` (summary.json: the CPU seconds of the
+  mean train step, evaluations left out) of the finished runs of its shape
+  (completed, and trained where they lie: a reused copy is its original's
+  measurement); for a shape none of whose runs recorded CPU time (runs from
+  before it was), their wall-clock `step_time_s`. CPU time is what a core
+  spends on the run, whatever else shares it; wall time adds the waiting (a
+  shared machine's d32 x 2 steps: 18 ms on idle cores, 109 ms on average
+  under study-cpu's first searches' load);
 - FLOP model x factor: where no finished run has its shape, the FLOP model's
   step time times the calibration factor, the median over the finished
   shapes of (their mean measured / modelled step time): of the planning
@@ -168,6 +173,7 @@ class StepTime:
     runs: int  # the finished runs it rests on (measured: of its shape; x factor: behind the factor)
     factor: float  # seconds / the FLOP model's step time
     of: Factor | None = None  # x factor: the factor
+    cpu_time: bool = False  # measured: in CPU seconds (else wall clock)
 
 
 def _quartiles(xs: list[float]) -> tuple[float, float]:
@@ -188,6 +194,7 @@ class Calibration:
     measured: dict[tuple, dict[str, list[float]]] = field(default_factory=dict)  # shape -> study -> step_time_s
     modelled: dict[tuple, float] = field(default_factory=dict)  # shape -> the FLOP model's step time
     hosts: set[str] = field(default_factory=set)
+    cpu_timed: set[tuple] = field(default_factory=set)  # shapes measured in CPU seconds (else wall clock)
 
     @property
     def runs(self) -> int:
@@ -225,7 +232,10 @@ class Calibration:
         times = self.times(key)
         if times:
             mean = statistics.fmean(times)
-            return StepTime(mean, statistics.median(times), *_quartiles(times), MEASURED, len(times), mean / model)
+            cpu = key in self.cpu_timed
+            return StepTime(
+                mean, statistics.median(times), *_quartiles(times), MEASURED, len(times), mean / model, cpu_time=cpu
+            )
         device, fam = dict(key)["train.device"], family(key)
         for scope, f in ((studies, fam), (studies, None), (None, fam), (None, None)):
             if scope == ():
@@ -242,6 +252,7 @@ def load(root: Path | None = None) -> Calibration:
     results root): <study>/runs/*/ with config.json and a completed
     summary.json, reused copies left out."""
     cal = Calibration(Path(root) if root is not None else paths.results_root())
+    cpu: dict[tuple, dict[str, list[float]]] = {}  # shape -> study -> step_cpu_time_s
     for run_dir in sorted(cal.root.glob(f"*/{paths.RUNS_DIR}/*/")):
         if (run_dir / rundir.REUSED).exists():
             continue
@@ -250,7 +261,7 @@ def load(root: Path | None = None) -> Calibration:
         if not isinstance(summary, dict) or summary.get("status") != "completed" or not isinstance(cfg, dict):
             continue
         t = summary.get("step_time_s")
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+        if not _positive(t):
             continue
         try:
             key = shape(cfg)
@@ -258,7 +269,16 @@ def load(root: Path | None = None) -> Calibration:
                 cal.modelled[key] = model_step_seconds(cfg)
         except (KeyError, TypeError, AttributeError, ValueError):  # not a run config this code can read
             continue
-        cal.measured.setdefault(key, {}).setdefault(run_dir.parent.parent.name, []).append(float(t))
+        study = run_dir.parent.parent.name
+        cal.measured.setdefault(key, {}).setdefault(study, []).append(float(t))
+        if _positive(c := summary.get("step_cpu_time_s")):
+            cpu.setdefault(key, {}).setdefault(study, []).append(float(c))
         if summary.get("host"):
             cal.hosts.add(str(summary["host"]))
+    cal.measured |= cpu  # a shape with CPU-timed runs rests on them alone
+    cal.cpu_timed = set(cpu)
     return cal
+
+
+def _positive(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and x > 0

@@ -234,7 +234,8 @@ def fmt_ms(s: float) -> str:
 def _source(step: C.StepTime) -> str:
     if step.source == C.MEASURED:
         spread = f"; median {fmt_ms(step.median)}, quartiles {fmt_ms(step.low)} to {fmt_ms(step.high)}"
-        return f"measured on {step.runs} run{'s' * (step.runs > 1)} (mean{spread if step.runs > 1 else ''})"
+        clock = "CPU time" if step.cpu_time else "wall clock"
+        return f"measured on {step.runs} run{'s' * (step.runs > 1)} ({clock}; mean{spread if step.runs > 1 else ''})"
     if step.source == C.FACTOR:
         return f"FLOP model {fmt_ms(step.seconds / step.factor)} x {step.factor:.2f} (the factor of {step.of.basis})"
     return "FLOP model only (no finished run to calibrate on)"
