@@ -208,7 +208,7 @@ def test_scaling_under_joint_moe_gives_each_expert_count_its_lr():
 
 def test_shipped_mup_cpu_study_and_its_plan(capsys, monkeypatch, tmp_path):
     """mup-cpu: dense and MoE (8 experts, top-1, capacity 1.25) at 4 widths over 8x, sp and muP,
-    baseline and RLRS (study-cpu's tables), staged and bracketed, 3 reported seeds, ~2 CPU-hours at most
+    baseline and RLRS (study-cpu's tables), staged and bracketed, 3 reported seeds, ~3 CPU-hours at most
     by the FLOP model (no finished runs: a calibrated plan depends on what has run, and where)."""
     monkeypatch.setenv("RLRS_RESULTS", str(tmp_path))
     import re
@@ -240,5 +240,7 @@ def test_shipped_mup_cpu_study_and_its_plan(capsys, monkeypatch, tmp_path):
         assert {b for *_, b in shapes} == ({16} if par == "mup" else {None})
     assert cli_plan(path) == 0
     out = capsys.readouterr().out
-    minutes = float(re.search(r"estimated CPU time: ([\d.]+) min", out).group(1))
-    assert minutes <= 120 and "selection                                   96 runs + up to  64 beyond" in out
+    value, unit = re.search(r"estimated CPU time: ([\d.]+) (min|h)", out).groups()
+    minutes = float(value) * (60 if unit == "h" else 1)
+    # The issue's ~3 CPU-hours, the worst case of extra lr points included (the FLOP model: no runs here)
+    assert minutes <= 180 and "selection                                   96 runs + up to 128 beyond" in out
