@@ -330,17 +330,18 @@ def test_plan_after_counts_what_the_other_study_plans_as_free(tmp_path, monkeypa
 
 
 def test_plan_of_the_shipped_scaling_study_reuses_the_cpu_study_tune_runs(monkeypatch, capsys):
-    """results/study-cpu/ holds the finished runs of its dense searches: scaling-cpu's searches ask for the
-    same run ids, so `rlrs plan` counts them reused."""
+    """results/study-cpu/ holds the finished runs of its finished searches: scaling-cpu's searches ask for
+    the same run ids, so `rlrs plan` counts them reused (a search still running is not replayed: its
+    later decisions are not known yet)."""
     monkeypatch.chdir(REPO)
     monkeypatch.delenv("RLRS_RESULTS", raising=False)
     from rlrs.study.estimate import estimate
 
     path = REPO / "workflow" / "configs" / "scaling-cpu.yaml"
+    finished = [json.loads(f.read_text()) for f in (REPO / "results" / "study-cpu" / "tune").glob("*.json")]
+    runs = REPO / "results" / "study-cpu" / "runs"
     tune_runs = [
-        d
-        for d in (REPO / "results" / "study-cpu" / "runs").iterdir()
-        if rundir.finished_summary(d) and json.loads((d / rundir.CONFIG).read_text())["meta"]["sweep"] == "tune"
+        r for doc in finished if doc["status"] == "done" for r in doc["runs"] if rundir.finished_summary(runs / r)
     ]
     est = estimate(load_study(path), path)
     assert len(tune_runs) >= 70 and len(est.reused) >= len(tune_runs)
