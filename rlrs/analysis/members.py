@@ -273,7 +273,7 @@ def measured(group: Group | None, members: pl.DataFrame) -> Group | None:
     holds only selection runs (stage 2 not run yet) comes back empty."""
     if group is None:
         return None
-    stage1 = set(members.filter(pl.col("stage") == tags.SELECT)["run_id"].to_list())
+    stage1 = stage1_run_ids(members)
     if not stage1 & (set(group.run_ids) | set(group.excluded)):
         return group
     keep = [i for i, rid in enumerate(group.run_ids) if rid not in stage1]
@@ -286,11 +286,16 @@ def measured(group: Group | None, members: pl.DataFrame) -> Group | None:
     )
 
 
+def stage1_run_ids(members: pl.DataFrame) -> set[str]:
+    """The run ids of a staged study's stage-1 (selection) runs."""
+    return set(members.filter(pl.col("stage") == tags.SELECT)["run_id"].to_list())
+
+
 def stage1_seeds(group: Group | None, members: pl.DataFrame) -> list[int]:
     """The seeds of `group`'s stage-1 runs that `measured` leaves out (for notes)."""
     if group is None:
         return []
-    stage1 = set(members.filter(pl.col("stage") == tags.SELECT)["run_id"].to_list())
+    stage1 = stage1_run_ids(members)
     return sorted(seed for rid, seed in zip(group.run_ids, group.seeds) if rid in stage1)
 
 
