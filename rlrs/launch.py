@@ -242,6 +242,37 @@ def local_runs_per_job(n_runs: int, kind: str, cores: int) -> int:
     return max(1, math.ceil(n_runs / max(1, cores))) if kind == "local" else 1
 
 
+def balanced_groups(run_dirs: list[Path], configs: dict, size: int) -> list[list[Path]]:
+    """The run directories in as many groups of at most `size` as
+    consecutive chunks would make, dealt longest first to the group with the
+    least time so far that has room: jobs that run side by side end together
+    instead of one core idling while the other trains the batch's largest
+    runs. A run's time is its steps x the step time `rlrs plan` would
+    estimate (rlrs.study.calibration: its shape's measured mean, else the
+    FLOP model x a measured factor). Each group keeps the caller's order."""
+    size = max(1, int(size))
+    n_groups = math.ceil(len(run_dirs) / size)
+    if n_groups <= 1 or size == 1:
+        return chunks(run_dirs, size)
+    from rlrs.study import calibration  # imports torch (the model's parameter count)
+
+    cal = calibration.load()
+
+    def seconds(cfg: dict) -> float:
+        step = cal.step_time(calibration.shape(cfg), calibration.model_step_seconds(cfg))
+        return step.seconds * cfg["train"]["steps"]
+
+    seconds = {d: seconds(configs[d.name]) for d in run_dirs}
+    order = {d: i for i, d in enumerate(run_dirs)}
+    groups: list[list[Path]] = [[] for _ in range(n_groups)]
+    load = [0.0] * n_groups
+    for d in sorted(run_dirs, key=lambda d: (-seconds[d], order[d])):
+        g = min((i for i in range(n_groups) if len(groups[i]) < size), key=lambda i: (load[i], i))
+        groups[g].append(d)
+        load[g] += seconds[d]
+    return [sorted(g, key=order.__getitem__) for g in groups]
+
+
 def submit(
     run_dirs: list[Path],
     configs: dict,
@@ -279,7 +310,7 @@ def submit(
         todo.append(d)
 
     jobs = []  # (run dirs, job)
-    for group in chunks(todo, runs_per_job or settings.get("runs_per_job", 1)):
+    for group in balanced_groups(todo, configs, runs_per_job or settings.get("runs_per_job", 1)):
         # A job's pickles and logs live in its first run's directory; every
         # run of the job points at them from its submitted.json.
         ex = make_executor(kind, group[0] / SUBMITIT_DIR, settings)

@@ -107,6 +107,33 @@ def test_a_local_batch_runs_at_most_one_job_per_core(tmp_path, monkeypatch):
     assert sum((runs / r["run_id"] / "submitit").is_dir() for r in batch) == 2
 
 
+def test_a_local_batch_deals_its_runs_so_that_the_jobs_end_together(tmp_path, monkeypatch):
+    # Consecutive chunks of a selection round put one family's runs in each job, and one core idles
+    # while the other trains the larger ones. The runs are dealt longest first (the plan's step time
+    # estimate: here, with nothing finished, the FLOP model) to the least loaded job with room.
+    monkeypatch.setenv("RLRS_RESULTS", str(tmp_path))
+    from rlrs.config import resolve, run_id
+    from rlrs.launch import balanced_groups
+    from rlrs.study.calibration import model_step_seconds
+
+    def cfg(d_model, n_layers, seed):
+        c = resolve(
+            {"model": {"d_model": d_model, "n_layers": n_layers, "n_heads": 2}, "train": {"steps": 100}, "seed": seed}
+        )
+        return run_id(c), c
+
+    made = [cfg(64, 4, 0), cfg(64, 4, 1), cfg(32, 2, 0), cfg(16, 1, 0), cfg(16, 1, 1)]
+    configs = dict(made)
+    dirs = [tmp_path / rid for rid, _ in made]
+    big0, big1, mid, small0, small1 = dirs
+    groups = balanced_groups(dirs, configs, 2)
+    assert groups == [[big0, small1], [big1], [mid, small0]]  # at most 2 a job, the caller's order kept
+    seconds = {d: model_step_seconds(configs[d.name]) for d in dirs}
+    assert seconds[big0] > seconds[mid] > seconds[small0]
+    assert balanced_groups(dirs, configs, 1) == [[d] for d in dirs]
+    assert balanced_groups(dirs, configs, 5) == [dirs]
+
+
 # ------------------------------------------------------------------ the search rule
 
 
