@@ -258,13 +258,10 @@ def test_scaling_charts_render_in_headless_chromium(scaling_report, tmp_path):
     assert status["rendered"] == status["charts"] == str(len(built.figures))
 
 
-def test_shipped_scaling_cpu_study_and_its_plan(capsys, tmp_path, monkeypatch):
+def test_shipped_scaling_cpu_study_and_its_plan(capsys):
     """scaling-cpu: per family (dense, MoE 8x top-1 capacity 1.25) and arm, 4 sizes x 3 budgets, on
     study-cpu's settings key for key, so that its searches, selections, main runs and baseline ladder are
-    study-cpu's runs (reuse_runs_from), and the baseline's scaling points at the shared sizes are its ladder.
-    Both plans are made before any stage has run (an empty results root): the committed study-cpu has
-    chosen lrs that scaling-cpu's own selection only takes over when it runs (copying the runs)."""
-    monkeypatch.setenv("RLRS_RESULTS", str(tmp_path))
+    study-cpu's runs (reuse_runs_from), and the baseline's scaling points at the shared sizes are its ladder."""
     from rlrs.study import load_study
     from rlrs.study.estimate import estimate
 
