@@ -247,22 +247,17 @@ def balanced_groups(run_dirs: list[Path], configs: dict, size: int) -> list[list
     consecutive chunks would make, dealt longest first to the group with the
     least time so far that has room: jobs that run side by side end together
     instead of one core idling while the other trains the batch's largest
-    runs. A run's time is its steps x the step time `rlrs plan` would
-    estimate (rlrs.study.calibration: its shape's measured mean, else the
-    FLOP model x a measured factor). Each group keeps the caller's order."""
+    runs. A run's time is `rlrs plan`'s estimate of it
+    (rlrs.study.estimate.run_cost on the measured step times). Each group
+    keeps the caller's order."""
     size = max(1, int(size))
     n_groups = math.ceil(len(run_dirs) / size)
     if n_groups <= 1 or size == 1:
         return chunks(run_dirs, size)
-    from rlrs.study import calibration  # imports torch (the model's parameter count)
+    from rlrs.study import calibration, estimate  # imports torch (the model's parameter count)
 
     cal = calibration.load()
-
-    def seconds(cfg: dict) -> float:
-        step = cal.step_time(calibration.shape(cfg), calibration.model_step_seconds(cfg))
-        return step.seconds * cfg["train"]["steps"]
-
-    seconds = {d: seconds(configs[d.name]) for d in run_dirs}
+    seconds = {d: estimate.run_cost(configs[d.name], cal)["seconds"] for d in run_dirs}
     order = {d: i for i, d in enumerate(run_dirs)}
     groups: list[list[Path]] = [[] for _ in range(n_groups)]
     load = [0.0] * n_groups
