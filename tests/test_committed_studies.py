@@ -1,10 +1,11 @@
 """The committed studies as a user gets them from a clone: `rlrs collect`
-rebuilds each one's database from its committed run directories alone, the
+rebuilds each one's database from its committed run directories alone; the
 rebuilt database says what the README reads from it (no health check fails
-in study-cpu; scaling-cpu's fits each have a held-out RMSE and a compute
-multiplier with an interval per family), the runs scaling-cpu copied from
-study-cpu are committed as links to the identical files, and every
-committed report renders offline in headless Chromium. Real data, ~1 min."""
+in study-cpu; scaling-cpu's fits each have a held-out RMSE, and each family
+has a compute multiplier, with an interval where every bootstrap replicate
+defines one); the runs scaling-cpu copied from study-cpu are committed as
+links to the identical files; and every committed report renders offline
+in headless Chromium. Real data, ~3 min."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from test_report import headless, rendered_status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_scaling_cpu_rebuilds_its_fits_and_multipliers(scaling_cpu):
     ).fetchall()
     assert {(f, a) for f, a, *_ in fits} == {(f, a) for f in ("dense", "moe") for a in ("baseline", "rlrs")}
     for family, arm, train, heldout, n, n_heldout in fits:
-        assert math.isfinite(train) and math.isfinite(heldout) and n_heldout == 2 and n >= 12, (family, arm)
+        assert math.isfinite(train) and math.isfinite(heldout) and n_heldout == 2 and n + n_heldout >= 12, (family, arm)
     rows = scaling_cpu.execute(
         "SELECT family, multiplier, ci_low, ci_high, extrapolated FROM compute_multiplier "
         "WHERE law = 'chinchilla' AND arm = 'rlrs'"
@@ -95,8 +95,8 @@ def test_scaling_cpu_rebuilds_its_fits_and_multipliers(scaling_cpu):
     for family in ("dense", "moe"):
         mine = [r for r in rows if r[0] == family]
         assert any(not r[4] for r in mine) and any(r[4] for r in mine), family
-        for _, m, low, high, _ in mine:
-            assert low is not None and high is not None and low <= high, family
+        for _, m, low, high, _ in mine:  # no interval where a bootstrap replicate leaves it undefined
+            assert m >= 0 and (low is None) == (high is None) and (low is None or low <= high), family
 
 
 @pytest.mark.parametrize("study", ["study-cpu", "scaling-cpu", "mup-cpu", "study-cpu-v1"])
