@@ -276,7 +276,7 @@ def test_shipped_scaling_cpu_study_and_its_plan(capsys):
     assert {k: study["sizes"][k] for k in cpu["sizes"]} == cpu["sizes"]
     assert study["sweeps"]["lr"] == cpu["sweeps"]["lr"]
     assert {k: v for k, v in study["sweeps"]["ladder"].items() if k != "sizes"} == cpu["sweeps"]["ladder"]
-    # Both expanded as `rlrs plan` does (stages not yet run: each cell at its grid's centre, in both).
+    # Both expanded as `rlrs plan` does (at the lrs stage 1 chose where it has run, else at each grid's centre).
     plan, cpu_plan = estimate(study, path).plan, estimate(cpu, cpu_path).plan
     cpu_sweeps: dict[str, set] = {}
     for r in cpu_plan.runs:
@@ -284,7 +284,10 @@ def test_shipped_scaling_cpu_study_and_its_plan(capsys):
     cells = {}
     for r in plan.runs:
         if r["sweep"] != tags.SCALING:
-            assert r["run_id"] in cpu_plan.configs, r  # tune, selection, main, ladder: study-cpu's runs
+            if r["size"] in cpu["sizes"]:  # tune, selection, main, ladder at study-cpu's sizes: its runs
+                assert r["run_id"] in cpu_plan.configs, r
+            else:  # the sizes study-cpu has not: their own lr selection, trained here
+                assert r["sweep"] == "lr" and r["run_id"] not in cpu_plan.configs, r
             continue
         cfg = plan.configs[r["run_id"]]
         moe = cfg["model"]["moe"]
