@@ -66,8 +66,9 @@ def test_study_cpu_rebuilds_with_no_failing_health_check(study_cpu):
 
 
 def test_reused_runs_are_committed_as_links_to_the_identical_file_they_copied():
-    reused = [d for d in finished_runs("scaling-cpu") if (d / "reused.json").exists()]
-    trained = [d for d in finished_runs("scaling-cpu") if not (d / "reused.json").exists()]
+    runs = finished_runs("scaling-cpu")
+    reused = [d for d in runs if (d / "reused.json").exists()]
+    trained = [d for d in runs if not (d / "reused.json").exists()]
     assert reused and trained
     for d in trained:
         assert not (d / "metrics.parquet").is_symlink(), d.name

@@ -6,13 +6,12 @@ headline shows none of those speedups. Real data, ~10 s."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import pytest
 import vl_convert as vlc
+from test_committed_studies import collect
 
 from rlrs import plots, report
 from rlrs.analysis import health
@@ -29,11 +28,7 @@ ARMS = {"baseline", "rlrs"}
 @pytest.fixture(scope="module")
 def v1_db(tmp_path_factory) -> Path:
     db = tmp_path_factory.mktemp("v1") / "rlrs.duckdb"
-    runs = sorted(str(p) for p in (V1 / "runs").iterdir() if p.is_dir())
-    cmd = [sys.executable, "-m", "rlrs", "collect", "--db", str(db), "--study", "study-cpu-v1"]
-    out = subprocess.run([*cmd, "--plan", str(V1 / "plan.json"), *runs], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "408 run(s) written" in out.stdout
+    assert "408 run(s) written" in collect("study-cpu-v1", db)
     return db
 
 
