@@ -93,14 +93,17 @@ def test_settings_choose_the_parameter_count_the_holdout_and_the_regime(tmp_path
             "n_params": {"joint_moe": "total", "chinchilla": "active"},
             "holdout": 0.25,
             "tokens_per_param": {"max": 5000},
+            "tokens": {"min": 2e9},
         },
     )
     frames = frames_of(s, tmp_path)
     pts = frames["scaling_points"]
     assert set(zip(pts["law"], pts["n_kind"])) == {("joint_moe", "total"), ("chinchilla", "active")}
     assert pts["tokens_per_param"].max() <= 5000  # 1e11 / 1e7 = 1e4 left out
+    assert pts["tokens"].min() == D[1]  # the 1e9-token budget left out at every N
     joint = pts.filter(pl.col("law") == "joint_moe")
-    assert joint.height == 30 and joint["held_out"].sum() == round(0.25 * 30)
+    # 2 E x (4 N x 3 budgets - the one N=1e7 point over 5000 tokens per parameter)
+    assert joint.height == 22 and joint["held_out"].sum() == round(0.25 * 22)
     assert joint.filter(pl.col("held_out"))["compute"].min() >= joint.filter(~pl.col("held_out"))["compute"].max()
 
 

@@ -61,6 +61,7 @@ SETTINGS = {
     "starts": 10,
     "extrapolate_to": None,  # None: 100x the study's largest run compute
     "tokens_per_param": {},
+    "tokens": {},
     "seed": 0,
 }
 EXTRAPOLATE_FACTOR = 100.0
@@ -184,10 +185,16 @@ def groups(points: pl.DataFrame) -> list[Group]:
     return out
 
 
-def _points(group: Group, n_kind: str, regime: dict) -> Points | None:
+def _within(values: pl.Series, regime: dict) -> pl.Series:
+    return (values >= regime.get("min", 0.0)) & (values <= regime.get("max", np.inf))
+
+
+def _points(group: Group, n_kind: str, cfg: dict) -> Points | None:
+    """The group's points in the fitted regime: runs with D / N within
+    `tokens_per_param` and D within `tokens` (both {min, max}, inclusive)."""
     rows = group.rows.drop_nulls([N_KINDS[n_kind], "tokens", "final_eval_loss"])
     tpp = rows["tokens"] / rows[N_KINDS[n_kind]]
-    rows = rows.filter((tpp >= regime.get("min", 0.0)) & (tpp <= regime.get("max", np.inf)))
+    rows = rows.filter(_within(tpp, cfg["tokens_per_param"]) & _within(rows["tokens"], cfg["tokens"]))
     rows = rows.sort([N_KINDS[n_kind], "tokens", "experts", "granularity", "run_id"])
     if rows.is_empty():
         return None
@@ -240,7 +247,7 @@ def fit_groups(points: pl.DataFrame, cfg: dict) -> list[Fitted]:
     out = []
     for group in groups(points):
         n_kind = cfg["n_params"][group.law]
-        pts = _points(group, n_kind, cfg["tokens_per_param"])
+        pts = _points(group, n_kind, cfg)
         if pts is None:
             continue
         k = _holdout(cfg["holdout"], len(pts))
