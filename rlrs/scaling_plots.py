@@ -69,6 +69,12 @@ def observed_vs_fitted(points: pl.DataFrame) -> alt.FacetChart:
     )
 
 
+def both_bounds(low: str, high: str):
+    """A band only where both ends of its interval are defined (one end can
+    be undefined alone: rlrs.analysis.scaling.fit.percentile_interval)."""
+    return alt.expr.isValid(alt.datum[low]) & alt.expr.isValid(alt.datum[high])
+
+
 def loss_vs_compute(points: pl.DataFrame, frontier: pl.DataFrame) -> alt.FacetChart:
     """The runs' losses against their compute 6 N D, with each arm's fitted
     compute-optimal frontier and its band (dashed: beyond the fitted compute)."""
@@ -87,7 +93,7 @@ def loss_vs_compute(points: pl.DataFrame, frontier: pl.DataFrame) -> alt.FacetCh
     is_frontier = alt.datum.kind == "frontier"
     band = (
         alt.Chart()
-        .transform_filter(is_frontier)
+        .transform_filter(is_frontier & both_bounds("loss_low", "loss_high"))
         .mark_area(opacity=0.15)
         .encode(x=x, y="loss_low:Q", y2="loss_high:Q", color="arm:N")
     )
@@ -186,7 +192,12 @@ def multiplier_vs_compute(mult: pl.DataFrame) -> alt.FacetChart:
     sel, opacity = legend_highlight("arm")
     x = alt.X("compute:Q", title="baseline compute C (FLOPs)", scale=LOG)
     y = alt.Y("multiplier:Q", title="compute multiplier (baseline C / arm C)", scale=alt.Scale(type="symlog"))
-    band = alt.Chart().mark_area(opacity=0.18).encode(x=x, y="ci_low:Q", y2="ci_high:Q", color=color)
+    band = (
+        alt.Chart()
+        .transform_filter(both_bounds("ci_low", "ci_high"))
+        .mark_area(opacity=0.18)
+        .encode(x=x, y="ci_low:Q", y2="ci_high:Q", color=color)
+    )
     line = (
         alt.Chart()
         .mark_line()

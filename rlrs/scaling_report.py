@@ -61,7 +61,8 @@ FIGURES = (
         "How many times more compute the baseline needs to reach the loss the arm reaches, along both "
         "compute-optimal frontiers (1 = no gain; 0 = the arm never reaches the baseline's loss), at the baseline's "
         "compute C. The band is a 95% paired bootstrap interval over runs (both arms refit on each resample); "
-        "no band where a resample leaves the frontier undefined. Dashed: extrapolated beyond the fitted compute, "
+        "a resample that leaves it undefined counts as beyond both ends, and there is no band where more than "
+        "2.5% do. Dashed: extrapolated beyond the fitted compute, "
         "up to the study's named budget; trust it less. Hollow points: a multiplier whose runs (the arm's or the "
         "baseline's) fail a health check (hover for which; the table names them): qualified by that failure, "
         "not a result.",

@@ -217,6 +217,24 @@ def test_bootstrap_is_seeded():
     assert np.array_equal(a.boot, b.boot) and not np.array_equal(a.boot, c.boot)
 
 
+def test_undefined_replicates_count_beyond_both_ends_of_the_interval():
+    reps = np.arange(200.0)
+    assert sl.percentile_interval(reps) == pytest.approx((4.975, 194.025))  # numpy's linear percentile
+    # 4 of 200 undefined (from the middle): each below the 2.5th percentile and
+    # above the 97.5th, so both ends move out by 4 places.
+    holes = reps.copy()
+    holes[100:104] = [np.nan, np.inf, -np.inf, np.nan]
+    assert sl.percentile_interval(holes) == pytest.approx((0.975, 198.025))
+    # 5 of 200 (2.5%, the tail's share): the ends land on undefined replicates.
+    holes[104] = np.nan
+    assert sl.percentile_interval(holes) == (None, None)
+    # Per column of an array, each end on its own: NaN where undefined.
+    # A replicate at +inf is undefined too: it moves the low end as well.
+    lo, hi = sl.percentile_interval(np.column_stack([reps, holes, np.r_[reps[:197], [np.inf] * 3]]))
+    assert lo[0] == pytest.approx(4.975) and np.isnan(lo[1]) and lo[2] == pytest.approx(1.975)
+    assert hi[0] == pytest.approx(194.025) and np.isnan(hi[1]) and hi[2] == pytest.approx(194.025)
+
+
 def test_rows_state_the_tables_and_the_parameter_count():
     points = synthetic(sl.JOINT_MOE, sl.PUBLISHED["joint_moe"], "e", (1, 8), seed=6)
     fit = sl.fit_law("joint_moe", points, arm="rlrs", n_kind="active", holdout=5, n_starts=3, n_bootstrap=10)

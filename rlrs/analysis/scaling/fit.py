@@ -142,8 +142,10 @@ class Fit:
         """(value, ci_low, ci_high) of `quantity(params)`, a function of the
         coefficients that broadcasts over arrays of them: the point estimate
         and the percentile interval over the bootstrap replicates. No interval
-        (None) without replicates, or where any replicate leaves the quantity
-        undefined (non-finite): dropping those would flatter it."""
+        (None) without replicates; replicates that leave the quantity
+        undefined (non-finite) count as beyond both ends (dropping them
+        would flatter it), and a bound they decide is None or NaN
+        (percentile_interval)."""
         value = np.asarray(quantity(self.params), dtype=float)
         if not len(self.boot):
             return value, None, None
@@ -235,15 +237,24 @@ def _derived(law: Law, at, budgets) -> dict[tuple[str, float | None], Callable]:
 
 
 def percentile_interval(reps: np.ndarray, confidence: float = CONFIDENCE):
-    """Percentile interval over the leading (replicate) axis; None where any
-    replicate is non-finite."""
+    """Percentile interval over the leading (replicate) axis, conservative
+    about replicates that leave the quantity undefined (non-finite: a refit
+    with no frontier, say): each counts as beyond both ends, below the low
+    percentile and above the high one, so the interval is never narrower
+    than any placement of them would make it. A bound that lands on one
+    (more than the tail's share, (1 - confidence) / 2, undefined) is
+    undefined: None for a scalar, NaN in an array. Without undefined
+    replicates it is the plain percentile interval."""
     reps = np.asarray(reps, dtype=float)
     tail = 50.0 * (1.0 - confidence)
-    lo, hi = np.percentile(reps, [tail, 100.0 - tail], axis=0)
-    bad = ~np.all(np.isfinite(reps), axis=0)
+    bad = ~np.isfinite(reps)
+    with np.errstate(invalid="ignore"):
+        lo = np.percentile(np.where(bad, -np.inf, reps), tail, axis=0)
+        hi = np.percentile(np.where(bad, np.inf, reps), 100.0 - tail, axis=0)
+    lo, hi = np.where(np.isfinite(lo), lo, np.nan), np.where(np.isfinite(hi), hi, np.nan)
     if np.ndim(lo) == 0:
-        return (None, None) if bad else (lo, hi)
-    return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
+        return tuple(None if np.isnan(v) else float(v) for v in (lo, hi))
+    return lo, hi
 
 
 def holdout_mask(points: Points, holdout) -> np.ndarray:

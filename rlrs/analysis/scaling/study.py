@@ -416,7 +416,8 @@ COLUMN_DOCS = {
         "parameter": "a coefficient, a fixed setting (E_start, E_max: no interval) or a derived quantity "
         "(m, mu, n, nu, N_opt_exponent, D_opt_exponent; N_opt, D_opt, L_opt at C=the extrapolation budget)",
         "value": "its value (fit to the training points)",
-        "ci_low": "bootstrap percentile interval over runs, low end (NULL without resamples or where undefined)",
+        "ci_low": "bootstrap percentile interval over runs, low end (NULL without resamples, or where more "
+        "than the tail's share of them leave it undefined: each counts as beyond both ends)",
         "ci_high": "high end",
         "rmse_train": "RMSE of log L over the training points",
         "rmse_heldout": "RMSE of log L over the held-out points (NULL without any)",
@@ -432,7 +433,8 @@ COLUMN_DOCS = {
         "compute": "the baseline's compute C (FLOPs)",
         "multiplier": "C / C_arm: the baseline's compute over the arm's to reach the baseline's frontier loss "
         "at C (0: the arm never reaches it)",
-        "ci_low": "paired bootstrap percentile interval, low end",
+        "ci_low": "paired bootstrap percentile interval, low end (undefined resamples count as beyond both ends; "
+        "NULL where more than the tail's share are)",
         "ci_high": "high end",
         "extrapolated": "C lies beyond either fit's largest training compute",
     }
