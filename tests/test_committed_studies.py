@@ -1,9 +1,9 @@
 """The committed studies as a user gets them from a clone: `rlrs collect`
 rebuilds each one's database from its committed run directories alone; the
 rebuilt database says what the README reads from it (no health check fails
-in study-cpu; scaling-cpu's fits each have a held-out RMSE, and each family
-has a compute multiplier, with an interval where every bootstrap replicate
-defines one); the runs scaling-cpu copied from study-cpu are committed as
+in study-cpu; scaling-cpu's fits each have a held-out RMSE and use the
+budgets from 2000 steps up, and each family has a compute multiplier with an
+interval at every budget within the fits' compute); the runs scaling-cpu copied from study-cpu are committed as
 links to the identical files; and every committed report renders offline
 in headless Chromium. Real data, ~3 min."""
 
@@ -89,6 +89,10 @@ def test_scaling_cpu_rebuilds_its_fits_and_multipliers(scaling_cpu):
     assert {(f, a) for f, a, *_ in fits} == {(f, a) for f in ("dense", "moe") for a in ("baseline", "rlrs")}
     for family, arm, train, heldout, n, n_heldout in fits:
         assert math.isfinite(train) and math.isfinite(heldout) and n_heldout == 2 and n + n_heldout >= 12, (family, arm)
+    # The fits' regime (scaling.tokens.min): the 1000-step runs are in the study, not in any fit.
+    budgets = scaling_cpu.execute("SELECT DISTINCT tokens FROM scaling_points ORDER BY tokens").fetchall()
+    assert [b for (b,) in budgets] == [4096000, 8192000, 16384000]
+    assert scaling_cpu.execute("SELECT count(*) FROM runs WHERE steps = 1000 AND sweep = 'scaling'").fetchone()[0] > 0
     rows = scaling_cpu.execute(
         "SELECT family, multiplier, ci_low, ci_high, extrapolated FROM compute_multiplier "
         "WHERE law = 'chinchilla' AND arm = 'rlrs'"
@@ -96,8 +100,9 @@ def test_scaling_cpu_rebuilds_its_fits_and_multipliers(scaling_cpu):
     for family in ("dense", "moe"):
         mine = [r for r in rows if r[0] == family]
         assert any(not r[4] for r in mine) and any(r[4] for r in mine), family
-        for _, m, low, high, _ in mine:  # no interval where a bootstrap replicate leaves it undefined
-            assert m >= 0 and (low is None) == (high is None) and (low is None or low <= high), family
+        for _, m, low, high, extrapolated in mine:  # an interval at every budget within the fits' compute
+            assert m >= 0 and (extrapolated or (low is not None and high is not None)), family
+            assert low is None or high is None or low <= high, family
 
 
 @pytest.mark.parametrize("study", ["study-cpu", "scaling-cpu", "mup-cpu", "study-cpu-v1"])
