@@ -209,7 +209,7 @@ def test_a_study_that_never_swept_lr_has_every_scaling_number_qualified(scaling_
 
 
 def test_scaling_columns_are_documented_in_the_database(scaling_db):
-    from rlrs.analysis.scaling.study import COLUMN_DOCS
+    from rlrs.analysis.scaling.columns import COLUMN_DOCS
 
     got = {}
     for table, column, comment in scaling_db.execute(

@@ -70,6 +70,7 @@ import duckdb
 import polars as pl
 
 from rlrs.analysis import curves, health, health_view, lr_width, members, regret, speedup, sweeps, tables
+from rlrs.analysis.scaling import columns as scaling_columns
 from rlrs.analysis.scaling import study as scaling_study
 from rlrs.db import has_table
 from rlrs.db.schema import utc_now
@@ -194,7 +195,7 @@ VIEWS: dict[str, View] = {
             lambda x, name=name: _scaling(x, name),
             getattr(scaling_study, schema),
             doc,
-            scaling_study.COLUMN_DOCS[name],
+            scaling_columns.COLUMN_DOCS[name],
         )
         for name, schema, doc in (
             ("scaling_points", "POINTS_SCHEMA", "one row per (law, family, arm, run): a point a scaling-law fit used"),

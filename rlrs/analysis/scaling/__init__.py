@@ -7,6 +7,7 @@ fits give (shared/spec/scaling-laws.md).
     multiplier  the compute multiplier of an arm's fit over the baseline's, with its interval
     study     a study's runs -> points per (law, arm, family) -> the frames of
               scaling_points, scaling_fit, compute_multiplier, scaling_curves
+    columns   the documentation of every column of those views
 
 Pure numerics below `study` (numpy + scipy): arrays in, dataclasses out, each
 with `rows()` shaped like the DuckDB tables (every row also says which
