@@ -259,9 +259,10 @@ def test_scaling_charts_render_in_headless_chromium(scaling_report, tmp_path):
 
 
 def test_shipped_scaling_cpu_study_and_its_plan(capsys):
-    """scaling-cpu: per family (dense, MoE 8x top-1 capacity 1.25) and arm, 4 sizes x 3 budgets, on
+    """scaling-cpu: per family (dense, MoE 8x top-1 capacity 1.25) and arm, 4 sizes x 4 budgets, on
     study-cpu's settings key for key, so that its searches, selections, main runs and baseline ladder are
-    study-cpu's runs (reuse_runs_from), and the baseline's scaling points at the shared sizes are its ladder."""
+    study-cpu's runs (reuse_runs_from), and the baseline's scaling points at the shared sizes up to 4000
+    steps are its ladder (8000 steps, 4x its length, is past the ladder's 2x: trained here)."""
     from rlrs.study import load_study
     from rlrs.study.estimate import estimate
 
@@ -295,15 +296,15 @@ def test_shipped_scaling_cpu_study_and_its_plan(capsys):
         assert moe is None or (moe["n_experts"], moe["top_k"], moe["capacity_factor"]) == (8, 1, 1.25)
         steps = cfg["train"]["steps"]
         cells.setdefault((fam, r["arm"]), set()).add((r["size"], steps))
-        shared = r["size"] in cpu["sizes"] and (r["arm"] == "baseline" or steps == 2000)
+        shared = r["size"] in cpu["sizes"] and ((r["arm"] == "baseline" and steps <= 4000) or steps == 2000)
         assert (r["run_id"] in cpu_plan.configs) == shared, r
         if shared:  # the scaling tag is a label, not part of the run id
             assert cpu_sweeps[r["run_id"]] & {"ladder", "main"}
     assert set(cells) == {(f, a) for f in ("dense", "moe") for a in ("baseline", "rlrs")}
     for got in cells.values():
-        assert len({s for s, _ in got}) == 4 and {t for _, t in got} == {1000, 2000, 4000} and len(got) == 12
+        assert len({s for s, _ in got}) == 4 and {t for _, t in got} == {1000, 2000, 4000, 8000} and len(got) == 16
     assert cli_plan(path) == 0
-    assert "scaling sweep: 48 unique runs" in capsys.readouterr().out
+    assert "scaling sweep: 64 unique runs" in capsys.readouterr().out
 
 
 def test_a_reader_of_a_fresh_database_reads_the_stored_fits(scaling_path, tmp_path):
