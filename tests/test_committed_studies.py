@@ -3,9 +3,10 @@ rebuilds each one's database from its committed run directories alone; the
 rebuilt database says what the README reads from it (no health check fails
 in study-cpu; scaling-cpu's fits each have a held-out RMSE and use the
 budgets from 2000 steps up, and each family has a compute multiplier with an
-interval at every budget within the fits' compute); the runs scaling-cpu copied from study-cpu are committed as
-links to the identical files; and every committed report renders offline
-in headless Chromium. Real data, ~3 min."""
+interval at every budget within the fits' compute); the runs scaling-cpu
+copied from study-cpu are committed as links to the identical files; and
+every committed report renders offline in headless Chromium. Real data,
+~3 min."""
 
 from __future__ import annotations
 
